@@ -1,0 +1,1 @@
+"""Stage functions of the calibration workflow: one module per stage, no Snakemake inside."""
