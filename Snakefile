@@ -1,0 +1,28 @@
+# Calibration of language models across their life: see README.md and config/config.yaml.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# The embedded default, unless a config is given (--configfile): configs merge, so load only one.
+if not config:
+
+    configfile: "config/config.yaml"
+
+
+validate(config, schema="config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/inference.smk"
+include: "rules/scoring.smk"
+include: "rules/figures.smk"
+
+
+rule all:
+    input:
+        "results/metrics/summary.csv",
+        expand("results/figures/reliability_{task}.png", task=TASKS),
+        "results/figures/summary.png",
+    default_target: True

@@ -1,0 +1,44 @@
+# Stage 1: model-independent task data, and every model source as a Hugging Face folder.
+
+
+rule prepare_task:
+    input:
+        code=code("tasks"),
+        files=dataset_files,
+    output:
+        "results/data/{task}.parquet",
+    params:
+        kind=lambda wc: TASKS[wc.task]["kind"],
+        dataset=lambda wc: TASKS[wc.task]["dataset"],
+        shots=lambda wc: TASKS[wc.task]["shots"],
+        limit=lambda wc: TASKS[wc.task]["limit"],
+        seed=config["seed"],
+    log:
+        "results/logs/prepare_task/{task}.log",
+    benchmark:
+        "results/benchmarks/prepare_task/{task}.tsv"
+    resources:
+        mem_mb=4000,
+    script:
+        "scripts/prepare_task.py"
+
+
+rule fetch_checkpoint:
+    input:
+        code=code("sources"),
+    output:
+        checkpoint("{model}", "{revision}"),
+    params:
+        source=lambda wc: MODELS[wc.model]["source"],
+        evict_hub_cache=config["evict_hub_cache"],
+    log:
+        "results/logs/fetch_checkpoint/{model}/{revision}.log",
+    benchmark:
+        "results/benchmarks/fetch_checkpoint/{model}/{revision}.tsv"
+    retries: 2
+    resources:
+        mem_mb=model_resource("mem_mb", 8000),
+        disk_mb=model_resource("disk_mb", 10000),
+        runtime=model_resource("fetch_runtime", 60),
+    script:
+        "scripts/fetch_checkpoint.py"

