@@ -7,7 +7,7 @@ MODELS = config["models"]
 TASKS = config["tasks"]
 CODE = Path(workflow.basedir) / "workflow_scripts"
 RUNS = [(task, model, revision) for task in TASKS for model in MODELS for revision in MODELS[model]["revisions"]]
-LABELS = ("family", "params", "data", "stage", "method", "epoch")
+LABELS = ("family", "params", "data", "stage", "tuning", "epoch")
 
 
 wildcard_constraints:
@@ -43,7 +43,7 @@ def model_labels(wildcards):
 def inference_settings(wildcards):
     """Everything that shapes the raw log-probabilities of one task (global, then per task)."""
     task = TASKS[wildcards.task]
-    settings = dict(config["inference"])
+    settings = {k: v for k, v in config["inference"].items() if k != "threads"}  # threads: the rule's
     settings.update({k: task[k] for k in ("window", "max_new_tokens", "stop") if k in task})
     settings.update(MODELS[wildcards.model].get("inference", {}))
     return settings

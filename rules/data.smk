@@ -35,7 +35,6 @@ rule fetch_checkpoint:
         "results/logs/fetch_checkpoint/{model}/{revision}.log",
     benchmark:
         "results/benchmarks/fetch_checkpoint/{model}/{revision}.tsv"
-    retries: 2
     resources:
         mem_mb=model_resource("mem_mb", 8000),
         disk_mb=model_resource("disk_mb", 10000),

@@ -99,5 +99,7 @@ def extract_confidence(kind: str, inference_path, data_path, out_path, *, method
         table.insert(1, "method", method)
         frames.append(table)
     result = pd.concat(frames, ignore_index=True)
+    first = ["item_id", "method", "confidence", "correct"]
+    result = result[first + [c for c in result.columns if c not in first]]
     write_table(result, out_path, provenance={"stage": "extract_confidence", "kind": kind, "methods": methods,
                                               "inference": read_provenance(inference_path)})

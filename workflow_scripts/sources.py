@@ -162,7 +162,14 @@ def _fetch_gguf(path: Path, revision: str, out: Path, source: str) -> dict:
 
     log.info("de-quantising %s", path)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    # transformers refuses to save a model it loaded from GGUF; the de-quantised weights go
+    # into a plain model of the same configuration instead.
+    config = loaded.config
+    config.quantization_config = None
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return {"resolved_file": str(path), "resolved_hash": _file_hash(path)}

@@ -1,0 +1,70 @@
+"""Config checks before any job runs, and the full study's dry run (no network needed)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from workflow import ROOT, copy_workflow, planned_jobs, snakemake, write_config
+
+PAPER = ROOT / "config" / "paper.yaml"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return copy_workflow(tmp_path_factory.mktemp("config"))
+
+
+def test_paper_dry_run_lists_every_job_of_the_study(workdir):
+    # 16 Pythia models (8 sizes, standard and deduped) at step143000, plus 20 more revisions of
+    # Pythia-1.4B: 36 checkpoints; 3 tasks (the Pile, T-REx, MMLU) -> 108 runs.
+    jobs = planned_jobs(workdir, PAPER)
+    assert jobs == {"prepare_task": 3, "fetch_checkpoint": 36, "infer": 108, "extract_confidence": 108,
+                    "score": 108, "summarize": 1, "plot_reliability": 3, "plot_summary": 1, "all": 1}
+
+
+def test_paper_jobs_declare_memory_and_gpus(workdir):
+    out = snakemake(workdir, PAPER, "--dry-run").stdout
+    blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", out, flags=re.M | re.S)
+    assert len(blocks) == 369
+    for rule, block in blocks:
+        if rule == "all":
+            continue
+        resources = re.search(r"resources: (.*)", block).group(1)
+        assert "mem_mb=" in resources, (rule, resources)
+        assert ("gpu=1" in resources) == (rule == "infer"), (rule, resources)
+    config = yaml.safe_load(PAPER.read_text())
+    assert config["models"]["pythia-12b"]["resources"]["mem_mb"] >= 2 * 24_000  # bf16 12B weights, loaded on the host
+    assert config["evict_hub_cache"] is True
+
+
+def _config(**task_changes) -> dict:
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    for key, value in task_changes.items():
+        config["tasks"]["facts"][key] = value
+    return config
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"limt": 5}, r"limt"),
+    ({"limit": "five"}, r"'five' is not of type 'integer', 'null'|limit"),
+    ({"kind": "cloze"}, r"'cloze' is not one of"),
+])
+def test_bad_config_stops_before_any_job_and_names_the_key(workdir, change, message):
+    path = write_config(workdir, _config(**change), "bad.yaml")
+    proc = snakemake(workdir, path, "--dry-run", check=False)
+    assert proc.returncode != 0
+    assert re.search(message, proc.stdout), proc.stdout[-3000:]
+    assert not (workdir / "results").exists()
+
+
+def test_unknown_model_key_and_bad_source_are_named(workdir):
+    config = _config()
+    config["models"]["smollm2-135m-instruct"]["revison"] = ["main"]
+    proc = snakemake(workdir, write_config(workdir, config, "bad.yaml"), "--dry-run", check=False)
+    assert proc.returncode != 0 and "revison" in proc.stdout
+    config = _config()
+    config["models"]["smollm2-135m-instruct"]["source"] = "s3://bucket"
+    proc = snakemake(workdir, write_config(workdir, config, "bad.yaml"), "--dry-run", check=False)
+    assert proc.returncode != 0 and "s3://bucket" in proc.stdout

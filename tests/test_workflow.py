@@ -1,0 +1,190 @@
+"""The whole workflow under Snakemake on a tiny real model: tables, figures, and what a change reruns."""
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+
+from workflow import copy_workflow, planned_jobs, snakemake, write_config
+from workflow_scripts.tables import read_provenance
+
+
+def tiny_config(model_dir) -> dict:
+    return {
+        "models": {"tiny": {"source": f"local:{model_dir}", "revisions": ["main"], "family": "tiny", "stage": "base"}},
+        "tasks": {
+            "prose": {"kind": "clm", "dataset": {"format": "pydoc_topics"}, "limit": 3, "window": 32},
+            "facts": {"kind": "generation", "dataset": {"format": "geonames", "relations": ["capital", "continent"]},
+                      "limit": 4, "max_new_tokens": 4, "methods": ["first_token_prob", "seq_prob"]},
+            "geo": {"kind": "multiple_choice", "dataset": {"format": "geonames", "relations": ["capital"]},
+                    "shots": 2, "limit": 6},
+        },
+        "metrics": {"n_bootstrap": 50},
+        "inference": {"batch_size": 4, "threads": 1},
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir):
+    """One complete run of the tiny config; the tests below inspect it and dry-run changes to it."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    config = tiny_config(tiny_model_dir)
+    path = write_config(workdir, config)
+    snakemake(workdir, path, "--cores", "2")
+    return workdir, config
+
+
+def test_run_writes_the_contract_tables_and_figures(finished_run):
+    workdir, _ = finished_run
+    results = workdir / "results"
+    summary = pd.read_csv(results / "metrics" / "summary.csv")
+    expected_methods = {("prose", "max_prob"), ("facts", "first_token_prob"), ("facts", "seq_prob"),
+                        ("geo", "option_softmax")}
+    assert set(zip(summary["task"], summary["method"])) == expected_methods
+    for column in ("n", "accuracy", "mean_confidence", "ece", "mce", "ace", "brier", "ece_ci_low", "ece_ci_high"):
+        assert summary[column].notna().all(), column
+    assert summary.set_index("task")["n"].to_dict()["geo"] == 6
+    assert (summary["family"] == "tiny").all()
+    pd.testing.assert_frame_equal(pd.read_parquet(results / "metrics" / "summary.parquet"), summary,
+                                  check_dtype=False)
+    bins = pd.read_parquet(results / "metrics" / "reliability.parquet")
+    assert bins.groupby(["task", "method"])["count"].sum().to_dict() == \
+        summary.set_index(["task", "method"])["n"].to_dict()
+    confidence = pd.read_parquet(results / "confidence" / "geo" / "tiny" / "main.parquet")
+    assert list(confidence.columns[:4]) == ["item_id", "method", "confidence", "correct"]
+    provenance = read_provenance(results / "inference" / "geo" / "tiny" / "main.parquet")
+    assert provenance["checkpoint"]["source"].startswith("local:") and provenance["packages"]["torch"]
+    for name in ("reliability_prose", "reliability_facts", "reliability_geo", "summary"):
+        for ext in ("png", "pdf"):
+            assert (results / "figures" / f"{name}.{ext}").stat().st_size > 1000
+    assert not (results / "checkpoints" / "tiny" / "main").exists()  # temporary: gone after inference
+    assert (results / "logs" / "infer" / "geo" / "tiny" / "main.log").read_text().count("questions 6/6")
+    assert (results / "benchmarks" / "infer" / "geo" / "tiny" / "main.tsv").is_file()
+
+
+def test_complete_run_has_nothing_to_do(finished_run):
+    workdir, config = finished_run
+    assert planned_jobs(workdir, write_config(workdir, config, "same.yaml")) == {}
+
+
+def test_changing_the_bin_count_reruns_scoring_not_inference(finished_run):
+    workdir, config = finished_run
+    changed = copy.deepcopy(config)
+    changed["metrics"]["n_bins"] = 5
+    assert planned_jobs(workdir, write_config(workdir, changed, "bins.yaml")) == {
+        "score": 3, "summarize": 1, "plot_reliability": 3, "plot_summary": 1, "all": 1}
+
+
+def test_adding_a_confidence_method_reruns_no_inference(finished_run):
+    workdir, config = finished_run
+    changed = copy.deepcopy(config)
+    changed["tasks"]["facts"]["methods"].append("mean_token_prob")
+    assert planned_jobs(workdir, write_config(workdir, changed, "method.yaml")) == {
+        "extract_confidence": 1, "score": 1, "summarize": 1, "plot_reliability": 3, "plot_summary": 1, "all": 1}
+
+
+def test_adding_a_model_runs_only_that_models_jobs(finished_run, tiny_model_dir):
+    workdir, config = finished_run
+    changed = copy.deepcopy(config)
+    changed["models"]["tiny2"] = {"source": f"local:{tiny_model_dir}", "revisions": ["main"]}
+    assert planned_jobs(workdir, write_config(workdir, changed, "model.yaml")) == {
+        "fetch_checkpoint": 1, "infer": 3, "extract_confidence": 3, "score": 3, "summarize": 1,
+        "plot_reliability": 3, "plot_summary": 1, "all": 1}
+
+
+def _edit(path):
+    """Change a file's content (Snakemake ignores a bare touch of an input it has a checksum of)."""
+    original = path.read_text()
+    path.write_text(original + "\n# edited\n")
+    return original
+
+
+def test_editing_a_stage_module_reruns_that_stage_and_what_follows(finished_run):
+    workdir, config = finished_run
+    path = write_config(workdir, config, "code.yaml")
+    for module, expected in [
+        ("plots", {"plot_reliability": 3, "plot_summary": 1, "all": 1}),
+        ("confidence", {"extract_confidence": 3, "score": 3, "summarize": 1, "plot_reliability": 3,
+                        "plot_summary": 1, "all": 1}),
+    ]:
+        file = workdir / "workflow_scripts" / f"{module}.py"
+        original = _edit(file)
+        try:
+            assert planned_jobs(workdir, path) == expected, module
+        finally:
+            file.write_text(original)
+
+
+def test_real_fixture_data_through_the_workflow(tmp_path, tiny_model_dir):
+    """MMLU (original CSVs), WikiText-2 and ROME's known facts from ../shared/fixtures, end to end."""
+    from conftest import fixtures_dir
+
+    fixtures = fixtures_dir()
+    if fixtures is None:
+        pytest.skip("../shared/fixtures is absent (set CALIBRATION_FIXTURES to its path)")
+    workdir = copy_workflow(tmp_path / "wf")
+    config = {
+        "models": {"tiny": {"source": f"local:{tiny_model_dir}"}},
+        "tasks": {
+            "mmlu": {"kind": "multiple_choice", "shots": 5, "limit": 4,
+                     "dataset": {"format": "mmlu_csv", "path": str(fixtures / "mmlu"),
+                                 "subjects": ["abstract_algebra", "world_religions"]}},
+            "wikitext": {"kind": "clm", "limit": 4, "window": 64,
+                         "dataset": {"format": "text", "path": str(fixtures / "wikitext-2-raw" / "wiki.test.raw"),
+                                     "split": "line"}},
+            "knowns": {"kind": "generation", "limit": 3, "max_new_tokens": 3,
+                       "dataset": {"format": "rome_knowns",
+                                   "path": str(fixtures / "rome_knowns" / "known_1000_first300.json")}},
+        },
+        "metrics": {"n_bootstrap": 20},
+        "inference": {"threads": 1},
+    }
+    snakemake(workdir, write_config(workdir, config), "--cores", "2")
+    summary = pd.read_csv(workdir / "results" / "metrics" / "summary.csv").set_index(["task", "method"])
+    assert summary.loc[("mmlu", "option_softmax"), "n"] == 8  # 4 questions x 2 subjects
+    assert summary.loc[("knowns", "first_token_prob"), "n"] >= 3
+    data = pd.read_parquet(workdir / "results" / "data" / "mmlu.parquet")
+    assert data["prompt"][0].startswith(
+        "The following are multiple choice questions (with answers) about abstract algebra.\n\n")
+    assert data["prompt"][0].count("\nAnswer:") == 6
+    provenance = read_provenance(workdir / "results" / "data" / "mmlu.parquet")
+    assert any(path.endswith("abstract_algebra_test.csv") for path in provenance["files"])
+
+
+def _failing_run(tmp_path, tiny_model_dir, model_source, task):
+    workdir = copy_workflow(tmp_path / "wf")
+    config = {"models": {"m": {"source": model_source}}, "tasks": {"t": task}}
+    proc = snakemake(workdir, write_config(workdir, config), "--cores", "1", check=False)
+    assert proc.returncode != 0
+    return workdir, proc.stdout
+
+
+def test_missing_dataset_file_is_named_and_nothing_is_written(tmp_path, tiny_model_dir):
+    missing = tmp_path / "no-such-folder"
+    workdir, out = _failing_run(tmp_path, tiny_model_dir, f"local:{tiny_model_dir}",
+                                {"kind": "multiple_choice", "dataset": {"format": "mmlu_csv", "path": str(missing)}})
+    assert str(missing) in out
+    assert not (workdir / "results" / "data" / "t.parquet").exists()
+    assert not list((workdir / "results" / "data").glob("*"))  # no temporary file left either
+
+
+def test_malformed_csv_row_is_named(tmp_path, tiny_model_dir):
+    root = tmp_path / "mmlu"
+    (root / "dev").mkdir(parents=True)
+    (root / "test").mkdir()
+    (root / "dev" / "demo_dev.csv").write_text("q,a,b,c,d,A\n")
+    (root / "test" / "demo_test.csv").write_text("q1,a,b,c,d,B\nq2,a,b,c,E\n")
+    workdir, out = _failing_run(tmp_path, tiny_model_dir, f"local:{tiny_model_dir}",
+                                {"kind": "multiple_choice", "shots": 1, "dataset": {"format": "mmlu_csv", "path": str(root)}})
+    assert "demo_test.csv" in out and "row 2" in out
+    assert not (workdir / "results" / "data" / "t.parquet").exists()
+
+
+def test_unreachable_model_source_is_named(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    workdir, out = _failing_run(tmp_path, tiny_model_dir, "hf:EleutherAI/pythia-70m",
+                                {"kind": "clm", "dataset": {"format": "pydoc_topics"}, "limit": 1})
+    assert "hf:EleutherAI/pythia-70m at revision 'main'" in out and "unreachable" in out
+    assert not (workdir / "results" / "checkpoints" / "m" / "main").exists()
