@@ -2,8 +2,6 @@
 import csv
 import gzip
 import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,21 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for workflow_scripts
-
-from workflow_scripts import tasks  # noqa: E402
-from workflow_scripts.tables import read_provenance, read_table  # noqa: E402
-from workflow_scripts.tasks import DatasetError, prepare_task, read_mmlu_csv  # noqa: E402
+from conftest import fixtures_dir
+from workflow_scripts import tasks
+from workflow_scripts.tables import read_provenance, read_table
+from workflow_scripts.tasks import DatasetError, prepare_task, read_mmlu_csv
 
 GOOD_ROW = ["What is 1 + 1?", "1", "2", "3", "4", "B"]
-
-
-def fixtures_dir() -> Path:
-    """The shared real-data fixtures; skips the test where they are absent."""
-    root = Path(os.environ.get("CALIBRATION_FIXTURES") or Path(__file__).parents[2] / "shared" / "fixtures")
-    if not root.is_dir():
-        pytest.skip(f"real-data fixtures not found at {root} (set CALIBRATION_FIXTURES to their folder)")
-    return root
 
 
 def build(tmp_path, kind, dataset, **kwargs) -> pd.DataFrame:
