@@ -1,13 +1,10 @@
 """Tests of the plot stage: figures are written whole, grids hold the right panels in order."""
-import sys
-from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workflow_scripts import plots  # noqa: E402
 from workflow_scripts.tables import write_table  # noqa: E402
