@@ -121,8 +121,6 @@ def test_real_fixture_data_through_the_workflow(tmp_path, tiny_model_dir):
     from conftest import fixtures_dir
 
     fixtures = fixtures_dir()
-    if fixtures is None:
-        pytest.skip("../shared/fixtures is absent (set CALIBRATION_FIXTURES to its path)")
     workdir = copy_workflow(tmp_path / "wf")
     config = {
         "models": {"tiny": {"source": f"local:{tiny_model_dir}"}},
