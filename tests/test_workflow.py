@@ -63,6 +63,15 @@ def test_run_writes_the_contract_tables_and_figures(finished_run):
     assert (results / "benchmarks" / "infer" / "geo" / "tiny" / "main.tsv").is_file()
 
 
+def test_report_holds_every_figure(finished_run):
+    workdir, config = finished_run
+    snakemake(workdir, write_config(workdir, config, "report.yaml"), "--report", str(workdir / "report.html"))
+    html = (workdir / "report.html").read_text()
+    for name in ("reliability_prose.png", "reliability_facts.png", "reliability_geo.png", "summary.png"):
+        assert name in html
+    assert "Reliability diagrams" in html
+
+
 def test_complete_run_has_nothing_to_do(finished_run):
     workdir, config = finished_run
     assert planned_jobs(workdir, write_config(workdir, config, "same.yaml")) == {}
