@@ -3,17 +3,9 @@ import glob
 import re
 from pathlib import Path
 
-MODELS = config["models"]
 TASKS = config["tasks"]
 CODE = Path(workflow.basedir) / "workflow_scripts"
-RUNS = [(task, model, revision) for task in TASKS for model in MODELS for revision in MODELS[model]["revisions"]]
-LABELS = ("family", "params", "data", "stage", "tuning", "epoch")
-
-
-wildcard_constraints:
-    task="|".join(map(re.escape, TASKS)),
-    model="|".join(map(re.escape, MODELS)),
-    revision="[^/]+",
+LABELS = ("family", "data", "stage", "size", "tuning", "epoch")
 
 
 def code(module):
@@ -68,3 +60,62 @@ def dataset_files(wildcards):
             root = Path(match)
             files += sorted(str(f) for f in root.rglob("*") if f.is_file()) if root.is_dir() else [match]
     return files
+
+
+def pretrained_models():
+    """The suite trained here (config `pretrain`), as model entries: name -> config of the model."""
+    if "pretrain" not in config:
+        return {}
+    pre = config["pretrain"]
+    final = f"step{pre['steps']}"
+    models = {}
+    for size in pre["sizes"]:
+        for data in pre["data"]:
+            every_step = size == pre.get("dynamics") and data == pre["data"][0]
+            models[f"{pre['family']}-{size}-{data}"] = {
+                "source": f"local:results/pretrain/models/{pre['family']}-{size}-{data}",
+                "revisions": [f"step{s}" for s in pre["checkpoints"]] if every_step else [final],
+                "family": pre["family"], "data": data, "stage": "base", "size": size}
+    clash = sorted(set(models) & set(config["models"]))
+    if clash:
+        raise ValueError(f"config: models {clash} are also names of the pretrain suite; rename them")
+    return models
+
+
+PRETRAINED = pretrained_models()
+MODELS = {**config["models"], **PRETRAINED}
+if not MODELS:
+    raise ValueError("config: no models to evaluate: add one under `models` (or a `pretrain` suite)")
+RUNS = [(task, model, revision) for task in TASKS for model in MODELS for revision in MODELS[model]["revisions"]]
+
+
+wildcard_constraints:
+    task="|".join(map(re.escape, TASKS)),
+    model="|".join(map(re.escape, MODELS)),
+    revision="[^/]+",
+
+
+def trained_model_dir(wildcards):
+    """The training output a model of the suite is read from (nothing for other models)."""
+    return [f"results/pretrain/models/{wildcards.model}"] if wildcards.model in PRETRAINED else []
+
+
+def primary_methods():
+    """The first configured confidence method of every task: the one the study's figures use."""
+    from workflow_scripts.confidence import METHODS
+
+    return {t: (TASKS[t].get("methods") or list(METHODS[TASKS[t]["kind"]]))[0] for t in TASKS}
+
+
+def study_figures():
+    """The figures of the scale and training-dynamics study, where the config asks for them."""
+    figures = config.get("figures", {})
+    targets = []
+    if figures.get("suites"):
+        targets += ["results/figures/scale.png"]
+        targets += [f"results/figures/reliability_scale_{t}.png" for t in TASKS]
+    if figures.get("dynamics"):
+        targets += ["results/figures/dynamics.png"]
+    if PRETRAINED:
+        targets += ["results/figures/pretrain_loss.png"]
+    return targets

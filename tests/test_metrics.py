@@ -310,15 +310,16 @@ def _confidence_table(path, rng, sizes):
         frames.append(pd.DataFrame({"item_id": [f"q{i}" for i in range(size)], "method": method,
                                     "confidence": conf, "correct": rng.uniform(size=size) < conf,
                                     "position": np.arange(size) % 3}))
-    write_table(pd.concat(frames, ignore_index=True), path, {"stage": "extract_confidence", "kind": "mc"})
+    write_table(pd.concat(frames, ignore_index=True), path,
+                {"stage": "extract_confidence", "kind": "mc", "inference": {"params": 1234}})
 
 
 @pytest.fixture()
 def scored(tmp_path):
     rng = np.random.default_rng(0)
-    runs = [("mmlu", "pythia-160m", "step1000", {"family": "pythia", "params": 160e6}),
-            ("arc", "pythia-160m", "main", {"family": "pythia", "params": 160e6}),
-            ("arc", "olmo-1b", "main", {"family": "olmo", "data": "dolma", "params": "1B"})]
+    runs = [("mmlu", "pythia-160m", "step1000", {"family": "pythia", "epoch": 1}),
+            ("arc", "pythia-160m", "main", {"family": "pythia", "epoch": 1}),
+            ("arc", "olmo-1b", "main", {"family": "olmo", "data": "dolma", "epoch": "final"})]
     summaries, bins = [], []
     for task, model, revision, labels in runs:
         source = tmp_path / "confidence" / task / model / f"{revision}.parquet"
@@ -333,11 +334,13 @@ def scored(tmp_path):
 def test_score_writes_one_row_per_method_with_labels_and_provenance(scored):
     _, summaries, bins = scored
     summary = read_table(summaries[0])
-    assert list(summary.columns) == ["task", "model", "revision", "method", *M.METRIC_NAMES, "family", "params"]
+    assert list(summary.columns) == ["task", "model", "revision", "method", *M.METRIC_NAMES, "params", "step",
+                                     "family", "epoch"]
     assert summary["method"].tolist() == ["first_token", "softmax"]
     assert summary["n"].tolist() == [80, 150]
     assert (summary["task"] == "mmlu").all() and (summary["revision"] == "step1000").all()
-    assert (summary["family"] == "pythia").all() and (summary["params"] == 160e6).all()
+    assert (summary["family"] == "pythia").all() and (summary["epoch"] == 1).all()
+    assert (summary["params"] == 1234).all() and (summary["step"] == 1000).all()  # from provenance, revision
 
     table = read_table(bins[0])
     assert list(table.columns) == ["task", "model", "revision", "method", "bin", "bin_lower", "bin_upper",
@@ -371,11 +374,12 @@ def test_summarize_concatenates_sorted_with_union_of_labels(scored):
     keys = summary[["task", "model", "revision", "method"]].values.tolist()
     assert keys == sorted(keys) and len(keys) == 6
     assert list(summary.columns) == ["task", "model", "revision", "method", *M.METRIC_NAMES,
-                                     "family", "params", "data"]
+                                     "params", "step", "family", "epoch", "data"]
+    assert summary["step"].isna().sum() == 4  # revisions "main" name no step
     olmo = summary["model"] == "olmo-1b"
     assert summary.loc[~olmo, "data"].isna().all() and (summary.loc[olmo, "data"] == "dolma").all()
-    # params mixes a number and text across runs: it becomes text
-    assert summary["params"].tolist() == ["1B", "1B"] + ["160000000.0"] * 4
+    # epoch mixes a number and text across runs: it becomes text
+    assert summary["epoch"].tolist() == ["final", "final"] + ["1"] * 4
 
     csv = pd.read_csv(out / "summary.csv")
     pd.testing.assert_frame_equal(csv, summary, check_dtype=False)

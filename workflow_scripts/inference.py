@@ -4,31 +4,44 @@ Only this stage runs the model. It stores what every confidence method needs, so
 method, another bin count or a new figure never runs the model again:
 
 - ``clm``: per predicted token ``item_id, position, target_id, target_logprob, max_logprob,
-  argmax_id`` (documents are cut into windows of the model's context; every token after the
-  first of a document is predicted exactly once);
+  argmax_id, entropy`` (documents are cut into windows of the model's context; every token after
+  the first of a document is predicted exactly once; the statistics are reduced on the device,
+  a chunk of positions at a time, and streamed to Parquet one row group at a time);
 - ``generation``: per fact the greedy continuation up to the stop rule: ``token_ids,
   token_logprobs`` (the answer's tokens), ``generated`` (the raw text), ``answer_text`` (cut at
   the stop rule) and ``gold_first_ids`` (first token of every alias, encoded after the prompt);
 - ``multiple_choice``: per question the log-probability of every option continuation
-  (``" A"`` ... ``" D"``) after the prompt, as lm-evaluation-harness computes it.
+  (``" A"`` ... ``" D"``) after the prompt, as lm-evaluation-harness computes it, from one
+  forward pass per question that continues the key/value cache of its subject's shared prefix.
+
+Batches are sorted by length, longest first; on out-of-memory the batch size halves and stays so.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import re
 import time
+from itertools import islice
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
-from .tables import read_provenance, read_table, write_table
+from .tables import PROVENANCE_KEY, atomic_path, package_versions, read_provenance, read_table, write_table
 
 log = logging.getLogger(__name__)
 
 SENTENCE_END = re.compile(r"\.(\s|$)")
+LOGITS_PER_CHUNK = 2 ** 22  # logits materialised at once by the CLM statistics (16 MiB in float32)
+BATCHES_PER_ROW_GROUP = 16  # CLM windows per Parquet row group = this x batch size
+TOKEN_SCHEMA = pa.schema([("item_id", pa.string()), ("position", pa.int64()), ("target_id", pa.int64()),
+                          ("target_logprob", pa.float64()), ("max_logprob", pa.float64()),
+                          ("argmax_id", pa.int64()), ("entropy", pa.float64())])
 
 
 class InferenceError(RuntimeError):
@@ -40,25 +53,28 @@ def run_inference(kind: str, data_path, checkpoint_dir, out_path, *, batch_size:
                   device: str = "auto", dtype: str = "auto", threads: int = 1,
                   provenance: dict | None = None) -> None:
     """Run the checkpoint on the task table and write the raw log-probabilities to ``out_path``."""
+    if kind not in ("clm", "generation", "multiple_choice"):
+        raise ValueError(f"unknown task kind {kind!r}")
     torch.set_num_threads(max(1, threads))
     model, tokenizer = load_model(checkpoint_dir, device=device, dtype=dtype)
     data = read_table(data_path)
+    info = {"stage": "infer", "kind": kind, **(provenance or {}),
+            "checkpoint": _read_json(Path(checkpoint_dir) / "provenance.json"),
+            "data": read_provenance(data_path), "device": str(model.device), "dtype": str(model.dtype),
+            "params": model.num_parameters()}
     started = time.perf_counter()
     if kind == "clm":
-        result = score_tokens(model, tokenizer, data, window=window, batch_size=batch_size)
-    elif kind == "generation":
-        result = generate_answers(model, tokenizer, data, max_new_tokens=max_new_tokens,
-                                  stop=stop if stop is not None else ["\n"], batch_size=batch_size)
-    elif kind == "multiple_choice":
-        result = score_options(model, tokenizer, data, batch_size=batch_size)
+        frames = iter_token_scores(model, tokenizer, data, window=window, batch_size=batch_size)
+        rows = write_row_groups(frames, out_path, TOKEN_SCHEMA, provenance=info)
     else:
-        raise ValueError(f"unknown task kind {kind!r}")
-    log.info("inference done: %d rows in %.1f s", len(result), time.perf_counter() - started)
-    checkpoint = Path(checkpoint_dir) / "provenance.json"
-    write_table(result, out_path, provenance={
-        "stage": "infer", "kind": kind, **(provenance or {}),
-        "checkpoint": _read_json(checkpoint), "data": read_provenance(data_path),
-        "device": str(model.device), "dtype": str(model.dtype)})
+        if kind == "generation":
+            result = generate_answers(model, tokenizer, data, max_new_tokens=max_new_tokens,
+                                      stop=stop if stop is not None else ["\n"], batch_size=batch_size)
+        else:
+            result = score_options(model, tokenizer, data, batch_size=batch_size)
+        write_table(result, out_path, provenance=info)
+        rows = len(result)
+    log.info("inference done: %d rows in %.1f s", rows, time.perf_counter() - started)
 
 
 def load_model(checkpoint_dir, *, device: str = "auto", dtype: str = "auto"):
@@ -77,59 +93,106 @@ def load_model(checkpoint_dir, *, device: str = "auto", dtype: str = "auto"):
     return model, tokenizer
 
 
+def write_row_groups(frames, path, schema: pa.Schema, provenance: dict | None = None) -> int:
+    """Write each DataFrame of ``frames`` as one row group of a Parquet file, atomically and with
+    the provenance metadata of ``tables.write_table``; return the number of rows written."""
+    info = json.dumps({"packages": package_versions(), **(provenance or {})}, sort_keys=True, default=str)
+    schema = schema.with_metadata({PROVENANCE_KEY: info.encode()})
+    rows = 0
+    with atomic_path(path, suffix=".parquet") as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for frame in frames:
+            writer.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
+            rows += len(frame)
+    return rows
+
+
 # ----------------------------------------------------------------------------- language modelling
-def score_tokens(model, tokenizer, data: pd.DataFrame, *, window: int, batch_size: int) -> pd.DataFrame:
-    """Per-token log-probabilities over documents cut into windows of ``window`` input tokens."""
+def score_tokens(model, tokenizer, data: pd.DataFrame, *, window: int, batch_size: int,
+                 logits_chunk: int | None = None) -> pd.DataFrame:
+    """Per-token statistics of all documents in one table (``iter_token_scores`` in memory)."""
+    frames = list(iter_token_scores(model, tokenizer, data, window=window, batch_size=batch_size,
+                                    logits_chunk=logits_chunk))
+    return pd.concat(frames, ignore_index=True) if frames else TOKEN_SCHEMA.empty_table().to_pandas()
+
+
+def iter_token_scores(model, tokenizer, data: pd.DataFrame, *, window: int, batch_size: int,
+                      logits_chunk: int | None = None):
+    """Per-token statistics over documents cut into windows of ``window`` input tokens.
+
+    Yields one DataFrame per group of windows, in document order, so that memory is bounded by
+    the window and the batch size, never by the corpus. ``logits_chunk`` (default: as many
+    positions as fit ``LOGITS_PER_CHUNK`` logits) bounds the logits materialised at once."""
     window = min(window, _context_length(model))
-    pieces = []  # (item_id, first predicted position, input ids, target ids)
+    head = model.get_output_embeddings()
+    logits_chunk = logits_chunk or max(1, LOGITS_PER_CHUNK // head.weight.shape[0])
+    batches = Batches(batch_size)
+    progress = Progress("documents", len(data))
+    windows = _windows(tokenizer, data, window)
+    while group := list(islice(windows, batch_size * BATCHES_PER_ROW_GROUP)):
+        stats = {}
+        for batch, batch_stats in batches.run(range(len(group)), key=lambda i: len(group[i][2]),
+                                              step=lambda b: _window_stats(model, head, [group[i] for i in b],
+                                                                           tokenizer.pad_token_id, logits_chunk)):
+            stats.update(zip(batch, batch_stats))
+            progress.update(sum(group[i][4] for i in batch))
+        yield pd.DataFrame({
+            "item_id": [w[0] for w in group for _ in w[3]],
+            "position": [p for w in group for p in range(w[1], w[1] + len(w[3]))],
+            "target_id": [t for w in group for t in w[3]],
+            **{name: torch.cat([stats[i][k] for i in range(len(group))]).numpy()
+               for k, name in enumerate(("target_logprob", "max_logprob", "argmax_id", "entropy"))}})
+
+
+def _windows(tokenizer, data: pd.DataFrame, window: int):
+    """(item_id, first predicted position, input ids, target ids, last of its document) per window."""
     for item_id, text in zip(data["item_id"], data["text"]):
         ids = tokenizer(text, add_special_tokens=True)["input_ids"]
         for start in range(0, len(ids) - 1, window):
             chunk = ids[start:start + window + 1]
-            pieces.append((item_id, start + 1, chunk[:-1], chunk[1:]))
-    columns = {k: [] for k in ("item_id", "position", "target_id", "target_logprob", "max_logprob", "argmax_id")}
-    progress = Progress("windows", len(pieces))
-    for batch in _batches_by_length(pieces, batch_size, key=lambda p: len(p[2])):
-        input_ids, mask = _pad([p[2] for p in batch], tokenizer.pad_token_id, side="right")
-        with torch.inference_mode():
-            logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits
-        for row, (item_id, first, _, targets) in enumerate(batch):
-            n = len(targets)
-            logprobs = torch.log_softmax(logits[row, :n].float(), dim=-1)
-            _check_finite(logprobs)
-            max_lp, argmax = logprobs.max(dim=-1)
-            target = torch.tensor(targets, device=logprobs.device)
-            columns["item_id"] += [item_id] * n
-            columns["position"] += range(first, first + n)
-            columns["target_id"] += targets
-            columns["target_logprob"] += logprobs.gather(1, target[:, None])[:, 0].tolist()
-            columns["max_logprob"] += max_lp.tolist()
-            columns["argmax_id"] += argmax.tolist()
-        progress.update(len(batch))
-    result = pd.DataFrame(columns)
-    return result.sort_values(["item_id", "position"], kind="stable").reset_index(drop=True)
+            yield item_id, start + 1, chunk[:-1], chunk[1:], start + window >= len(ids) - 1
+
+
+def _window_stats(model, head, windows: list, pad_id: int, logits_chunk: int) -> list[tuple]:
+    """Per window: (target log-prob, max log-prob, argmax id, entropy) of each predicted token.
+
+    The final hidden states of the batch go through the output layer ``logits_chunk`` positions
+    at a time, so the full logits of the batch never exist at once."""
+    input_ids, mask = _pad([w[2] for w in windows], pad_id, side="right")
+    targets = torch.tensor([t for w in windows for t in w[3]], device=model.device)
+    with torch.inference_mode():
+        hidden = model.base_model(input_ids=input_ids.to(model.device),
+                                  attention_mask=mask.to(model.device)).last_hidden_state
+        hidden = hidden[mask.to(model.device).bool()]  # real positions, row after row
+        chunks = [_logit_stats(head(hidden[s:s + logits_chunk]), targets[s:s + logits_chunk])
+                  for s in range(0, len(hidden), logits_chunk)]
+    columns = [torch.cat(column).cpu() for column in zip(*chunks)]
+    sizes = [len(w[3]) for w in windows]
+    return list(zip(*(column.split(sizes) for column in columns)))
+
+
+def _logit_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Log-probability of the target, largest log-probability, its token and the entropy (nats)."""
+    logits = logits.float()
+    lse = _log_normaliser(logits)
+    max_logit, argmax = logits.max(dim=-1)
+    entropy = torch.special.entr(torch.softmax(logits, dim=-1)).sum(dim=-1)
+    target = logits.gather(1, targets[:, None])[:, 0]
+    return (target - lse).double(), (max_logit - lse).double(), argmax, entropy.double()
 
 
 # ----------------------------------------------------------------------------- facts generation
 def generate_answers(model, tokenizer, data: pd.DataFrame, *, max_new_tokens: int, stop: list[str],
                      batch_size: int) -> pd.DataFrame:
-    """Greedy continuation of every prompt, cut at the first stop string or sentence end."""
+    """Greedy continuation of every prompt (batched, left-padded, key/value cache), each row
+    stopping at its own stop string or end of sequence, cut at the first stop string or sentence end."""
     rows = []
     items = list(data.itertuples(index=False))
     progress = Progress("facts", len(items))
     encoded = {it.item_id: tokenizer(it.prompt, add_special_tokens=True)["input_ids"] for it in items}
-    for batch in _batches_by_length(items, batch_size, key=lambda it: len(encoded[it.item_id])):
-        input_ids, mask = _pad([encoded[it.item_id] for it in batch], tokenizer.pad_token_id, side="left")
-        with torch.inference_mode():
-            out = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
-                                 do_sample=False, max_new_tokens=max_new_tokens, output_logits=True,
-                                 return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id,
-                                 stop_strings=stop or None, tokenizer=tokenizer if stop else None,
-                                 temperature=None, top_p=None, top_k=None)
-        new_tokens = out.sequences[:, input_ids.shape[1]:]
-        logprobs = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
-        _check_finite(logprobs)
-        chosen = logprobs.gather(2, new_tokens[:, :, None])[:, :, 0]
+    batches = Batches(batch_size)
+    for batch, (new_tokens, chosen) in batches.run(
+            items, key=lambda it: len(encoded[it.item_id]),
+            step=lambda b: _greedy(model, tokenizer, [encoded[it.item_id] for it in b], max_new_tokens, stop)):
         for row, it in enumerate(batch):
             ids = _until_eos(new_tokens[row].tolist(), tokenizer)
             generated = tokenizer.decode(ids, skip_special_tokens=True)
@@ -141,6 +204,21 @@ def generate_answers(model, tokenizer, data: pd.DataFrame, *, max_new_tokens: in
                          "gold_first_ids": _first_tokens(tokenizer, encoded[it.item_id], it.prompt, it.aliases)})
         progress.update(len(batch))
     return pd.DataFrame(rows).sort_values("item_id", kind="stable").reset_index(drop=True)
+
+
+def _greedy(model, tokenizer, contexts: list[list[int]], max_new_tokens: int, stop: list[str]):
+    """New tokens of the greedy continuations (rows that stopped are padded) and their log-probabilities."""
+    input_ids, mask = _pad(contexts, tokenizer.pad_token_id, side="left")
+    with torch.inference_mode():
+        out = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
+                             do_sample=False, max_new_tokens=max_new_tokens, output_logits=True,
+                             return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id,
+                             stop_strings=stop or None, tokenizer=tokenizer if stop else None,
+                             temperature=None, top_p=None, top_k=None)
+        new_tokens = out.sequences[:, input_ids.shape[1]:]
+        logits = torch.stack(out.logits, dim=1).float()
+        chosen = logits.gather(2, new_tokens[:, :, None])[:, :, 0] - _log_normaliser(logits)
+    return new_tokens.cpu(), chosen.cpu()
 
 
 def cut_answer(generated: str, stop: list[str]) -> str:
@@ -179,57 +257,111 @@ def _first_tokens(tokenizer, context_ids: list[int], prompt: str, aliases) -> li
 
 
 # ----------------------------------------------------------------------------- multiple choice
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Encode as lm-evaluation-harness does: the whole string at once, the continuation after the context."""
+def encode_options(tokenizer, context: str, continuations: list[str]) -> tuple[list[int], list[list[int]]]:
+    """Encode as lm-evaluation-harness does: each whole string at once, a continuation's tokens
+    being what follows the encoded context (trailing spaces of the context move to the continuations)."""
     spaces = len(context) - len(context.rstrip(" "))
     if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole = tokenizer(context + continuation, add_special_tokens=True)["input_ids"]
+        context, continuations = context[:-spaces], [context[-spaces:] + c for c in continuations]
     context_ids = tokenizer(context, add_special_tokens=True)["input_ids"]
-    return context_ids, whole[len(context_ids):]
+    wholes = tokenizer([context + c for c in continuations], add_special_tokens=True)["input_ids"]
+    return context_ids, [whole[len(context_ids):] for whole in wholes]
 
 
-def score_options(model, tokenizer, data: pd.DataFrame, *, batch_size: int) -> pd.DataFrame:
-    """Log-probability of each option continuation " A", " B", ... after every prompt."""
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """``encode_options`` for one continuation (lm-evaluation-harness's encode_pair)."""
+    context_ids, (continuation_ids,) = encode_options(tokenizer, context, [continuation])
+    return context_ids, continuation_ids
+
+
+def score_options(model, tokenizer, data: pd.DataFrame, *, batch_size: int,
+                  prefix_cache: bool = True) -> pd.DataFrame:
+    """Log-probability of each option continuation " A", " B", ... after every prompt.
+
+    Where every option is one token, one forward pass per question reads all options at the
+    answer position. The questions of a subject share a prefix (the description and the shots):
+    with ``prefix_cache`` its key/value cache is computed once and continued by each question."""
     items = list(data.itertuples(index=False))
-    pairs = {it.item_id: [encode_pair(tokenizer, it.prompt, " " + letter) for letter in it.options]
-             for it in items}
-    single = [it for it in items if _single_token_options(pairs[it.item_id])]
+    encoded = [encode_options(tokenizer, it.prompt, [" " + letter for letter in it.options]) for it in items]
+    by_subject: dict = {}
+    for i, (_, options) in enumerate(encoded):
+        if all(len(option) == 1 for option in options):
+            by_subject.setdefault(items[i].subject, []).append(i)
     scores = {}
+    batches = Batches(batch_size)
     progress = Progress("questions", len(items))
-    for batch in _batches_by_length(single, batch_size, key=lambda it: len(pairs[it.item_id][0][0])):
-        contexts = [pairs[it.item_id][0][0] for it in batch]
-        last = _last_logprobs(model, tokenizer, contexts)
-        for row, it in enumerate(batch):
-            options = [cont[0] for _, cont in pairs[it.item_id]]
-            scores[it.item_id] = last[row, options].tolist()
-        progress.update(len(batch))
-    for it in items:  # options of several tokens: score each whole sequence (rare: logged)
-        if it.item_id not in scores:
+    for indices in by_subject.values():
+        prefix = shared_prefix([encoded[i][0] for i in indices]) if prefix_cache else []
+        cache = _prefix_cache(model, prefix)
+        for batch, logprobs in batches.run(
+                indices, key=lambda i: len(encoded[i][0]),
+                step=lambda b: _next_token_logprobs(model, cache, len(prefix),
+                                                    [encoded[i][0][len(prefix):] for i in b], tokenizer.pad_token_id)):
+            for row, i in enumerate(batch):
+                scores[i] = logprobs[row, [option[0] for option in encoded[i][1]]].tolist()
+            progress.update(len(batch))
+    for i, it in enumerate(items):  # options of several tokens: score each whole sequence (rare: logged)
+        if i not in scores:
             log.warning("item %s: an option is not one token after the prompt; scoring options one by one", it.item_id)
-            scores[it.item_id] = [_continuation_logprob(model, ctx, cont) for ctx, cont in pairs[it.item_id]]
+            scores[i] = [_continuation_logprob(model, encoded[i][0], option) for option in encoded[i][1]]
             progress.update(1)
     return pd.DataFrame({"item_id": [it.item_id for it in items],
                          "subject": [it.subject for it in items],
-                         "option_logprobs": [scores[it.item_id] for it in items],
+                         "option_logprobs": [scores[i] for i in range(len(items))],
                          "gold": [int(it.gold) for it in items]})
 
 
-def _single_token_options(pairs) -> bool:
-    context = pairs[0][0]
-    return all(len(cont) == 1 and ctx == context for ctx, cont in pairs)
+def shared_prefix(sequences: list[list[int]]) -> list[int]:
+    """Longest common token prefix of the sequences, leaving each at least one token after it
+    (empty for a single sequence). Being read off the encoded prompts themselves, every prompt's
+    whole-string encoding begins with exactly these tokens, whatever BPE merges at the boundary."""
+    if len(sequences) < 2:
+        return []
+    first, n = sequences[0], min(len(s) for s in sequences) - 1
+    for s in sequences[1:]:
+        n = next((k for k in range(n) if s[k] != first[k]), n)
+    return first[:n]
 
 
-def _last_logprobs(model, tokenizer, contexts: list[list[int]]) -> torch.Tensor:
-    """Log-softmax of the next-token logits after each context (left-padded, last position only)."""
-    input_ids, mask = _pad(contexts, tokenizer.pad_token_id, side="left")
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+def _prefix_cache(model, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Keys and values of every layer after the prefix (batch of one); empty for no prefix."""
+    if not prefix:
+        return []
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True, logits_to_keep=1,
+              **{_cache_argument(model): cache})
+    return [(keys, values) for keys, values, *_ in cache]
+
+
+def _next_token_logprobs(model, prefix_cache: list, prefix_length: int, suffixes: list[list[int]],
+                         pad_id: int) -> torch.Tensor:
+    """Log-softmax of the next-token logits after prefix + each suffix (left-padded suffixes that
+    continue the prefix's cache; only the last position goes through the output layer)."""
+    from transformers import DynamicCache
+
+    input_ids, mask = _pad(suffixes, pad_id, side="left")
+    position_ids = prefix_length + (mask.cumsum(-1) - 1).clamp(min=0)
+    mask = torch.cat([torch.ones(len(suffixes), prefix_length, dtype=mask.dtype), mask], dim=1)
+    kwargs = {}
+    if prefix_cache:
+        cache = DynamicCache(config=model.config)
+        for layer, (keys, values) in enumerate(prefix_cache):
+            cache.update(keys.expand(len(suffixes), -1, -1, -1), values.expand(len(suffixes), -1, -1, -1), layer)
+        kwargs = {_cache_argument(model): cache, "use_cache": True}
     with torch.inference_mode():
         logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
-                       position_ids=position_ids.to(model.device), logits_to_keep=1).logits[:, -1]
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    _check_finite(logprobs)
+                       position_ids=position_ids.to(model.device), logits_to_keep=1, **kwargs).logits[:, -1]
+        logits = logits.float()
+        logprobs = logits - _log_normaliser(logits)[:, None]
     return logprobs.cpu()
+
+
+def _cache_argument(model) -> str:
+    """The forward argument that takes a key/value cache (``past_key_values`` before transformers renamed it)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _continuation_logprob(model, context: list[int], continuation: list[int]) -> float:
@@ -253,11 +385,35 @@ def _context_length(model) -> int:
     return 2048
 
 
-def _batches_by_length(items: list, batch_size: int, key):
-    """Batches of items of similar length (longest first, so an out-of-memory error comes early)."""
-    order = sorted(range(len(items)), key=lambda i: -key(items[i]))
-    for start in range(0, len(order), batch_size):
-        yield [items[i] for i in order[start:start + batch_size]]
+class Batches:
+    """Runs a step on batches of items sorted longest first. On out-of-memory the batch is
+    retried at half the size, and that size is kept for the batches that follow."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def run(self, items, key, step):
+        """Yield (batch, step(batch)) over all ``items`` in batches of at most ``self.size``."""
+        order = sorted(items, key=key, reverse=True)
+        start = 0
+        while start < len(order):
+            batch = order[start:start + self.size]
+            try:
+                result = step(batch)
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if self.size == 1 or not _out_of_memory(exc):
+                    raise
+                self.size //= 2
+                log.warning("out of memory with a batch of %d; batch size now %d", len(batch), self.size)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            yield batch, result
+            start += len(batch)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)
 
 
 def _pad(sequences: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,12 +427,14 @@ def _pad(sequences: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tens
     return ids, mask
 
 
-def _check_finite(logprobs: torch.Tensor) -> None:
-    """Raise InferenceError when any position has NaN or infinite log-probabilities."""
-    bad = torch.isnan(logprobs).any(dim=-1) | ~torch.isfinite(logprobs.amax(dim=-1))
+def _log_normaliser(logits: torch.Tensor) -> torch.Tensor:
+    """log-sum-exp of the logits along the vocabulary; InferenceError if any row is NaN or infinite."""
+    lse = torch.logsumexp(logits, dim=-1)
+    bad = ~torch.isfinite(lse)
     if bad.any():
         raise InferenceError(f"the model produced NaN or infinite log-probabilities at {int(bad.sum())} "
                              f"of {bad.numel()} positions of a batch; try inference.dtype: float32")
+    return lse
 
 
 def _read_json(path: Path) -> dict:

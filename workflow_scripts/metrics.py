@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .sources import parse_step
 from .tables import atomic_path, read_provenance, read_table, write_table
 
 KEYS = ("task", "model", "revision", "method")
@@ -236,7 +237,7 @@ def score(
 ) -> None:
     """Score every method of one confidence table: a summary row and reliability bins per method."""
     labels = dict(labels or {})
-    clashes = sorted(set(labels) & {*KEYS, *METRIC_NAMES})
+    clashes = sorted(set(labels) & {*KEYS, *METRIC_NAMES, "params", "step"})
     if clashes:
         raise ValueError(f"labels may not reuse the column names {clashes}")
     table = read_table(confidence_path)
@@ -249,6 +250,9 @@ def score(
         raise ValueError(f"{confidence_path}: {int(table['method'].isna().sum())} rows have no method")
 
     keys = {"task": task, "model": model, "revision": revision}
+    source = read_provenance(confidence_path)
+    # params is counted from the loaded model by the inference stage; step comes from the revision name.
+    model_info = {"params": source.get("inference", {}).get("params"), "step": parse_step(revision)}
     summary_rows, bin_tables = [], []
     for method, group in table.groupby("method", sort=True):
         try:
@@ -256,14 +260,15 @@ def score(
             bins = reliability_bins(group["confidence"], group["correct"], n_bins)
         except ValueError as error:
             raise ValueError(f"{confidence_path}, method {method!r}: {error}") from error
-        summary_rows.append({**keys, "method": method, **metrics, **labels})
+        summary_rows.append({**keys, "method": method, **metrics, **model_info, **labels})
         bin_tables.append(bins.assign(**keys, method=method))
 
     provenance = {
         "stage": "score", **keys, "n_bins": n_bins, "n_bootstrap": n_bootstrap, "seed": seed,
-        "input": read_provenance(confidence_path),
+        "input": source,
     }
-    write_table(pd.DataFrame(summary_rows), summary_out, provenance)
+    summary = pd.DataFrame(summary_rows).astype({"params": "Int64", "step": "Int64"})
+    write_table(summary, summary_out, provenance)
     write_table(pd.concat(bin_tables, ignore_index=True)[[*KEYS, *BIN_COLUMNS]], bins_out, provenance)
 
 
@@ -276,7 +281,7 @@ def _concatenated(paths: Sequence[str | os.PathLike], order: list[str]) -> pd.Da
 
 def _text_if_mixed(summary: pd.DataFrame) -> pd.DataFrame:
     """Label columns holding both numbers and text across runs (e.g. params 1e9 and "160M") become text."""
-    for column in summary.columns.difference([*KEYS, *METRIC_NAMES]):
+    for column in summary.columns.difference([*KEYS, *METRIC_NAMES, "params", "step"]):
         if summary[column].dtype == object:
             summary[column] = summary[column].map(lambda value: value if pd.isna(value) else str(value))
     return summary

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from importlib import metadata
@@ -31,6 +32,12 @@ HUB_SUPPORT_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.py", "tokeni
 
 class SourceError(RuntimeError):
     """A model source that cannot be read: names the source and the revision."""
+
+
+def parse_step(revision: str) -> int | None:
+    """The training step a revision names (``step1000`` -> 1000, Pythia's convention), else None."""
+    match = re.fullmatch(r"step(\d+)", revision)
+    return int(match.group(1)) if match else None
 
 
 def parse_source(source: str) -> tuple[str, str]:
