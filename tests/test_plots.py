@@ -161,3 +161,149 @@ def test_method_colours_are_stable_and_avoid_the_gap_red():
     assert list(colours) == ["b", "a", "c"]
     assert len(set(colours.values())) == 3
     assert plots.matplotlib.colors.to_rgb(plots.GAP_COLOUR) not in colours.values()
+
+
+# --- calibration against scale and along training ---------------------------------------------
+
+SIZES = {"70m": 70_426_624, "410m": 405_334_016, "1.4b": 1_414_647_808}
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    """Pythia-like tables: 3 sizes x (standard, deduped) at step143000, the 1.4B model also along
+    training (with step0), and an unrelated family."""
+    models = [f"pythia-{s}{v}" for v in ("", "-deduped") for s in SIZES] + ["gpt2"]
+    summary, reliability = make_tables(
+        models, ["step0", "step1000", "step143000"],
+        tasks={"facts": ["seq_prob", "first_token_prob"], "mc": ["option_softmax"]})
+    def keep(t):  # gpt2 at one revision (renamed 'main'), pythia-1.4b* at every step
+        if_gpt2 = t["revision"] == "step0"
+        if_pythia = t["model"].str.startswith("pythia-1.4b") | (t["revision"] == "step143000")
+        return if_gpt2.where(t["model"] == "gpt2", if_pythia)
+    summary, reliability = summary[keep(summary)], reliability[keep(reliability)]
+    summary = summary.assign(
+        revision=summary["revision"].where(summary["model"] != "gpt2", "main"),
+        step=summary["revision"].str.removeprefix("step").astype(float)
+        .where(summary["model"] != "gpt2"),
+        params=summary["model"].map(lambda m: SIZES.get(
+            m.removeprefix("pythia-").removesuffix("-deduped"), 124_000_000)),
+        family=summary["model"].map(lambda m: m.split("-")[0]),
+        data=summary["model"].map(lambda m: "deduped" if m.endswith("deduped") else None))
+    reliability = reliability.assign(
+        revision=reliability["revision"].where(reliability["model"] != "gpt2", "main"))
+    folder = tmp_path_factory.mktemp("suite")
+    write_table(summary, folder / "summary.parquet")
+    write_table(reliability, folder / "reliability.parquet")
+    return folder / "summary.parquet", folder / "reliability.parquet"
+
+
+def selection_table(with_data=True):
+    """Two tasks, two families, revisions given out of order; data missing for some models."""
+    rows = []
+    models = {"p-big": (2000, "standard", "p"), "p-small": (100, None, "p"),
+              "p-small-dd": (100, "deduped", "p"), "q-x": (50, "standard", "q"),
+              "p-nostep": (300, "standard", "p")}
+    revisions = {"p-nostep": [("main", None), ("v2", None)]}
+    for task, methods in {"t1": ["m2", "m1"], "t2": ["z", "a"]}.items():
+        for model, (params, data, family) in models.items():
+            for revision, step in revisions.get(model, [("step100", 100), ("step5000", 5000),
+                                                        ("step0", 0), ("step20", 20)]):
+                for method in methods:
+                    rows.append(dict(task=task, model=model, revision=revision, method=method,
+                                     accuracy=0.5, ece=0.1, params=params, step=step,
+                                     family=family, data=data))
+    table = pd.DataFrame(rows)
+    return table if with_data else table.drop(columns="data")
+
+
+def test_humanize():
+    assert [plots.humanize(n) for n in (70_426_624, 162_322_944, 1_414_647_808, 11_846_072_320,
+                                         160_000, 999_999, 143_000, 256, 0)] == \
+        ["70M", "160M", "1.4B", "12B", "160K", "1M", "140K", "260", "0"]
+
+
+def test_scale_rows_pick_final_revision_suite_and_primary_method():
+    rows = plots.scale_rows(selection_table(), ["p"], {"t1": "m1"})
+    assert set(rows["family"]) == {"p"}
+    assert set(rows.loc[rows["task"] == "t1", "method"]) == {"m1"}  # named
+    assert set(rows.loc[rows["task"] == "t2", "method"]) == {"a"}  # first in sorted order
+    final = dict(zip(rows["model"], rows["revision"]))
+    assert final == {"p-big": "step5000", "p-small": "step5000", "p-small-dd": "step5000",
+                     "p-nostep": "v2"}  # largest step; without steps the last revision
+    # by task, family, data ('standard' first; a missing label is standard), params
+    assert list(rows["model"]) == ["p-small", "p-nostep", "p-big", "p-small-dd"] * 2
+    assert list(rows["data"])[:4] == ["standard"] * 3 + ["deduped"]
+    assert len(rows) == 8
+
+
+def test_scale_rows_without_data_column_and_bad_method():
+    rows = plots.scale_rows(selection_table(with_data=False), ["p", "q"], {})
+    assert set(rows["data"]) == {"standard"}
+    assert set(rows["family"]) == {"p", "q"}
+    assert plots.scale_rows(selection_table(), ["nope"], {}).empty
+    with pytest.raises(ValueError, match=r"'m3'.*'t1'.*m1, m2"):
+        plots.scale_rows(selection_table(), ["p"], {"t1": "m3"})
+
+
+def test_dynamics_rows_keep_listed_models_with_steps_sorted_by_step():
+    rows = plots.dynamics_rows(selection_table(), ["p-small", "p-big", "p-nostep"], {"t2": "z"})
+    assert list(rows["task"]) == ["t1"] * 6 + ["t2"] * 6
+    assert list(rows["model"])[:6] == ["p-small"] * 3 + ["p-big"] * 3  # in the order given
+    assert list(rows["step"])[:6] == [20, 100, 5000] * 2  # step0 dropped (log axis)
+    assert set(rows.loc[rows["task"] == "t2", "method"]) == {"z"}
+    assert set(rows.loc[rows["task"] == "t1", "method"]) == {"m1"}
+    assert plots.dynamics_rows(selection_table(), ["p-nostep"], {}).empty
+
+
+def test_scale_and_dynamics_figures(suite, tmp_path):
+    summary, _ = suite
+    plots.plot_scale(summary, ["pythia"], {"facts": "first_token_prob"},
+                     tmp_path / "scale.png", tmp_path / "scale.pdf")
+    height, width = assert_figure(tmp_path / "scale.png", tmp_path / "scale.pdf")
+    assert height > 0.6 * width  # two tasks stacked, accuracy | ECE side by side
+    plots.plot_dynamics(summary, ["pythia-1.4b", "pythia-1.4b-deduped"], {},
+                        tmp_path / "dynamics.png", tmp_path / "dynamics.pdf")
+    assert_figure(tmp_path / "dynamics.png", tmp_path / "dynamics.pdf")
+    assert_no_temp_files(tmp_path)
+
+
+def test_reliability_scale_figure(suite, tmp_path):
+    summary, reliability = suite
+    png, pdf = tmp_path / "out" / "rs.png", tmp_path / "out" / "rs.pdf"
+    plots.plot_reliability_scale(summary, reliability, "facts", ["pythia"], {}, png, pdf)
+    height, width = assert_figure(png, pdf, min_width=600)
+    assert width > height  # three sizes across, two data variants down
+    assert_no_temp_files(png.parent)
+
+
+def test_scale_figures_raise_clearly_when_nothing_matches(suite, tmp_path):
+    summary, reliability = suite
+    out = tmp_path / "x.png", tmp_path / "x.pdf"
+    with pytest.raises(ValueError, match=r"suites llama .*families present: gpt2, pythia"):
+        plots.plot_scale(summary, ["llama"], {}, *out)
+    with pytest.raises(ValueError, match=r"models nope, gpt2 .*pythia-1.4b"):
+        plots.plot_dynamics(summary, ["nope", "gpt2"], {}, *out)
+    with pytest.raises(ValueError, match=r"suites llama .*families present: gpt2, pythia"):
+        plots.plot_reliability_scale(summary, reliability, "facts", ["llama"], {}, *out)
+    with pytest.raises(ValueError, match=r"'lm'.*facts, mc"):
+        plots.plot_reliability_scale(summary, reliability, "lm", ["pythia"], {}, *out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pretrain_loss_table_and_figure(tmp_path):
+    from workflow_scripts.plots import plot_pretrain_loss
+    from workflow_scripts.tables import write_table
+
+    dirs = []
+    for name, start in (("toy-xs-standard", 7.0), ("toy-xs-deduped", 7.2)):
+        folder = tmp_path / name
+        write_table(pd.DataFrame({"step": [1, 2, 3], "loss": [start, start - 1, start - 1.5],
+                                  "lr": [1e-3] * 3, "tokens": [64, 128, 192]}), folder / "loss.parquet")
+        dirs.append(folder)
+    plot_pretrain_loss(dirs, tmp_path / "loss.csv", tmp_path / "loss.png", tmp_path / "loss.pdf")
+    table = pd.read_csv(tmp_path / "loss.csv")
+    assert list(table.columns) == ["model", "step", "loss", "lr", "tokens"] and len(table) == 6
+    assert table.groupby("model")["loss"].first().to_dict() == {"toy-xs-deduped": 7.2, "toy-xs-standard": 7.0}
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no trained models"):
+        plot_pretrain_loss([], tmp_path / "x.csv", tmp_path / "x.png", tmp_path / "x.pdf")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import matplotlib
 
@@ -218,4 +219,392 @@ def plot_summary(summary_path, png_out, pdf_out) -> None:
         ax.set_xticks(np.arange(len(groups)), labels, rotation=40 if rotate else 0,
                       ha="right" if rotate else "center", rotation_mode="anchor")
         ax.set_xlabel("model", fontsize=FONT["label"])
+    save_figure(fig, png_out, pdf_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration against scale and along training (Zhu et al. 2023, Figures 3 and 4).
+
+STANDARD = "standard"  # the data variant of a model without a `data` label
+VARIANT_COLOURS = {"standard": "tab:blue", "deduped": "tab:orange"}
+FAMILY_STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")]  # marker, line per family
+BAND_ALPHA = 0.18
+MIN_TICK_GAP = 0.12  # size ticks closer than this (in decades) to a kept one are dropped
+
+
+def humanize(n) -> str:
+    """A count in two significant figures with K/M/B/T: 70426624 -> '70M', 1414647808 -> '1.4B'."""
+    if pd.isna(n):
+        return "?"
+    n = float(n)
+    if n == 0:
+        return "0"
+    rounded = float(f"{n:.2g}")
+    for factor, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(rounded) >= factor:
+            return f"{rounded / factor:.3g}" + unit
+    return f"{rounded:.3g}"
+
+
+def with_labels(summary: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose label columns exist: missing `data` is 'standard', missing `family`/`stage` stay
+    NaN; `params` and `step` are numeric (NaN where unknown)."""
+    summary = summary.copy()
+    for column in ("family", "data", "stage"):
+        if column not in summary.columns:
+            summary[column] = np.nan
+    summary["data"] = summary["data"].where(summary["data"].notna(), STANDARD).astype(str)
+    for column in ("params", "step"):
+        summary[column] = (pd.to_numeric(summary[column], errors="coerce")
+                           if column in summary.columns else np.nan)
+    return summary
+
+
+def primary_methods(summary: pd.DataFrame, methods: dict[str, str] | None) -> dict[str, str]:
+    """task -> its primary method: `methods[task]`, else the task's first method in sorted order.
+    ValueError when a named method has no rows in its task."""
+    methods = dict(methods or {})
+    primary = {}
+    for task, rows in summary.groupby("task", sort=True):
+        present = sorted(rows["method"].dropna().astype(str).unique())
+        if task in methods:
+            if methods[task] not in present:
+                raise ValueError(f"primary method {methods[task]!r} of task {task!r} has no rows "
+                                 f"(methods present: {', '.join(present) or 'none'})")
+            primary[task] = methods[task]
+        elif present:
+            primary[task] = present[0]
+    return primary
+
+
+def _primary_only(summary: pd.DataFrame, methods) -> pd.DataFrame:
+    primary = primary_methods(summary, methods)
+    return summary[summary["method"] == summary["task"].map(primary)]
+
+
+def _variant_key(data: pd.Series) -> pd.Series:
+    """Sort key of data variants: 'standard' first, then by name."""
+    return data.map(lambda d: (d != STANDARD, d))
+
+
+def final_revisions(summary: pd.DataFrame) -> dict[str, str]:
+    """model -> its final revision: the one with the largest step, or, where no revision names a
+    step, the last one in summary order."""
+    final = {}
+    for model, rows in summary.groupby("model", sort=False):
+        stepped = rows[rows["step"].notna()]
+        final[model] = (stepped.loc[stepped["step"].idxmax(), "revision"] if not stepped.empty
+                        else rows["revision"].iloc[-1])
+    return final
+
+
+def scale_rows(summary: pd.DataFrame, suites: list[str], methods: dict[str, str]) -> pd.DataFrame:
+    """The rows of the models whose `family` is in `suites`, each at its final revision, for the
+    primary method of each task, with a known positive parameter count; sorted by task, family,
+    data variant ('standard' first), params (then model)."""
+    summary = with_labels(summary)
+    rows = summary[summary["family"].isin(list(suites))]
+    final = final_revisions(rows)
+    rows = rows[rows["revision"] == rows["model"].map(final)]
+    rows = _primary_only(rows, methods)
+    rows = rows[rows["params"] > 0]
+    return rows.sort_values(["task", "family", "data", "params", "model"], kind="stable",
+                            key=lambda c: _variant_key(c) if c.name == "data" else c,
+                            ignore_index=True)
+
+
+def dynamics_rows(summary: pd.DataFrame, models: list[str], methods: dict[str, str]) -> pd.DataFrame:
+    """The rows of `models` at every revision naming a step > 0 (step 0 cannot sit on the log
+    axis and is dropped), for the primary method of each task; sorted by task, model (in the order
+    of `models`), step."""
+    summary = with_labels(summary)
+    models = list(models)
+    rows = summary[summary["model"].isin(models) & (summary["step"] > 0)]
+    rows = _primary_only(rows, methods)
+    order = {m: i for i, m in enumerate(models)}
+    return rows.sort_values(["task", "model", "step"], kind="stable",
+                            key=lambda c: c.map(order) if c.name == "model" else c,
+                            ignore_index=True)
+
+
+def variant_colours(data_values) -> dict[str, str | tuple]:
+    """One colour per data variant: standard blue, deduped orange, others (by name) from tab10,
+    never the gap's red."""
+    taken = {matplotlib.colors.to_rgb(c) for c in (*VARIANT_COLOURS.values(), GAP_COLOUR)}
+    palette = [c for c in plt.get_cmap("tab10").colors if c not in taken]
+    others = sorted(set(map(str, data_values)) - set(VARIANT_COLOURS))
+    return {**VARIANT_COLOURS, **{d: palette[i % len(palette)] for i, d in enumerate(others)}}
+
+
+def _shades(colour, n: int) -> list[tuple]:
+    """`n` shades of `colour` from light to dark (the colour itself when n == 1)."""
+    base = np.array(matplotlib.colors.to_rgb(colour))
+    if n == 1:
+        return [tuple(base)]
+    out = []
+    for t in np.linspace(-0.5, 0.45, n):  # <0 mixes with white, >0 with black
+        out.append(tuple(base + (1 - base) * -t if t < 0 else base * (1 - t)))
+    return out
+
+
+def variant_label(family, data) -> str:
+    family = "?" if pd.isna(family) else str(family)
+    return f"{family} ({data})"
+
+
+def _ece_band(ax, x, rows: pd.DataFrame, colour, alpha: float = BAND_ALPHA) -> None:
+    """The bootstrap CI of ECE as a band (gaps where a CI is missing); error bars for one point."""
+    low, high = rows["ece_ci_low"].astype(float), rows["ece_ci_high"].astype(float)
+    if len(rows) == 1:
+        yerr = np.vstack([(rows["ece"] - low).clip(lower=0), (high - rows["ece"]).clip(lower=0)])
+        ax.errorbar(x, rows["ece"], yerr=yerr, fmt="none", ecolor=colour, elinewidth=1, capsize=3,
+                    zorder=2)
+        return
+    ax.fill_between(x, low, high, color=colour, alpha=alpha, linewidth=0, zorder=1)
+
+
+def _style_axis(ax, ylabel: str) -> None:
+    ax.set_ylabel(ylabel, fontsize=FONT["label"])
+    ax.tick_params(labelsize=FONT["tick"])
+    ax.grid(color="0.9", which="major")
+    ax.set_axisbelow(True)
+
+
+def _ece_ylim(ax, rows: pd.DataFrame) -> None:
+    top = np.nanmax([rows["ece"].max(), rows["ece_ci_high"].max(), 0.01])
+    ax.set_ylim(0, 1.1 * top)
+
+
+def _size_ticks(ax, params) -> None:
+    """Major ticks at the parameter counts, labelled by size; near-coincident ones thinned out."""
+    kept = []
+    for p in sorted(set(float(v) for v in params if v > 0)):
+        if not kept or np.log10(p) - np.log10(kept[-1]) >= MIN_TICK_GAP:
+            kept.append(p)
+    ax.set_xticks(kept, [humanize(p) for p in kept])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    if len(kept) == 1:
+        ax.set_xlim(kept[0] / 2, kept[0] * 2)
+
+
+def _pair_axes(n_tasks: int, width: float = 7.0):
+    fig, axes = plt.subplots(n_tasks, 2, squeeze=False, sharex=True, layout="constrained",
+                             figsize=(width, 0.7 + 2.1 * n_tasks))
+    return fig, axes
+
+
+def _no_suite(suites, families) -> ValueError:
+    """The error of a scale figure whose suites match no model, naming the families present."""
+    return ValueError(f"no summary rows of a model whose family is in the suites "
+                      f"{', '.join(map(str, suites)) or '(none)'} (families present: "
+                      f"{', '.join(map(str, families)) or 'none'})")
+
+
+def plot_scale(summary_path, suites: list[str], methods: dict[str, str], png_out, pdf_out) -> None:
+    """Accuracy | ECE against parameter count (log axis), one row per task, one line per
+    (family, data) variant at each model's final revision; ECE with its bootstrap CI as a band."""
+    summary = read_table(summary_path)
+    rows = scale_rows(summary, suites, methods)
+    if rows.empty:
+        families = sorted(with_labels(summary)["family"].dropna().astype(str).unique())
+        raise _no_suite(suites, families)
+    tasks = ordered_unique(rows["task"])
+    colours = variant_colours(with_labels(summary)["data"])
+    styles = {f: FAMILY_STYLES[i % len(FAMILY_STYLES)]
+              for i, f in enumerate(ordered_unique(rows["family"].astype(str)))}
+
+    fig, axes = _pair_axes(len(tasks))
+    handles = {}
+    for i, task in enumerate(tasks):
+        task_rows_ = rows[rows["task"] == task]
+        method = task_rows_["method"].iloc[0]
+        for (family, data), line in task_rows_.groupby(["family", "data"], sort=False):
+            line = line.drop_duplicates("params")
+            marker, ls = styles[str(family)]
+            label = variant_label(family, data)
+            for ax, metric in ((axes[i, 0], "accuracy"), (axes[i, 1], "ece")):
+                if metric == "ece":
+                    _ece_band(ax, line["params"], line, colours[data])
+                (h,) = ax.plot(line["params"], line[metric], marker=marker, ls=ls, ms=4, lw=1.3,
+                               color=colours[data], label=label, zorder=3)
+                handles.setdefault(label, h)
+        axes[i, 0].set_title(f"{task}: accuracy", fontsize=FONT["title"] + 1)
+        axes[i, 1].set_title(f"{task}: ECE ({method})", fontsize=FONT["title"] + 1)
+        _style_axis(axes[i, 0], "accuracy")
+        _style_axis(axes[i, 1], "ECE")
+        _ece_ylim(axes[i, 1], task_rows_)
+    for ax in axes.flat:
+        ax.set_xscale("log")
+    _size_ticks(axes[0, 0], rows["params"])
+    for ax in axes[-1]:
+        ax.set_xlabel("parameters", fontsize=FONT["label"])
+        ax.tick_params(axis="x", labelrotation=45 if axes[0, 0].get_xticks().size > 6 else 0)
+    fig.legend(handles.values(), handles.keys(), loc="outside upper center",
+               ncol=min(len(handles), 4), fontsize=FONT["label"], frameon=False)
+    save_figure(fig, png_out, pdf_out)
+
+
+def _step_formatter():
+    return matplotlib.ticker.FuncFormatter(lambda x, _: humanize(x))
+
+
+def model_colours(rows: pd.DataFrame, colours_by_variant: dict) -> dict[str, tuple]:
+    """model -> colour: its data variant's hue, lighter for smaller models within the variant."""
+    out = {}
+    info = rows.drop_duplicates("model")[["model", "data", "params"]]
+    for data, group in info.groupby("data", sort=False):
+        group = group.sort_values("params", kind="stable", na_position="last")
+        for model, shade in zip(group["model"], _shades(colours_by_variant[data], len(group))):
+            out[model] = shade
+    return out
+
+
+def plot_dynamics(summary_path, models: list[str], methods: dict[str, str], png_out, pdf_out) -> None:
+    """Accuracy | ECE against training step (log axis), one row per task, one line per model;
+    ECE with its bootstrap CI as a band. Step 0 is not drawn (see dynamics_rows)."""
+    summary = read_table(summary_path)
+    rows = dynamics_rows(summary, models, methods)
+    if rows.empty:
+        stepped = with_labels(summary)
+        present = ordered_unique(stepped.loc[stepped["step"] > 0, "model"])
+        raise ValueError(f"no summary rows with a training step > 0 for the models "
+                         f"{', '.join(map(str, models)) or '(none)'} (models with steps: "
+                         f"{', '.join(map(str, present)) or 'none'})")
+    tasks = ordered_unique(rows["task"])
+    colours = model_colours(rows, variant_colours(with_labels(summary)["data"]))
+    many = rows.groupby(["task", "model"]).size().max() > 12
+    alpha = BAND_ALPHA if len(colours) <= 2 else BAND_ALPHA / 2  # bands of many lines pile up
+
+    fig, axes = _pair_axes(len(tasks))
+    handles = {}
+    for i, task in enumerate(tasks):
+        task_rows_ = rows[rows["task"] == task]
+        method = task_rows_["method"].iloc[0]
+        for model in ordered_unique(task_rows_["model"]):
+            line = task_rows_[task_rows_["model"] == model].drop_duplicates("step")
+            for ax, metric in ((axes[i, 0], "accuracy"), (axes[i, 1], "ece")):
+                if metric == "ece":
+                    _ece_band(ax, line["step"], line, colours[model], alpha)
+                (h,) = ax.plot(line["step"], line[metric], marker="o", ms=2.5 if many else 4,
+                               lw=1.3, color=colours[model], label=str(model), zorder=3)
+                handles.setdefault(str(model), h)
+        axes[i, 0].set_title(f"{task}: accuracy", fontsize=FONT["title"] + 1)
+        axes[i, 1].set_title(f"{task}: ECE ({method})", fontsize=FONT["title"] + 1)
+        _style_axis(axes[i, 0], "accuracy")
+        _style_axis(axes[i, 1], "ECE")
+        _ece_ylim(axes[i, 1], task_rows_)
+    steps = rows["step"].astype(float)
+    narrow = np.log10(steps.max() / steps.min()) < 1.5  # too few decades for 10^k ticks alone
+    for ax in axes.flat:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5) if narrow else (1,)))
+        ax.xaxis.set_major_formatter(_step_formatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if steps.nunique() == 1:
+        axes[0, 0].set_xticks([steps.iloc[0]])
+        axes[0, 0].set_xlim(steps.iloc[0] / 2, steps.iloc[0] * 2)
+    for ax in axes[-1]:
+        ax.set_xlabel("training step", fontsize=FONT["label"])
+    fig.legend(handles.values(), handles.keys(), loc="outside upper center",
+               ncol=min(len(handles), 4), fontsize=FONT["label"], frameon=False)
+    save_figure(fig, png_out, pdf_out)
+
+
+def _blank_cell(ax, strip) -> None:
+    """A reliability panel and strip laid out like the others but drawing nothing."""
+    ax.set(xlim=(0, 1), ylim=(0, 1), box_aspect=1, anchor="S")
+    strip.set(box_aspect=STRIP, anchor="N")
+    for a in (ax, strip):
+        a.spines[:].set_visible(False)
+        a.tick_params(left=False, bottom=False, labelleft=False, labelbottom=False)
+
+
+def plot_reliability_scale(summary_path, reliability_path, task: str, suites: list[str],
+                           methods: dict[str, str], png_out, pdf_out) -> None:
+    """Reliability diagrams of `task`'s primary method across sizes: one column per parameter
+    count (ascending), one row per (family, data) variant, each model at its final revision."""
+    summary = read_table(summary_path)
+    task_rows(summary, task)  # ValueError naming the tasks present
+    rows = scale_rows(summary, suites, methods)
+    rows = rows[rows["task"] == task]
+    if rows.empty:
+        families = sorted(with_labels(summary[summary["task"] == task])["family"]
+                          .dropna().astype(str).unique())
+        raise _no_suite(suites, families)
+    method = rows["method"].iloc[0]
+    rows = rows.assign(size=rows["params"].map(humanize))
+    if rows.duplicated(["family", "data", "size"]).any():  # two models of one variant, one label
+        rows["size"] = rows["params"]
+    sizes = list(rows.sort_values("params", kind="stable")["size"].drop_duplicates())
+    variants = ordered_unique(zip(rows["family"], rows["data"]))
+    colours = variant_colours(with_labels(summary)["data"])
+    reliability = read_table(reliability_path)
+    keys = ["model", "revision", "method"]
+    panels = dict(tuple(reliability[(reliability["task"] == task)
+                                    & (reliability["method"] == method)].groupby(keys, sort=False)))
+    empty = reliability.iloc[:0]
+    (n_rows, n_cols), where = panel_layout(sizes, variants)
+
+    fig = plt.figure(layout="constrained", figsize=(0.9 + 1.8 * n_cols, 0.7 + 2.45 * n_rows))
+    fig.get_layout_engine().set(h_pad=4 / 72)
+    grid = fig.add_gridspec(2 * n_rows, n_cols, height_ratios=[1, STRIP] * n_rows)
+    cells = {(r["size"], (r["family"], r["data"])): r for _, r in rows.iterrows()}
+    first_drawn = {}  # grid row -> its first non-empty cell, which keeps the accuracy tick labels
+    for (size, variant), (i, j) in sorted(where.items(), key=lambda item: item[1]):
+        if (size, variant) in cells:
+            first_drawn.setdefault(i, (i, j))
+    for (size, variant), (i, j) in where.items():
+        ax = fig.add_subplot(grid[2 * i, j])
+        strip = fig.add_subplot(grid[2 * i + 1, j], sharex=ax)
+        stats = cells.get((size, variant))
+        if stats is None:  # no model of this variant at this size: an empty cell
+            _blank_cell(ax, strip)
+        else:
+            key = (stats["model"], stats["revision"], method)
+            _draw_reliability(ax, strip, panels.get(key, empty), colours[variant[1]])
+        ax.set_title(_panel_note(stats) if stats is not None else "no model",
+                     fontsize=FONT["note"], color="0.1" if stats is not None else "0.6")
+        if i % len(variants) == 0:  # sizes head the first row of each block
+            ax.annotate(humanize(size) if not isinstance(size, str) else size, xy=(0.5, 1),
+                        xycoords=ax.title, xytext=(0, 2),
+                        textcoords="offset points", ha="center", va="bottom",
+                        fontsize=FONT["title"] + 1, fontweight="bold")
+        if i % len(variants) == len(variants) - 1 and stats is not None:
+            strip.set_xlabel("confidence", fontsize=FONT["label"])
+        else:
+            strip.tick_params(labelbottom=False)
+        if j == 0:
+            ax.set_ylabel("accuracy", fontsize=FONT["label"])
+            strip.set_ylabel("count", fontsize=FONT["tick"])
+            ax.annotate(variant_label(*variant), xy=(0, 0.5), xycoords=ax.yaxis.label,
+                        xytext=(-4, 0), textcoords="offset points", ha="right", va="center",
+                        rotation=90, fontsize=FONT["title"] + 1, fontweight="bold")
+        elif (i, j) != first_drawn.get(i):
+            ax.tick_params(labelleft=False)
+    fig.suptitle(f"Reliability across scale: {task} ({method})", fontsize=FONT["title"] + 2)
+    save_figure(fig, png_out, pdf_out)
+
+
+def plot_pretrain_loss(model_dirs, table_out, png_out, pdf_out) -> None:
+    """Training loss of the suite trained here: the table (``model, step, loss, lr, tokens``) and its figure."""
+    frames = [read_table(Path(d) / "loss.parquet").assign(model=Path(d).name) for d in model_dirs]
+    if not frames:
+        raise ValueError("no trained models: the config has no `pretrain` suite")
+    losses = pd.concat(frames, ignore_index=True)[["model", "step", "loss", "lr", "tokens"]]
+    with atomic_path(table_out, suffix=".csv") as tmp:
+        losses.to_csv(tmp, index=False)
+    models = ordered_unique(losses["model"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(models)))
+    for model, colour in zip(models, colours):
+        rows = losses[losses["model"] == model]
+        ax.plot(rows["step"], rows["loss"], color=colour, lw=1.4, label=model,
+                ls="--" if model.endswith("deduped") else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("training loss (nats per token)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2, frameon=False)
+    ax.set_title("Pretraining loss of the suite trained here")
+    fig.tight_layout()
     save_figure(fig, png_out, pdf_out)
