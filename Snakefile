@@ -15,9 +15,14 @@ validate(config, schema="config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/pretrain.smk"
 include: "rules/inference.smk"
 include: "rules/scoring.smk"
 include: "rules/figures.smk"
+
+
+# Seconds of pandas each: on a cluster they run where snakemake runs, not as cluster jobs.
+localrules: all, extract_confidence, score, summarize, plot_reliability, plot_summary
 
 
 rule all:
@@ -25,4 +30,5 @@ rule all:
         "results/metrics/summary.csv",
         expand("results/figures/reliability_{task}.png", task=TASKS),
         "results/figures/summary.png",
+        study_figures(),
     default_target: True

@@ -26,6 +26,7 @@ rule prepare_task:
 rule fetch_checkpoint:
     input:
         code=code("sources"),
+        trained=trained_model_dir,
     output:
         checkpoint("{model}", "{revision}"),
     params:

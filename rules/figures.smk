@@ -36,3 +36,84 @@ rule plot_summary:
         mem_mb=2000,
     script:
         "scripts/plot_summary.py"
+
+
+rule plot_scale:
+    input:
+        code=code("plots"),
+        summary="results/metrics/summary.parquet",
+    output:
+        png=report("results/figures/scale.png", caption="../report/scale.rst", category="Scale and training"),
+        pdf="results/figures/scale.pdf",
+    params:
+        suites=lambda wc: config["figures"]["suites"],
+        methods=primary_methods(),
+    log:
+        "results/logs/plot_scale.log",
+    benchmark:
+        "results/benchmarks/plot_scale.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "scripts/plot_scale.py"
+
+
+rule plot_dynamics:
+    input:
+        code=code("plots"),
+        summary="results/metrics/summary.parquet",
+    output:
+        png=report("results/figures/dynamics.png", caption="../report/dynamics.rst", category="Scale and training"),
+        pdf="results/figures/dynamics.pdf",
+    params:
+        models=lambda wc: config["figures"]["dynamics"],
+        methods=primary_methods(),
+    log:
+        "results/logs/plot_dynamics.log",
+    benchmark:
+        "results/benchmarks/plot_dynamics.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "scripts/plot_dynamics.py"
+
+
+rule plot_reliability_scale:
+    input:
+        code=code("plots"),
+        summary="results/metrics/summary.parquet",
+        reliability="results/metrics/reliability.parquet",
+    output:
+        png=report("results/figures/reliability_scale_{task}.png", caption="../report/reliability_scale.rst",
+                   category="Scale and training", labels={"task": "{task}"}),
+        pdf="results/figures/reliability_scale_{task}.pdf",
+    params:
+        suites=lambda wc: config["figures"]["suites"],
+        methods=primary_methods(),
+    log:
+        "results/logs/plot_reliability_scale/{task}.log",
+    benchmark:
+        "results/benchmarks/plot_reliability_scale/{task}.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "scripts/plot_reliability_scale.py"
+
+
+rule plot_pretrain_loss:
+    input:
+        code=code("plots"),
+        models=[f"results/pretrain/models/{m}" for m in PRETRAINED],
+    output:
+        table="results/pretrain/loss.csv",
+        png=report("results/figures/pretrain_loss.png", caption="../report/pretrain_loss.rst",
+                   category="Scale and training"),
+        pdf="results/figures/pretrain_loss.pdf",
+    log:
+        "results/logs/plot_pretrain_loss.log",
+    benchmark:
+        "results/benchmarks/plot_pretrain_loss.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "scripts/plot_pretrain_loss.py"

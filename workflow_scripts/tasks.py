@@ -167,7 +167,7 @@ def _clm_records(ds: dict, read: dict) -> Iterator[tuple[str, str]]:
                 yield f"{name}/{row}", text
 
 
-def _clm_pydoc_topics(ds: dict, read: dict) -> Iterator[tuple[str, str]]:
+def pydoc_prose(ds: dict, read: dict) -> Iterator[tuple[str, str]]:
     """Prose paragraphs of Python's own help texts (pydoc_data.topics), one line each."""
     from pydoc_data import topics
 
@@ -188,7 +188,7 @@ def _not_prose(line: str) -> bool:
     return not line.strip() or line[0].isspace() or re.fullmatch(r"[*=~^#+-]{3,}", line.strip()) is not None
 
 
-CLM_FORMATS = {"text": _clm_text, "jsonl": _clm_records, "parquet": _clm_records, "pydoc_topics": _clm_pydoc_topics}
+CLM_FORMATS = {"text": _clm_text, "jsonl": _clm_records, "parquet": _clm_records, "pydoc_topics": pydoc_prose}
 
 
 # ---------------------------------------------------------------- generation
@@ -201,7 +201,7 @@ _GEO_PROMPTS = {
 }
 
 
-def _geonames_facts(ds: dict, read: dict) -> dict[str, list[tuple[str, str, str, list[str]]]]:
+def geonames_facts(ds: dict, read: dict) -> dict[str, list[tuple[str, str, str, list[str]]]]:
     """Per relation, (iso code, country, value, aliases) for countries sorted by name; countries
     lacking the field are skipped."""
     relations = ds.get("relations", list(_GEO_RELATIONS))
@@ -231,7 +231,7 @@ def _gen_geonames(ds: dict, read: dict) -> list[dict]:
     return [
         {"item_id": f"geonames/{relation}/{iso}", "relation": relation, "subject": country,
          "prompt": _GEO_PROMPTS[relation].format(country), "answer": value, "aliases": aliases}
-        for relation, facts in _geonames_facts(ds, read).items()
+        for relation, facts in geonames_facts(ds, read).items()
         for iso, country, value, aliases in facts
     ]
 
@@ -404,7 +404,7 @@ def _mc_geonames(ds: dict, read: dict, seed: int) -> list[Subject]:
     (capital, continent, currency), so a subject does not change when other relations are added.
     """
     subjects = []
-    for relation, facts in _geonames_facts(ds, read).items():
+    for relation, facts in geonames_facts(ds, read).items():
         rng = np.random.default_rng([seed, _GEO_RELATIONS.index(relation)])
         values = sorted({value for _, _, value, _ in facts})
         questions = []

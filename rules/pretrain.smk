@@ -1,0 +1,67 @@
+# The suite trained here (config `pretrain`): corpus, tokenizer, and one model per size and data variant.
+# Its checkpoints are read back as revisions step<N> of `local:` model sources (see common.smk).
+
+
+wildcard_constraints:
+    data="standard|deduped",
+    pretrained="|".join(map(re.escape, PRETRAINED)) or "^$",
+
+
+rule build_corpus:
+    input:
+        code=code("pretrain"),
+        held_out=[f"results/data/{t}.parquet" for t in TASKS if TASKS[t]["kind"] == "clm"],
+    output:
+        "results/pretrain/corpus/{data}.parquet",
+    params:
+        corpus=lambda wc: config["pretrain"]["corpus"],
+        seed=config["seed"],
+    log:
+        "results/logs/build_corpus/{data}.log",
+    benchmark:
+        "results/benchmarks/build_corpus/{data}.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "scripts/build_corpus.py"
+
+
+rule train_tokenizer:
+    input:
+        code=code("pretrain"),
+        corpus="results/pretrain/corpus/standard.parquet",
+    output:
+        directory("results/pretrain/tokenizer"),
+    params:
+        vocab_size=lambda wc: config["pretrain"]["vocab_size"],
+    log:
+        "results/logs/train_tokenizer.log",
+    benchmark:
+        "results/benchmarks/train_tokenizer.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "scripts/train_tokenizer.py"
+
+
+rule pretrain:
+    input:
+        code=code("pretrain"),
+        corpus=lambda wc: f"results/pretrain/corpus/{PRETRAINED[wc.pretrained]['data']}.parquet",
+        tokenizer="results/pretrain/tokenizer",
+    output:
+        directory("results/pretrain/models/{pretrained}"),
+    params:
+        size=lambda wc: config["pretrain"]["sizes"][PRETRAINED[wc.pretrained]["size"]],
+        training=lambda wc: {k: config["pretrain"][k] for k in ("steps", "checkpoints", "batch_size", "seq_len", "lr", "warmup")},
+        seed=config["seed"],
+        work_dir=lambda wc: f"results/pretrain/work/{wc.pretrained}",
+    threads: lambda wc: config["pretrain"]["threads"]
+    log:
+        "results/logs/pretrain/{pretrained}.log",
+    benchmark:
+        "results/benchmarks/pretrain/{pretrained}.tsv"
+    resources:
+        mem_mb=4000,
+    script:
+        "scripts/pretrain.py"
