@@ -22,7 +22,8 @@ include: "rules/figures.smk"
 
 
 # Seconds of pandas each: on a cluster they run where snakemake runs, not as cluster jobs.
-localrules: all, extract_confidence, score, summarize, plot_reliability, plot_summary
+localrules: all, extract_confidence, score, summarize, plot_reliability, plot_summary, plot_scale, plot_dynamics,
+    plot_reliability_scale, plot_pretrain_loss
 
 
 rule all:

@@ -18,16 +18,18 @@ def workdir(tmp_path_factory):
 
 def test_paper_dry_run_lists_every_job_of_the_study(workdir):
     # 16 Pythia models (8 sizes, standard and deduped) at step143000, plus 20 more revisions of
-    # Pythia-1.4B: 36 checkpoints; 3 tasks (the Pile, T-REx, MMLU) -> 108 runs.
+    # Pythia-1.4B: 36 checkpoints; 3 tasks (the Pile, T-REx, MMLU) -> 108 runs; the figures of
+    # every task, and those against scale and training step.
     jobs = planned_jobs(workdir, PAPER)
     assert jobs == {"prepare_task": 3, "fetch_checkpoint": 36, "infer": 108, "extract_confidence": 108,
-                    "score": 108, "summarize": 1, "plot_reliability": 3, "plot_summary": 1, "all": 1}
+                    "score": 108, "summarize": 1, "plot_reliability": 3, "plot_summary": 1, "plot_scale": 1,
+                    "plot_dynamics": 1, "plot_reliability_scale": 3, "all": 1}
 
 
 def test_paper_jobs_declare_memory_and_gpus(workdir):
     out = snakemake(workdir, PAPER, "--dry-run").stdout
     blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", out, flags=re.M | re.S)
-    assert len(blocks) == 369
+    assert len(blocks) == 374
     for rule, block in blocks:
         if rule == "all":
             continue
