@@ -8,6 +8,16 @@ CODE = Path(workflow.basedir) / "workflow_scripts"
 LABELS = ("family", "data", "stage", "size", "tuning", "epoch")
 
 
+def canonical(value):
+    """A config value with its mappings' keys sorted: Snakemake compares params as text, and the
+    order of keys in a YAML file must not make a job look changed."""
+    if isinstance(value, dict):
+        return {k: canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    return value
+
+
 def code(module):
     """The stage module a rule runs: editing it reruns that rule and nothing upstream."""
     return str(CODE / f"{module}.py")
@@ -38,7 +48,7 @@ def inference_settings(wildcards):
     settings = {k: v for k, v in config["inference"].items() if k != "threads"}  # threads: the rule's
     settings.update({k: task[k] for k in ("window", "max_new_tokens", "stop") if k in task})
     settings.update(MODELS[wildcards.model].get("inference", {}))
-    return settings
+    return canonical(settings)
 
 
 def task_methods(wildcards):

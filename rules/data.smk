@@ -9,7 +9,7 @@ rule prepare_task:
         "results/data/{task}.parquet",
     params:
         kind=lambda wc: TASKS[wc.task]["kind"],
-        dataset=lambda wc: TASKS[wc.task]["dataset"],
+        dataset=lambda wc: canonical(TASKS[wc.task]["dataset"]),
         shots=lambda wc: TASKS[wc.task]["shots"],
         limit=lambda wc: TASKS[wc.task]["limit"],
         seed=config["seed"],

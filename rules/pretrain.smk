@@ -14,7 +14,7 @@ rule build_corpus:
     output:
         "results/pretrain/corpus/{data}.parquet",
     params:
-        corpus=lambda wc: config["pretrain"]["corpus"],
+        corpus=lambda wc: canonical(config["pretrain"]["corpus"]),
         seed=config["seed"],
     log:
         "results/logs/build_corpus/{data}.log",
@@ -52,8 +52,8 @@ rule pretrain:
     output:
         directory("results/pretrain/models/{pretrained}"),
     params:
-        size=lambda wc: config["pretrain"]["sizes"][PRETRAINED[wc.pretrained]["size"]],
-        training=lambda wc: {k: config["pretrain"][k] for k in ("steps", "checkpoints", "batch_size", "seq_len", "lr", "warmup")},
+        size=lambda wc: canonical(config["pretrain"]["sizes"][PRETRAINED[wc.pretrained]["size"]]),
+        training=lambda wc: canonical({k: config["pretrain"][k] for k in ("steps", "checkpoints", "batch_size", "seq_len", "lr", "warmup")}),
         seed=config["seed"],
         work_dir=lambda wc: f"results/pretrain/work/{wc.pretrained}",
     threads: lambda wc: config["pretrain"]["threads"]

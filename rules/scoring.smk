@@ -29,7 +29,7 @@ rule score:
         summary="results/metrics/{task}/{model}/{revision}.parquet",
         bins="results/metrics/{task}/{model}/{revision}.bins.parquet",
     params:
-        metrics=config["metrics"],
+        metrics=canonical(config["metrics"]),
         labels=model_labels,
     log:
         "results/logs/score/{task}/{model}/{revision}.log",

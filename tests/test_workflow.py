@@ -77,6 +77,15 @@ def test_complete_run_has_nothing_to_do(finished_run):
     assert planned_jobs(workdir, write_config(workdir, config, "same.yaml")) == {}
 
 
+def test_reordered_config_keys_rerun_nothing(finished_run):
+    import yaml
+
+    workdir, config = finished_run
+    path = workdir / "sorted.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=True))  # same values, keys in another order
+    assert planned_jobs(workdir, path) == {}
+
+
 def test_changing_the_bin_count_reruns_scoring_not_inference(finished_run):
     workdir, config = finished_run
     changed = copy.deepcopy(config)
