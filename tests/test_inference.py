@@ -1,18 +1,31 @@
-"""Inference on a tiny real model: the batched paths equal plain one-at-a-time computations."""
+"""Inference on tiny real models (Llama and GPT-NeoX): every fast path gives the numbers of a
+plain one-at-a-time computation (prefix cache vs none, one pass vs per option, chunked vs whole
+log-softmax, batched vs one-by-one generation, halved batches after out-of-memory)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import build_tiny_model
 
 from workflow_scripts import inference
-from workflow_scripts.inference import (InferenceError, cut_answer, encode_pair, generate_answers,
-                                        score_options, score_tokens)
+from workflow_scripts.inference import (Batches, InferenceError, cut_answer, encode_pair, generate_answers,
+                                        run_inference, score_options, score_tokens, shared_prefix)
+from workflow_scripts.tables import read_provenance, read_table, write_table
+from workflow_scripts.tasks import Question, mmlu_prompt
 
 DOCS = pd.DataFrame({"item_id": ["a", "b", "c"],
                      "text": ["The capital of France is Paris. " * 6, "Short one.",
                               "Assert statements are a convenient way to insert debugging assertions " * 3]})
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt_neox"])
+def model(request, tmp_path_factory):
+    """A tiny model of each architecture the study uses, with its tokenizer."""
+    folder = build_tiny_model(tmp_path_factory.mktemp(request.param), arch=request.param)
+    return inference.load_model(folder, device="cpu")
 
 
 def _full_logprobs(model, ids):
@@ -20,10 +33,13 @@ def _full_logprobs(model, ids):
         return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
 
 
-def test_clm_windows_predict_every_token_once_and_match_plain_forward(tiny_model):
-    model, tok = tiny_model
+# ----------------------------------------------------------------------------- language modelling
+@pytest.mark.parametrize("logits_chunk", [3, None])  # 3 positions at a time, or all of a batch at once
+def test_clm_statistics_equal_a_whole_log_softmax_of_each_window(model, logits_chunk):
+    model, tok = model
     window = 16
-    raw = score_tokens(model, tok, DOCS, window=window, batch_size=2)
+    raw = score_tokens(model, tok, DOCS, window=window, batch_size=2, logits_chunk=logits_chunk)
+    assert raw["item_id"].unique().tolist() == ["a", "b", "c"]  # document order
     for item_id, text in zip(DOCS["item_id"], DOCS["text"]):
         ids = tok(text)["input_ids"]
         rows = raw[raw["item_id"] == item_id]
@@ -37,6 +53,8 @@ def test_clm_windows_predict_every_token_once_and_match_plain_forward(tiny_model
             np.testing.assert_array_equal(got["argmax_id"], lp[:n].argmax(-1).numpy())
             expected = lp[torch.arange(n), torch.tensor(ids[start + 1:start + 1 + n])].numpy()
             np.testing.assert_allclose(got["target_logprob"], expected, atol=1e-5)
+            entropy = -(lp[:n].exp() * lp[:n]).sum(-1).numpy()
+            np.testing.assert_allclose(got["entropy"], entropy, atol=1e-4)
 
 
 def test_clm_window_is_capped_by_the_model_context(tiny_model):
@@ -46,6 +64,20 @@ def test_clm_window_is_capped_by_the_model_context(tiny_model):
     assert len(raw) == len(tok(long_doc["text"][0])["input_ids"]) - 1
 
 
+def test_clm_inference_streams_row_groups_with_provenance(tiny_model, tiny_model_dir, tmp_path, monkeypatch):
+    model, tok = tiny_model
+    write_table(DOCS, tmp_path / "docs.parquet", provenance={"task": "docs"})
+    monkeypatch.setattr(inference, "BATCHES_PER_ROW_GROUP", 1)  # a row group per batch of windows
+    out = tmp_path / "raw.parquet"
+    run_inference("clm", tmp_path / "docs.parquet", tiny_model_dir, out, batch_size=2, window=16,
+                  provenance={"task": "docs"})
+    assert pq.ParquetFile(out).num_row_groups > 1
+    assert read_provenance(out)["kind"] == "clm" and read_provenance(out)["data"]["task"] == "docs"
+    expected = score_tokens(model, tok, DOCS, window=16, batch_size=2)
+    pd.testing.assert_frame_equal(read_table(out), expected, check_dtype=False, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- multiple choice
 def test_encode_pair_moves_trailing_spaces_to_the_continuation(tiny_model):
     _, tok = tiny_model
     ctx, cont = encode_pair(tok, "Answer: ", "A")
@@ -53,43 +85,70 @@ def test_encode_pair_moves_trailing_spaces_to_the_continuation(tiny_model):
     assert ctx + cont == tok("Answer: A")["input_ids"]
 
 
+def test_shared_prefix_leaves_every_sequence_a_token():
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == [1, 2]
+    assert shared_prefix([[1, 2, 3], [1, 2, 3]]) == [1, 2]
+    assert shared_prefix([[7, 8], [9]]) == []
+    assert shared_prefix([[1, 2, 3]]) == []
+
+
+SHOTS = [Question("s1", "Which is a continent?", ["Asia", "Paris", "Nile", "Alps"], 0),
+         Question("s2", "Which is a river?", ["Rome", "Nile", "Peru", "Lima"], 1)]
+QUESTIONS = {"geography": ["What is the capital of France?", "Which ocean is the largest?",
+                           "Where is Lima?", "Which country has the most people in the world today?",
+                           "What is the longest river?"],
+             "algebra": ["What is 2 + 2?", "Is 7 prime?", "What is the square root of 81?"],
+             "astronomy": ["Which planet is red?"]}
+
+
 def _mc_items():
-    prompt = ("The following are multiple choice questions (with answers) about geography.\n\n"
-              "What is the capital of France?\nA. Paris\nB. Lyon\nC. Nice\nD. Lille\nAnswer:")
-    return pd.DataFrame({"item_id": ["q1", "q2", "q3"], "subject": ["geo"] * 3,
-                         "prompt": [prompt, "Short?\nA. x\nB. y\nC. z\nD. w\nAnswer:", prompt + " A\n\nMore?\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer:"],
-                         "options": [["A", "B", "C", "D"]] * 3, "gold": [0, 1, 3]})
+    rows = []
+    for subject, questions in QUESTIONS.items():
+        for n, text in enumerate(questions):
+            question = Question(f"{subject}/{n}", text, ["one", "two", "three", "four"], n % 4)
+            rows.append({"item_id": question.item_id, "subject": subject, "question": text,
+                         "prompt": mmlu_prompt(subject, SHOTS, question), "options": ["A", "B", "C", "D"],
+                         "gold": question.gold})
+    return pd.DataFrame(rows)
 
 
-def test_one_pass_per_question_equals_scoring_each_option_separately(tiny_model):
-    model, tok = tiny_model
+def test_prefix_cache_and_one_pass_equal_scoring_each_option_separately(model):
+    model, tok = model
     items = _mc_items()
-    raw = score_options(model, tok, items, batch_size=3)  # left-padded batch, last logits only
-    for it, got in zip(items.itertuples(), raw["option_logprobs"]):
+    for subject, prompts in items.groupby("subject")["prompt"]:
+        if len(prompts) > 1:  # the subject's shots are cached: a long shared prefix
+            assert len(shared_prefix([encode_pair(tok, p, " A")[0] for p in prompts])) > 40
+    cached = score_options(model, tok, items, batch_size=3)
+    plain = score_options(model, tok, items, batch_size=1, prefix_cache=False)
+    for it, got, without_cache in zip(items.itertuples(), cached["option_logprobs"], plain["option_logprobs"]):
         expected = [inference._continuation_logprob(model, *encode_pair(tok, it.prompt, " " + letter))
                     for letter in it.options]
         np.testing.assert_allclose(got, expected, atol=1e-5)
-    assert raw["gold"].tolist() == [0, 1, 3]
+        np.testing.assert_allclose(without_cache, expected, atol=1e-5)
+    assert cached["item_id"].tolist() == items["item_id"].tolist()
+    assert cached["gold"].tolist() == items["gold"].tolist()
 
 
 def test_multi_token_options_fall_back_to_scoring_each_option(tiny_model):
     model, tok = tiny_model
-    items = _mc_items().assign(options=[["Paris", "Lyon", "Nice", "Lille"]] * 3)
+    items = _mc_items()
+    items["options"] = [["Paris", "Lyon", "Nice", "Lille"]] * len(items)
     assert len(encode_pair(tok, items["prompt"][0], " Lille")[1]) > 1  # not one token
     raw = score_options(model, tok, items, batch_size=2)
-    it = items.iloc[0]
-    expected = [inference._continuation_logprob(model, *encode_pair(tok, it.prompt, " " + o)) for o in it.options]
-    np.testing.assert_allclose(raw["option_logprobs"][0], expected, atol=1e-5)
+    for it, got in zip(items.itertuples(), raw["option_logprobs"]):
+        expected = [inference._continuation_logprob(model, *encode_pair(tok, it.prompt, " " + o)) for o in it.options]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+# ----------------------------------------------------------------------------- facts generation
 FACTS = pd.DataFrame({"item_id": ["f1", "f2", "f3"], "relation": ["capital"] * 3,
                       "subject": ["France", "Japan", "Peru"],
                       "prompt": ["The capital of France is", "The capital of Japan is", "The capital of Peru is"],
                       "answer": ["Paris", "Tokyo", "Lima"], "aliases": [["Paris"], ["Tokyo"], ["Lima"]]})
 
 
-def test_batched_generation_equals_one_by_one_and_teacher_forcing(tiny_model):
-    model, tok = tiny_model
+def test_batched_generation_equals_one_by_one_and_teacher_forcing(model):
+    model, tok = model
     batched = generate_answers(model, tok, FACTS, max_new_tokens=6, stop=["\n"], batch_size=3)
     single = generate_answers(model, tok, FACTS, max_new_tokens=6, stop=["\n"], batch_size=1)
     assert batched["token_ids"].tolist() == single["token_ids"].tolist()
@@ -105,6 +164,18 @@ def test_batched_generation_equals_one_by_one_and_teacher_forcing(tiny_model):
         assert row.gold_first_ids == [gold]
 
 
+def test_each_row_of_a_batch_stops_at_its_own_stop_string(tiny_model):
+    model, tok = tiny_model
+    free = generate_answers(model, tok, FACTS, max_new_tokens=8, stop=[], batch_size=3)
+    others = "".join(free["generated"][1:])
+    stop = next(t for t in (tok.decode([i]) for i in free["token_ids"][0][1:]) if t.strip() and t not in others)
+    batched = generate_answers(model, tok, FACTS, max_new_tokens=8, stop=[stop], batch_size=3)
+    single = generate_answers(model, tok, FACTS, max_new_tokens=8, stop=[stop], batch_size=1)
+    pd.testing.assert_frame_equal(batched.drop(columns="token_logprobs"), single.drop(columns="token_logprobs"))
+    assert batched["generated"][0].endswith(stop) and len(batched["generated"][0]) < len(free["generated"][0])
+    assert batched["generated"][1:].tolist() == free["generated"][1:].tolist()  # the others went on
+
+
 @pytest.mark.parametrize("text,answer", [
     (" Paris. It is large", "Paris"),
     (" Washington, D.C. is", "Washington, D.C"),
@@ -116,9 +187,35 @@ def test_cut_answer(text, answer):
     assert cut_answer(text, ["\n"]) == answer
 
 
+# ----------------------------------------------------------------------------- batches and errors
+def test_out_of_memory_halves_the_batch_and_keeps_it_halved():
+    seen = []
+
+    def step(batch):
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        seen.append(len(batch))
+        return [x * 10 for x in batch]
+
+    batches = Batches(8)
+    results = dict(pair for batch, out in batches.run([3, 1, 4, 1, 5, 9, 2], key=lambda x: x, step=step)
+                   for pair in zip(batch, out))
+    assert results == {x: x * 10 for x in [3, 1, 4, 5, 9, 2]} and batches.size == 2 and sum(seen) == 7
+
+
+def test_other_errors_are_not_retried():
+    def step(batch):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        list(Batches(4).run([1, 2], key=lambda x: x, step=step))
+
+
 def test_nan_weights_raise_a_clear_error(tiny_model_dir):
     model, tok = inference.load_model(tiny_model_dir, device="cpu")
     with torch.no_grad():
         model.get_input_embeddings().weight.fill_(float("nan"))
     with pytest.raises(InferenceError, match="NaN or infinite"):
         score_options(model, tok, _mc_items(), batch_size=2)
+    with pytest.raises(InferenceError, match="NaN or infinite"):
+        score_tokens(model, tok, DOCS, window=16, batch_size=2)

@@ -26,6 +26,7 @@ import re
 import time
 from itertools import islice
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import pyarrow as pa
@@ -46,6 +47,15 @@ TOKEN_SCHEMA = pa.schema([("item_id", pa.string()), ("position", pa.int64()), ("
 
 class InferenceError(RuntimeError):
     """The model produced numbers that cannot be used (NaN or infinite log-probabilities)."""
+
+
+class Window(NamedTuple):
+    """A CLM window: input tokens, the tokens they predict, where those start in the document."""
+    item_id: str
+    first: int  # position of the first predicted token in the document
+    inputs: list[int]
+    targets: list[int]
+    ends_document: bool
 
 
 def run_inference(kind: str, data_path, checkpoint_dir, out_path, *, batch_size: int = 8,
@@ -130,35 +140,35 @@ def iter_token_scores(model, tokenizer, data: pd.DataFrame, *, window: int, batc
     windows = _windows(tokenizer, data, window)
     while group := list(islice(windows, batch_size * BATCHES_PER_ROW_GROUP)):
         stats = {}
-        for batch, batch_stats in batches.run(range(len(group)), key=lambda i: len(group[i][2]),
+        for batch, batch_stats in batches.run(range(len(group)), key=lambda i: len(group[i].inputs),
                                               step=lambda b: _window_stats(model, head, [group[i] for i in b],
                                                                            tokenizer.pad_token_id, logits_chunk)):
             stats.update(zip(batch, batch_stats))
-            progress.update(sum(group[i][4] for i in batch))
+            progress.update(sum(group[i].ends_document for i in batch))
         yield pd.DataFrame({
-            "item_id": [w[0] for w in group for _ in w[3]],
-            "position": [p for w in group for p in range(w[1], w[1] + len(w[3]))],
-            "target_id": [t for w in group for t in w[3]],
+            "item_id": [w.item_id for w in group for _ in w.targets],
+            "position": [p for w in group for p in range(w.first, w.first + len(w.targets))],
+            "target_id": [t for w in group for t in w.targets],
             **{name: torch.cat([stats[i][k] for i in range(len(group))]).numpy()
                for k, name in enumerate(("target_logprob", "max_logprob", "argmax_id", "entropy"))}})
 
 
 def _windows(tokenizer, data: pd.DataFrame, window: int):
-    """(item_id, first predicted position, input ids, target ids, last of its document) per window."""
+    """The windows of every document in turn, each document encoded when its turn comes."""
     for item_id, text in zip(data["item_id"], data["text"]):
         ids = tokenizer(text, add_special_tokens=True)["input_ids"]
         for start in range(0, len(ids) - 1, window):
             chunk = ids[start:start + window + 1]
-            yield item_id, start + 1, chunk[:-1], chunk[1:], start + window >= len(ids) - 1
+            yield Window(item_id, start + 1, chunk[:-1], chunk[1:], start + window >= len(ids) - 1)
 
 
-def _window_stats(model, head, windows: list, pad_id: int, logits_chunk: int) -> list[tuple]:
+def _window_stats(model, head, windows: list[Window], pad_id: int, logits_chunk: int) -> list[tuple]:
     """Per window: (target log-prob, max log-prob, argmax id, entropy) of each predicted token.
 
     The final hidden states of the batch go through the output layer ``logits_chunk`` positions
     at a time, so the full logits of the batch never exist at once."""
-    input_ids, mask = _pad([w[2] for w in windows], pad_id, side="right")
-    targets = torch.tensor([t for w in windows for t in w[3]], device=model.device)
+    input_ids, mask = _pad([w.inputs for w in windows], pad_id, side="right")
+    targets = torch.tensor([t for w in windows for t in w.targets], device=model.device)
     with torch.inference_mode():
         hidden = model.base_model(input_ids=input_ids.to(model.device),
                                   attention_mask=mask.to(model.device)).last_hidden_state
@@ -166,17 +176,21 @@ def _window_stats(model, head, windows: list, pad_id: int, logits_chunk: int) ->
         chunks = [_logit_stats(head(hidden[s:s + logits_chunk]), targets[s:s + logits_chunk])
                   for s in range(0, len(hidden), logits_chunk)]
     columns = [torch.cat(column).cpu() for column in zip(*chunks)]
-    sizes = [len(w[3]) for w in windows]
+    sizes = [len(w.targets) for w in windows]
     return list(zip(*(column.split(sizes) for column in columns)))
 
 
 def _logit_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Log-probability of the target, largest log-probability, its token and the entropy (nats)."""
+    """Log-probability of the target, largest log-probability, its token and the entropy (nats).
+
+    Works in place on the (float32) logits: one vocabulary-sized tensor per position, no more."""
     logits = logits.float()
-    lse = _log_normaliser(logits)
     max_logit, argmax = logits.max(dim=-1)
-    entropy = torch.special.entr(torch.softmax(logits, dim=-1)).sum(dim=-1)
     target = logits.gather(1, targets[:, None])[:, 0]
+    probs = logits.sub_(max_logit[:, None]).exp_()
+    total = probs.sum(dim=-1)
+    lse = _check_finite(max_logit + total.log())
+    entropy = torch.special.entr(probs.div_(total[:, None]), out=probs).sum(dim=-1)
     return (target - lse).double(), (max_logit - lse).double(), argmax, entropy.double()
 
 
@@ -400,19 +414,18 @@ class Batches:
             batch = order[start:start + self.size]
             try:
                 result = step(batch)
-            except (torch.OutOfMemoryError, RuntimeError) as exc:
+            except RuntimeError as exc:  # torch.OutOfMemoryError is one
                 if self.size == 1 or not _out_of_memory(exc):
                     raise
                 self.size //= 2
                 log.warning("out of memory with a batch of %d; batch size now %d", len(batch), self.size)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
                 continue
             yield batch, result
             start += len(batch)
 
 
 def _out_of_memory(exc: BaseException) -> bool:
+    """An accelerator's out-of-memory error, or the CPU allocator's."""
     return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)
 
 
@@ -428,8 +441,12 @@ def _pad(sequences: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tens
 
 
 def _log_normaliser(logits: torch.Tensor) -> torch.Tensor:
-    """log-sum-exp of the logits along the vocabulary; InferenceError if any row is NaN or infinite."""
-    lse = torch.logsumexp(logits, dim=-1)
+    """log-sum-exp of the logits along the vocabulary, checked by ``_check_finite``."""
+    return _check_finite(torch.logsumexp(logits, dim=-1))
+
+
+def _check_finite(lse: torch.Tensor) -> torch.Tensor:
+    """``lse`` (log-sum-exp per position); InferenceError if any is NaN or infinite."""
     bad = ~torch.isfinite(lse)
     if bad.any():
         raise InferenceError(f"the model produced NaN or infinite log-probabilities at {int(bad.sum())} "
