@@ -18,6 +18,7 @@ Batches are sorted by length, longest first; on out-of-memory the batch size hal
 """
 from __future__ import annotations
 
+import ctypes
 import inspect
 import json
 import logging
@@ -43,6 +44,12 @@ BATCHES_PER_ROW_GROUP = 16  # CLM windows per Parquet row group = this x batch s
 TOKEN_SCHEMA = pa.schema([("item_id", pa.string()), ("position", pa.int64()), ("target_id", pa.int64()),
                           ("target_logprob", pa.float64()), ("max_logprob", pa.float64()),
                           ("argmax_id", pa.int64()), ("entropy", pa.float64())])
+
+
+try:  # glibc: give the heap's free pages back to the system after each batch (see Batches)
+    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):  # another C library: nothing to do
+    _malloc_trim = None
 
 
 class InferenceError(RuntimeError):
@@ -170,8 +177,8 @@ def _window_stats(model, head, windows: list[Window], pad_id: int, logits_chunk:
     input_ids, mask = _pad([w.inputs for w in windows], pad_id, side="right")
     targets = torch.tensor([t for w in windows for t in w.targets], device=model.device)
     with torch.inference_mode():
-        hidden = model.base_model(input_ids=input_ids.to(model.device),
-                                  attention_mask=mask.to(model.device)).last_hidden_state
+        hidden = model.base_model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
+                                  use_cache=False).last_hidden_state
         hidden = hidden[mask.to(model.device).bool()]  # real positions, row after row
         chunks = [_logit_stats(head(hidden[s:s + logits_chunk]), targets[s:s + logits_chunk])
                   for s in range(0, len(hidden), logits_chunk)]
@@ -359,7 +366,7 @@ def _next_token_logprobs(model, prefix_cache: list, prefix_length: int, suffixes
     input_ids, mask = _pad(suffixes, pad_id, side="left")
     position_ids = prefix_length + (mask.cumsum(-1) - 1).clamp(min=0)
     mask = torch.cat([torch.ones(len(suffixes), prefix_length, dtype=mask.dtype), mask], dim=1)
-    kwargs = {}
+    kwargs = {"use_cache": False}
     if prefix_cache:
         cache = DynamicCache(config=model.config)
         for layer, (keys, values) in enumerate(prefix_cache):
@@ -401,7 +408,9 @@ def _context_length(model) -> int:
 
 class Batches:
     """Runs a step on batches of items sorted longest first. On out-of-memory the batch is
-    retried at half the size, and that size is kept for the batches that follow."""
+    retried at half the size, and that size is kept for the batches that follow. After each
+    batch the heap's free pages go back to the system, so that activations freed but left
+    fragmented in the heap do not add up over batches: peak memory is that of one batch."""
 
     def __init__(self, size: int):
         self.size = size
@@ -420,6 +429,8 @@ class Batches:
                 self.size //= 2
                 log.warning("out of memory with a batch of %d; batch size now %d", len(batch), self.size)
                 continue
+            if _malloc_trim is not None:
+                _malloc_trim(0)
             yield batch, result
             start += len(batch)
 
