@@ -33,8 +33,8 @@ from workflow_scripts.tasks import prepare_task, read_mmlu_csv  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
-# Runs in a fresh interpreter: CLM inference of one corpus. Prints the rows written, the
-# seconds, the resident memory once the model is loaded and has run, and the peak resident memory during
+# Runs in a fresh interpreter: CLM inference of one corpus. Prints the rows written, the seconds,
+# the resident memory once the model is loaded and has run, and the peak resident memory during
 # inference (the kernel's high-water mark, reset after loading: /proc/self/clear_refs).
 CLM_CHILD = """
 import json, sys, time, torch
