@@ -14,9 +14,9 @@ def run_logged(log_path, fn, *args, **kwargs) -> None:
     console; the process exits with status 1 so that Snakemake marks the job failed.
     """
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    console = sys.stderr
+    console, stdout = sys.stderr, sys.stdout
     with open(log_path, "w", buffering=1) as log_file:
-        sys.stderr = log_file
+        sys.stderr = sys.stdout = log_file  # libraries that print (e.g. the Trainer's loss lines) too
         logging.basicConfig(stream=log_file, level=logging.INFO, force=True,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.captureWarnings(True)
@@ -27,4 +27,4 @@ def run_logged(log_path, fn, *args, **kwargs) -> None:
             print(f"ERROR: {error.__class__.__name__}: {error}\n(full traceback in {log_path})", file=console)
             sys.exit(1)
         finally:
-            sys.stderr = console
+            sys.stderr, sys.stdout = console, stdout
