@@ -1,0 +1,29 @@
+"""Fault injection for the tests: kill a run with SIGKILL at a named point, as a power loss would.
+
+``CALIBRATION_FAULT=<point>`` (or ``<point>@<text>``: only where the file at hand contains
+``<text>``) makes the process group of the job (Snakemake and all its jobs, when Snakemake was
+started in a session of its own) die at that point. The points:
+
+- ``fetch``: a checkpoint folder half built (its first file linked or copied, the rest not);
+- ``infer``: an inference job after it wrote its first shard of results;
+- ``write``: a file complete in its temporary name, before the rename that publishes it.
+
+Unset (the normal case) it does nothing. tests/test_faults.py kills runs this way and checks that
+they resume to the tables of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+VARIABLE = "CALIBRATION_FAULT"
+
+
+def fault_point(point: str, where: str = "") -> None:
+    """SIGKILL the process group here if ``CALIBRATION_FAULT`` names ``point`` (and a part of ``where``)."""
+    wanted = os.environ.get(VARIABLE)
+    if not wanted:
+        return
+    name, _, text = wanted.partition("@")
+    if name == point and text in str(where):
+        os.killpg(os.getpgrp(), signal.SIGKILL)
