@@ -22,6 +22,8 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from .faults import fault_point
+
 log = logging.getLogger(__name__)
 
 SCHEMES = ("hf", "local", "gguf", "gguf-pkg")
@@ -53,12 +55,16 @@ def fetch_checkpoint(source: str, revision: str, out_dir, *, evict_hub_cache: bo
     """Write ``source`` at ``revision`` to ``out_dir`` as a Hugging Face folder (safetensors).
 
     The folder is built beside ``out_dir`` and renamed into place, so a killed job leaves no
-    half-written checkpoint. ``provenance.json`` in the folder records the source, revision and
-    the resolved commit (hub) or content hash (files).
+    half-written checkpoint (and the next attempt deletes what it left). Before anything is
+    downloaded or written, the free disk is checked against the checkpoint's size (SourceError
+    naming both). ``provenance.json`` in the folder records the source, revision and the resolved
+    commit (hub) or content hash (files).
     """
     scheme, value = parse_source(source)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed attempt
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
         if scheme == "hf":
@@ -80,6 +86,8 @@ def fetch_checkpoint(source: str, revision: str, out_dir, *, evict_hub_cache: bo
 
 def _fetch_hub(repo_id: str, revision: str, out: Path, evict_cache: bool) -> dict:
     """Download weights and tokenizer of one hub revision; convert legacy .bin weights."""
+    _clear_interrupted_downloads(repo_id)
+    _check_hub_space(repo_id, revision, out)
     snapshot = _hub_snapshot(repo_id, revision, HUB_WEIGHTS + HUB_SUPPORT_FILES)
     if not any(snapshot.glob("*.safetensors")):
         snapshot = _hub_snapshot(repo_id, revision, HUB_LEGACY_WEIGHTS + HUB_SUPPORT_FILES)
@@ -92,15 +100,17 @@ def _fetch_hub(repo_id: str, revision: str, out: Path, evict_cache: bool) -> dic
     return {"resolved_commit": commit}
 
 
-def _hub_snapshot(repo_id: str, revision: str, patterns: list[str]) -> Path:
-    """snapshot_download with one clear error for every way the hub can fail."""
+def _hub_snapshot(repo_id: str, revision: str, patterns: list[str], dry_run: bool = False):
+    """snapshot_download with one clear error for every way the hub can fail (``dry_run``: the
+    list of files it would fetch, with their sizes and whether they are cached)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub import errors as hub_errors
 
     where = f"model source hf:{repo_id} at revision {revision!r}"
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
-                                      token=os.environ.get("HF_TOKEN") or None))
+        result = snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
+                                   token=os.environ.get("HF_TOKEN") or None, dry_run=dry_run)
+        return result if dry_run else Path(result)
     except hub_errors.GatedRepoError as e:
         raise SourceError(f"{where}: the model is gated; accept its licence on the hub and "
                           f"export HF_TOKEN=<your token> ({e.__class__.__name__})") from e
@@ -111,8 +121,81 @@ def _hub_snapshot(repo_id: str, revision: str, patterns: list[str]) -> Path:
     except hub_errors.LocalEntryNotFoundError as e:
         raise SourceError(f"{where}: the hub is unreachable (offline, HF_HUB_OFFLINE=1, or no "
                           f"network) and this revision is not in the local Hugging Face cache") from e
+    except hub_errors.DryRunError:
+        raise
     except (hub_errors.HfHubHTTPError, OSError) as e:
         raise SourceError(f"{where}: download failed: {e}") from e
+
+
+# ----------------------------------------------------------------------------- free disk
+def _check_hub_space(repo_id: str, revision: str, out: Path) -> None:
+    """Before a hub download: the files still to download must fit in the Hugging Face cache, and
+    a copy of the snapshot in ``out`` too where the cache lies on another file system."""
+    from huggingface_hub import constants
+    from huggingface_hub import errors as hub_errors
+
+    try:
+        files = _hub_snapshot(repo_id, revision, HUB_WEIGHTS + HUB_SUPPORT_FILES, dry_run=True)
+        if not any(f.filename.endswith(".safetensors") for f in files):
+            files = _hub_snapshot(repo_id, revision, HUB_LEGACY_WEIGHTS + HUB_SUPPORT_FILES, dry_run=True)
+    except hub_errors.DryRunError:  # hub unreachable: nothing will be downloaded (or the download says why)
+        return
+    cache = Path(constants.HF_HUB_CACHE)
+    needs = {_device(cache): (cache, sum(f.file_size or 0 for f in files if f.will_download))}
+    if _device(cache) != _device(out) or not any(f.filename.endswith(".safetensors") for f in files):
+        folder, needed = needs.get(_device(out), (out, 0))  # a copy, or safetensors converted from .bin
+        needs[_device(out)] = (folder, needed + sum(f.file_size or 0 for f in files))
+    for folder, needed in needs.values():
+        check_free_space(f"hf:{repo_id}", revision, needed, folder)
+
+
+def check_free_space(source: str, revision: str, needed: int, folder: Path) -> None:
+    """SourceError naming the source, the bytes needed and the bytes free when ``needed`` does not fit in ``folder``."""
+    free = shutil.disk_usage(_existing(folder)).free
+    log.info("%s@%s: %s needed in %s, %s free", source, revision, _size(needed), folder, _size(free))
+    if needed > free:
+        raise SourceError(f"model source {source} at revision {revision!r}: not enough free disk in {folder}: "
+                          f"the checkpoint needs {_size(needed)} ({needed} bytes), only {_size(free)} "
+                          f"({free} bytes) are free; free some space or move results/ (or HF_HUB_CACHE) "
+                          "to a larger disk")
+
+
+def _existing(folder: Path) -> Path:
+    """``folder`` or its nearest existing parent (the disk it will be on)."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _device(folder: Path) -> int:
+    return os.stat(_existing(folder)).st_dev
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _clear_interrupted_downloads(repo_id: str) -> None:
+    """Delete the partial files a killed download left in the hub cache (``blobs/<etag>.<id>.incomplete``):
+    huggingface_hub downloads a file again from its start and never removes them. A partial file
+    whose blob lock is free belongs to no live download."""
+    from filelock import FileLock, Timeout
+    from huggingface_hub import constants
+
+    folder = "models--" + repo_id.replace("/", "--")
+    for partial in (Path(constants.HF_HUB_CACHE) / folder / "blobs").glob("*.incomplete"):
+        lock = Path(constants.HF_HUB_CACHE) / ".locks" / folder / f"{partial.name.split('.')[0]}.lock"
+        try:
+            with FileLock(lock, timeout=0):
+                partial.unlink(missing_ok=True)
+                log.info("removed %s, left by an interrupted download", partial)
+        except (Timeout, NotImplementedError, OSError):  # being downloaded now, or no file locks here
+            continue
 
 
 def _evict_hub_revision(repo_id: str, commit: str) -> None:
@@ -136,10 +219,14 @@ def _fetch_local(root: Path, revision: str, out: Path) -> dict:
         available = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
         raise SourceError(f"model source local:{root}: revision {revision!r} not found "
                           f"(no {folder / 'config.json'}); available revisions: {available or 'none'}")
-    if any(folder.glob("*.safetensors")):
-        _link_files(folder, out)
-    else:
+    files = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
+    convert = not any(folder.glob("*.safetensors"))
+    if convert or _device(folder) != _device(out):  # a copy or a conversion; hard links take no space
+        check_free_space(f"local:{root}", revision, sum(f.stat().st_size for f in files), out)
+    if convert:
         _convert(folder, out, f"local:{root}@{revision}")
+    else:
+        _link_files(folder, out)
     return {"resolved_path": str(folder.resolve()), "resolved_hash": _folder_hash(out)}
 
 
@@ -165,8 +252,11 @@ def _fetch_gguf(path: Path, revision: str, out: Path, source: str) -> dict:
         raise SourceError(f"model source {source}: a GGUF file has only the revision 'main', not {revision!r}")
     if not path.is_file():
         raise SourceError(f"model source {source}: file {path} does not exist")
+    from gguf import GGUFReader
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    weights = sum(int(t.n_elements) for t in GGUFReader(path).tensors) * 4  # saved as float32
+    check_free_space(source, revision, weights, out)
     log.info("de-quantising %s", path)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
@@ -205,6 +295,7 @@ def _link_files(src: Path, dst: Path) -> None:
             os.link(real, dst / f.name)
         except OSError:
             shutil.copyfile(real, dst / f.name)
+        fault_point("fetch", dst)  # tests: killed with some files in place, not all
 
 
 def _file_hash(path: Path) -> str:
