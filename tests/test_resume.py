@@ -138,7 +138,7 @@ inference.run_inference("multiple_choice", sys.argv[1], sys.argv[2], sys.argv[3]
 def test_sigkill_after_the_first_shard_then_resume(tables, tiny_model_dir, tmp_path, small_shards):
     """A real SIGKILL (the fault hook of workflow_scripts.faults) in a process of its own."""
     data, out = tables / "multiple_choice.parquet", tmp_path / "raw.parquet"
-    env = {**os.environ, "CALIBRATION_FAULT": f"infer@{tmp_path.name}"}
+    env = {**os.environ, "CALIBRATION_FAULT": f"infer@{tmp_path}/*"}
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED_JOB), str(data), str(tiny_model_dir), str(out)],
                           env=env, start_new_session=True, capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]

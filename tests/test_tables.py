@@ -23,7 +23,7 @@ write_table(pd.DataFrame({"x": range(1000)}), sys.argv[1])
 
 def test_a_write_killed_before_its_rename_publishes_nothing(tmp_path):
     out = tmp_path / "t.parquet"
-    env = {**os.environ, "CALIBRATION_FAULT": "write@t.parquet"}
+    env = {**os.environ, "CALIBRATION_FAULT": "write@*/t.parquet"}
     proc = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(out)], env=env, start_new_session=True)
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
@@ -37,7 +37,7 @@ def test_a_write_killed_before_its_rename_publishes_nothing(tmp_path):
 
 
 def test_the_fault_hook_waits_for_its_point_and_file(tmp_path):
-    env = {**os.environ, "CALIBRATION_FAULT": "write@other-file"}
+    env = {**os.environ, "CALIBRATION_FAULT": "write@*/other-file"}
     proc = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(tmp_path / "t.parquet")], env=env,
                           start_new_session=True)
     assert proc.returncode == 0 and (tmp_path / "t.parquet").is_file()

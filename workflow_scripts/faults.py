@@ -1,8 +1,9 @@
 """Fault injection for the tests: kill a run with SIGKILL at a named point, as a power loss would.
 
-``CALIBRATION_FAULT=<point>`` (or ``<point>@<text>``: only where the file at hand contains
-``<text>``) makes the process group of the job (Snakemake and all its jobs, when Snakemake was
-started in a session of its own) die at that point. The points:
+``CALIBRATION_FAULT=<point>`` (or ``<point>@<pattern>``: only where the path of the file at hand
+matches the glob ``<pattern>``, e.g. ``write@*/inference/geo/*/main.parquet``) makes the process
+group of the job (Snakemake and all its jobs, when Snakemake was started in a session of its own)
+die at that point. The points:
 
 - ``fetch``: a checkpoint folder half built (its first file linked or copied, the rest not);
 - ``infer``: an inference job after it wrote its first shard of results;
@@ -15,15 +16,16 @@ from __future__ import annotations
 
 import os
 import signal
+from fnmatch import fnmatchcase
 
 VARIABLE = "CALIBRATION_FAULT"
 
 
-def fault_point(point: str, where: str = "") -> None:
-    """SIGKILL the process group here if ``CALIBRATION_FAULT`` names ``point`` (and a part of ``where``)."""
+def fault_point(point: str, where: str | os.PathLike = "") -> None:
+    """SIGKILL the process group here if ``CALIBRATION_FAULT`` names ``point`` (and a pattern ``where`` matches)."""
     wanted = os.environ.get(VARIABLE)
     if not wanted:
         return
-    name, _, text = wanted.partition("@")
-    if name == point and text in str(where):
+    name, _, pattern = wanted.partition("@")
+    if name == point and fnmatchcase(str(where), pattern or "*"):
         os.killpg(os.getpgrp(), signal.SIGKILL)
