@@ -5,10 +5,7 @@ rule infer:
     input:
         code=code("inference"),
         data="results/data/{task}.parquet",
-        # Temporary: fetched again for another task, it must not rerun this one (ancient: its age is
-        # ignored). A model trained here reruns its inference when retrained, through its training output.
-        checkpoint=ancient("results/checkpoints/{model}/{revision}"),
-        trained=trained_model_dir,
+        checkpoint="results/checkpoints/{model}/{revision}",
     output:
         "results/inference/{task}/{model}/{revision}.parquet",
     params:
