@@ -5,7 +5,9 @@ from pathlib import Path
 
 TASKS = config["tasks"]
 CODE = Path(workflow.basedir) / "workflow_scripts"
-LABELS = ("family", "data", "stage", "size", "tuning", "epoch")
+LABELS = ("family", "data", "stage", "size", "tuning")
+ALIGN = config.get("align", {})
+PREFERENCE = ALIGN.get("preference", {})
 
 
 def canonical(value):
@@ -92,8 +94,51 @@ def pretrained_models():
     return models
 
 
+def align_base_revision(models):
+    """The revision of the base model that alignment starts from (default: its last one)."""
+    base = models[ALIGN["base"]]
+    revision = ALIGN.get("revision", base["revisions"][-1])
+    if revision not in base["revisions"]:
+        raise ValueError(f"config: align.revision {revision!r} is not a revision of {ALIGN['base']!r} "
+                         f"({', '.join(base['revisions'])}); add it there so the base is evaluated too")
+    return revision
+
+
+def aligned_models(models):
+    """The models the align stage trains (config `align`): (supervised runs: name -> {data, tuning},
+    preference-tuned names: stage -> name, model entries: name -> config of the model)."""
+    if not ALIGN:
+        return {}, {}, {}
+    base = ALIGN["base"]
+    if base not in models:
+        raise ValueError(f"config: align.base {base!r} is not a model (models: {', '.join(models)})")
+    align_base_revision(models)
+    labels = {k: models[base][k] for k in ("family", "size", "inference", "resources") if k in models[base]}
+    tuned = {f"{base}-sft-{data}-{tuning}": {"data": data, "tuning": tuning}
+             for data in ALIGN["instructions"] for tuning in ALIGN["tuning"]}
+    entries = {name: {"source": f"local:results/align/models/{name}", **labels, "stage": "sft", **run,
+                      "revisions": [f"epoch{e}" for e in range(1, ALIGN["epochs"] + 1)]}
+               for name, run in tuned.items()}
+    names = {}
+    if PREFERENCE:
+        policy = f"{base}-sft-{PREFERENCE['policy']}"
+        if policy not in tuned:
+            known = ", ".join(f"{run['data']}-{run['tuning']}" for run in tuned.values())
+            raise ValueError(f"config: align.preference.policy {PREFERENCE['policy']!r} is not a tuned model ({known})")
+        for stage in ("rlhf", "dpo"):
+            if stage in PREFERENCE:
+                names[stage] = name = f"{base}-{stage}"
+                entries[name] = {"source": f"local:results/align/models/{name}", **labels, "stage": stage,
+                                 **tuned[policy], "revisions": [f"epoch{e}" for e in range(1, PREFERENCE[stage]["epochs"] + 1)]}
+    clash = sorted(set(entries) & set(models))
+    if clash:
+        raise ValueError(f"config: models {clash} are also names of aligned models; rename them")
+    return tuned, names, entries
+
+
 PRETRAINED = pretrained_models()
-MODELS = {**config["models"], **PRETRAINED}
+TUNED, ALIGNED_NAMES, ALIGNED = aligned_models({**config["models"], **PRETRAINED})
+MODELS = {**config["models"], **PRETRAINED, **ALIGNED}
 if not MODELS:
     raise ValueError("config: no models to evaluate: add one under `models` (or a `pretrain` suite)")
 RUNS = [(task, model, revision) for task in TASKS for model in MODELS for revision in MODELS[model]["revisions"]]
@@ -106,8 +151,34 @@ wildcard_constraints:
 
 
 def trained_model_dir(wildcards):
-    """The training output a model of the suite is read from (nothing for other models)."""
-    return [f"results/pretrain/models/{wildcards.model}"] if wildcards.model in PRETRAINED else []
+    """The training output a model of the suite or an aligned model is read from (nothing for other models)."""
+    return training_output(wildcards.model)
+
+
+def training_output(model):
+    if model in PRETRAINED:
+        return [f"results/pretrain/models/{model}"]
+    if model in ALIGNED:
+        return [f"results/align/models/{model}"]
+    return []
+
+
+def eval_task_tables():
+    """Task tables whose facts the offline instruction and preference sets must not teach."""
+    return [f"results/data/{t}.parquet" for t in TASKS if TASKS[t]["kind"] != "clm"]
+
+
+
+
+def policy_dir():
+    """The tuned model that preference optimisation starts from (its last epoch is used)."""
+    return f"results/align/models/{ALIGN['base']}-sft-{PREFERENCE['policy']}"
+
+
+def align_resources():
+    """Cluster resources of the training jobs (config align.resources)."""
+    res = ALIGN.get("resources", {})
+    return {"mem_mb": res.get("mem_mb", 8000), "gpu": res.get("gpu", 0), "runtime": res.get("runtime", 120)}
 
 
 def primary_methods():
@@ -128,4 +199,18 @@ def study_figures():
         targets += ["results/figures/dynamics.png"]
     if PRETRAINED:
         targets += ["results/figures/pretrain_loss.png"]
+    if ALIGN:
+        targets += ["results/figures/alignment.png", "results/figures/diversity.png"]
+    if ALIGNED_NAMES:
+        targets += ["results/metrics/rlhf.csv"]
     return targets
+
+
+def alignment_models():
+    """The models of the alignment figure, in order: the base at its tuned revision, then every
+    supervised run, then DPO and RLHF (last), as {model: [revisions]}."""
+    base = ALIGN["base"]
+    order = {base: [align_base_revision(MODELS)]}
+    order.update({name: ALIGNED[name]["revisions"] for name in TUNED})
+    order.update({ALIGNED_NAMES[s]: ALIGNED[ALIGNED_NAMES[s]]["revisions"] for s in ("dpo", "rlhf") if s in ALIGNED_NAMES})
+    return order

@@ -117,3 +117,60 @@ rule plot_pretrain_loss:
         mem_mb=2000,
     script:
         "scripts/plot_pretrain_loss.py"
+
+
+rule plot_alignment:
+    input:
+        code=code("plots"),
+        summary="results/metrics/summary.parquet",
+    output:
+        png=report("results/figures/alignment.png", caption="../report/alignment.rst", category="Alignment"),
+        pdf="results/figures/alignment.pdf",
+    params:
+        models=alignment_models(),
+        methods=primary_methods(),
+    log:
+        "results/logs/plot_alignment.log",
+    benchmark:
+        "results/benchmarks/plot_alignment.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "scripts/plot_alignment.py"
+
+
+rule rlhf_table:
+    input:
+        code=code("plots"),
+        summary="results/metrics/summary.parquet",
+    output:
+        report("results/metrics/rlhf.csv", caption="../report/rlhf.rst", category="Alignment"),
+    params:
+        models=alignment_models(),
+        methods=primary_methods(),
+    log:
+        "results/logs/rlhf_table.log",
+    benchmark:
+        "results/benchmarks/rlhf_table.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "scripts/rlhf_table.py"
+
+
+rule plot_diversity:
+    input:
+        code=code("plots"),
+        map="results/align/diversity_map.parquet",
+        summary="results/metrics/diversity.csv",
+    output:
+        png=report("results/figures/diversity.png", caption="../report/diversity.rst", category="Alignment"),
+        pdf="results/figures/diversity.pdf",
+    log:
+        "results/logs/plot_diversity.log",
+    benchmark:
+        "results/benchmarks/plot_diversity.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "scripts/plot_diversity.py"

@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from workflow import ROOT, copy_workflow, planned_jobs, snakemake, write_config
+from workflow import ROOT, copy_workflow, snakemake, write_config
 
 PAPER = ROOT / "config" / "paper.yaml"
 
@@ -16,26 +16,41 @@ def workdir(tmp_path_factory):
     return copy_workflow(tmp_path_factory.mktemp("config"))
 
 
-def test_paper_dry_run_lists_every_job_of_the_study(workdir):
-    # 16 Pythia models (8 sizes, standard and deduped) at step143000, plus 20 more revisions of
-    # Pythia-1.4B: 36 checkpoints; 3 tasks (the Pile, T-REx, MMLU) -> 108 runs; the figures of
-    # every task, and those against scale and training step.
-    jobs = planned_jobs(workdir, PAPER)
-    assert jobs == {"prepare_task": 3, "fetch_checkpoint": 36, "infer": 108, "extract_confidence": 108,
-                    "score": 108, "summarize": 1, "plot_reliability": 3, "plot_summary": 1, "plot_scale": 1,
-                    "plot_dynamics": 1, "plot_reliability_scale": 3, "all": 1}
-
-
-def test_paper_jobs_declare_memory_and_gpus(workdir):
+@pytest.fixture(scope="module")
+def paper_plan(workdir):
+    """The paper's dry run, once: its printed jobs and its job-count table."""
     out = snakemake(workdir, PAPER, "--dry-run").stdout
+    table = out.split("Job stats:", 1)[1]
+    jobs = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.M) if rule != "total"}
+    return out, jobs
+
+
+def test_paper_dry_run_lists_every_job_of_the_study(paper_plan):
+    # 16 Pythia models (8 sizes, standard and deduped) at step143000, plus 20 more revisions of
+    # Pythia-1.4B: 36 checkpoints; LLaMA-7B, tuned on Alpaca and OpenAssistant, full and LoRA, for
+    # 3 epochs (12), then RLHF and DPO for 3 epochs each (6): 19 more; 3 tasks (the Pile, T-REx,
+    # MMLU) -> 165 runs; the figures of every task, against scale, training step and alignment.
+    _, jobs = paper_plan
+    assert jobs == {"prepare_task": 3, "fetch_checkpoint": 55, "infer": 165, "extract_confidence": 165,
+                    "score": 165, "summarize": 1, "plot_reliability": 3, "plot_summary": 1, "plot_scale": 1,
+                    "plot_dynamics": 1, "plot_reliability_scale": 3, "build_instructions": 2,
+                    "build_preferences": 1, "tune": 4, "train_reward_model": 1, "rlhf": 1, "dpo": 1,
+                    "diversity": 1, "plot_alignment": 1, "rlhf_table": 1, "plot_diversity": 1, "all": 1}
+
+
+GPU_RULES = {"infer", "tune", "train_reward_model", "rlhf", "dpo"}
+
+
+def test_paper_jobs_declare_memory_and_gpus(paper_plan):
+    out, _ = paper_plan
     blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", out, flags=re.M | re.S)
-    assert len(blocks) == 374
+    assert len(blocks) == 578
     for rule, block in blocks:
         if rule == "all":
             continue
         resources = re.search(r"resources: (.*)", block).group(1)
         assert "mem_mb=" in resources, (rule, resources)
-        assert ("gpu=1" in resources) == (rule == "infer"), (rule, resources)
+        assert ("gpu=1" in resources) == (rule in GPU_RULES), (rule, resources)
     config = yaml.safe_load(PAPER.read_text())
     assert config["models"]["pythia-12b"]["resources"]["mem_mb"] >= 2 * 24_000  # bf16 12B weights, loaded on the host
     assert config["evict_hub_cache"] is True

@@ -307,3 +307,73 @@ def test_pretrain_loss_table_and_figure(tmp_path):
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no trained models"):
         plot_pretrain_loss([], tmp_path / "x.csv", tmp_path / "x.png", tmp_path / "x.pdf")
+
+
+# --- calibration along alignment ---------------------------------------------------------------
+
+ALIGN_MODELS = {"base": ["step4"], "base-sft-narrow-full": ["epoch1", "epoch2"],
+                "base-sft-narrow-lora": ["epoch1", "epoch2"], "base-dpo": ["epoch1"], "base-rlhf": ["epoch1", "epoch2"]}
+
+
+def alignment_table():
+    """Summary rows of a base model, two tuned runs, DPO and RLHF (rows given out of figure order)."""
+    labels = {"base": ("base", None, None), "base-sft-narrow-full": ("sft", "narrow", "full"),
+              "base-sft-narrow-lora": ("sft", "narrow", "lora"), "base-dpo": ("dpo", "narrow", "full"),
+              "base-rlhf": ("rlhf", "narrow", "full"), "other": ("sft", "x", "full")}
+    rows = []
+    for task, methods in {"facts": ["seq_prob", "first_token_prob"], "mc": ["option_softmax"]}.items():
+        for model in reversed(list(labels)):
+            stage, data, tuning = labels[model]
+            for k, revision in enumerate(ALIGN_MODELS.get(model, ["epoch1"])):
+                for method in methods:
+                    ece = 0.05 + 0.01 * len(rows) % 0.2
+                    rows.append(dict(task=task, model=model, revision=revision, method=method, n=50,
+                                     accuracy=0.3 + 0.01 * k, mean_confidence=0.4, ece=ece, ece_ci_low=ece - 0.02,
+                                     ece_ci_high=ece + 0.02, brier=0.2, stage=stage, data=data, tuning=tuning,
+                                     family="toy", step=4 if model == "base" else None,
+                                     epoch=None if model == "base" else k + 1))
+    return pd.DataFrame(rows)
+
+
+def test_alignment_rows_follow_the_given_order_for_the_primary_method():
+    rows = plots.alignment_rows(alignment_table(), ALIGN_MODELS, {"facts": "first_token_prob"})
+    facts = rows[rows["task"] == "facts"]
+    assert list(zip(facts["model"], facts["revision"])) == [(m, r) for m, revs in ALIGN_MODELS.items() for r in revs]
+    assert set(rows["method"]) == {"first_token_prob", "option_softmax"}
+    assert list(facts["variant"]) == ["base", "narrow full", "narrow full", "narrow lora", "narrow lora", "dpo",
+                                      "rlhf", "rlhf"]
+    with pytest.raises(ValueError, match="base-rlhf@epoch3"):
+        plots.alignment_rows(alignment_table(), {**ALIGN_MODELS, "base-rlhf": ["epoch3"]}, {})
+
+
+def test_rlhf_table_starts_from_the_policy_at_epoch_zero(tmp_path):
+    write_table(alignment_table(), tmp_path / "summary.parquet")
+    plots.write_rlhf_table(tmp_path / "summary.parquet", ALIGN_MODELS, {"facts": "seq_prob"}, tmp_path / "rlhf.csv")
+    table = pd.read_csv(tmp_path / "rlhf.csv")
+    assert list(table.columns) == plots.RLHF_COLUMNS
+    facts = table[table["task"] == "facts"]
+    assert list(zip(facts["stage"], facts["epoch"])) == [("sft", 0), ("dpo", 1), ("rlhf", 1), ("rlhf", 2)]
+    assert facts.iloc[0]["model"] == "base-sft-narrow-full" and facts.iloc[0]["revision"] == "epoch2"
+    assert set(facts["method"]) == {"seq_prob"}
+
+
+def test_alignment_and_diversity_figures(tmp_path):
+    write_table(alignment_table(), tmp_path / "summary.parquet")
+    plots.plot_alignment(tmp_path / "summary.parquet", ALIGN_MODELS, {}, tmp_path / "a.png", tmp_path / "a.pdf")
+    assert_figure(tmp_path / "a.png", tmp_path / "a.pdf", min_width=600)
+    rng = np.random.default_rng(0)
+    points = pd.DataFrame({"dataset": ["narrow"] * 30 + ["broad"] * 30, "item_id": [str(i) for i in range(60)],
+                           "x": rng.normal(size=60), "y": rng.normal(size=60)})
+    write_table(points, tmp_path / "map.parquet")
+    pd.DataFrame({"dataset": ["narrow", "broad"], "n": [30, 30], "mean_cosine_distance": [0.5, 0.8]}).to_csv(
+        tmp_path / "diversity.csv", index=False)
+    plots.plot_diversity(tmp_path / "map.parquet", tmp_path / "diversity.csv", tmp_path / "d.png", tmp_path / "d.pdf")
+    assert_figure(tmp_path / "d.png", tmp_path / "d.pdf")
+    assert_no_temp_files(tmp_path)
+
+
+def test_scale_rows_leave_out_aligned_models():
+    table = selection_table()
+    aligned = table[table["model"] == "p-big"].assign(model="p-big-sft", stage="sft")
+    rows = plots.scale_rows(pd.concat([table.assign(stage="base"), aligned]), ["p"], {})
+    assert "p-big-sft" not in set(rows["model"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -14,6 +15,7 @@ KEYS = ("task", "model", "revision", "method")
 METRIC_NAMES = ("n", "accuracy", "mean_confidence", "ece", "mce", "ace", "brier", "auroc", "ece_ci_low", "ece_ci_high")
 BIN_COLUMNS = ("bin", "bin_lower", "bin_upper", "count", "mean_confidence", "accuracy")
 INPUT_COLUMNS = ("item_id", "method", "confidence", "correct")
+MODEL_INFO = ("params", "step", "epoch")  # integer columns every summary row has (empty where unknown)
 
 # Cells of the bootstrap (one per bin and correctness) holding at most this many items are resampled
 # item by item; larger ones take the normal limit of their resampled confidence sum (see bootstrap_ece_interval).
@@ -237,7 +239,7 @@ def score(
 ) -> None:
     """Score every method of one confidence table: a summary row and reliability bins per method."""
     labels = dict(labels or {})
-    clashes = sorted(set(labels) & {*KEYS, *METRIC_NAMES, "params", "step"})
+    clashes = sorted(set(labels) & {*KEYS, *METRIC_NAMES, *MODEL_INFO})
     if clashes:
         raise ValueError(f"labels may not reuse the column names {clashes}")
     table = read_table(confidence_path)
@@ -251,8 +253,9 @@ def score(
 
     keys = {"task": task, "model": model, "revision": revision}
     source = read_provenance(confidence_path)
-    # params is counted from the loaded model by the inference stage; step comes from the revision name.
-    model_info = {"params": source.get("inference", {}).get("params"), "step": parse_step(revision)}
+    # params is counted from the loaded model by the inference stage; step and epoch come from the revision name.
+    model_info = {"params": source.get("inference", {}).get("params"), "step": parse_step(revision),
+                  "epoch": parse_epoch(revision)}
     summary_rows, bin_tables = [], []
     for method, group in table.groupby("method", sort=True):
         try:
@@ -267,9 +270,15 @@ def score(
         "stage": "score", **keys, "n_bins": n_bins, "n_bootstrap": n_bootstrap, "seed": seed,
         "input": source,
     }
-    summary = pd.DataFrame(summary_rows).astype({"params": "Int64", "step": "Int64"})
+    summary = pd.DataFrame(summary_rows).astype({column: "Int64" for column in MODEL_INFO})
     write_table(summary, summary_out, provenance)
     write_table(pd.concat(bin_tables, ignore_index=True)[[*KEYS, *BIN_COLUMNS]], bins_out, provenance)
+
+
+def parse_epoch(revision: str) -> int | None:
+    """The training epoch a revision of an aligned model names (``epoch2`` -> 2), else None."""
+    match = re.fullmatch(r"epoch(\d+)", revision)
+    return int(match.group(1)) if match else None
 
 
 def _concatenated(paths: Sequence[str | os.PathLike], order: list[str]) -> pd.DataFrame:
@@ -281,7 +290,7 @@ def _concatenated(paths: Sequence[str | os.PathLike], order: list[str]) -> pd.Da
 
 def _text_if_mixed(summary: pd.DataFrame) -> pd.DataFrame:
     """Label columns holding both numbers and text across runs (e.g. params 1e9 and "160M") become text."""
-    for column in summary.columns.difference([*KEYS, *METRIC_NAMES, "params", "step"]):
+    for column in summary.columns.difference([*KEYS, *METRIC_NAMES, *MODEL_INFO]):
         if summary[column].dtype == object:
             summary[column] = summary[column].map(lambda value: value if pd.isna(value) else str(value))
     return summary

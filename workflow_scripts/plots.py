@@ -1,4 +1,5 @@
-"""The plot stage: reliability diagrams per task and a summary of accuracy and ECE across tasks."""
+"""The plot stage: reliability diagrams per task, a summary of accuracy and ECE across tasks, and the
+study's figures against scale, training step and alignment (plus the alignment tables)."""
 from __future__ import annotations
 
 import re
@@ -248,13 +249,13 @@ def humanize(n) -> str:
 
 def with_labels(summary: pd.DataFrame) -> pd.DataFrame:
     """A copy whose label columns exist: missing `data` is 'standard', missing `family`/`stage` stay
-    NaN; `params` and `step` are numeric (NaN where unknown)."""
+    NaN; `params`, `step` and `epoch` are numeric (NaN where unknown)."""
     summary = summary.copy()
     for column in ("family", "data", "stage"):
         if column not in summary.columns:
             summary[column] = np.nan
     summary["data"] = summary["data"].where(summary["data"].notna(), STANDARD).astype(str)
-    for column in ("params", "step"):
+    for column in ("params", "step", "epoch"):
         summary[column] = (pd.to_numeric(summary[column], errors="coerce")
                            if column in summary.columns else np.nan)
     return summary
@@ -299,11 +300,11 @@ def final_revisions(summary: pd.DataFrame) -> dict[str, str]:
 
 
 def scale_rows(summary: pd.DataFrame, suites: list[str], methods: dict[str, str]) -> pd.DataFrame:
-    """The rows of the models whose `family` is in `suites`, each at its final revision, for the
-    primary method of each task, with a known positive parameter count; sorted by task, family,
-    data variant ('standard' first), params (then model)."""
+    """The rows of the base (pretrained, not aligned) models whose `family` is in `suites`, each at its
+    final revision, for the primary method of each task, with a known positive parameter count;
+    sorted by task, family, data variant ('standard' first), params (then model)."""
     summary = with_labels(summary)
-    rows = summary[summary["family"].isin(list(suites))]
+    rows = summary[summary["family"].isin(list(suites)) & (summary["stage"].isna() | (summary["stage"] == "base"))]
     final = final_revisions(rows)
     rows = rows[rows["revision"] == rows["model"].map(final)]
     rows = _primary_only(rows, methods)
@@ -607,4 +608,121 @@ def plot_pretrain_loss(model_dirs, table_out, png_out, pdf_out) -> None:
     ax.legend(fontsize=8, ncol=2, frameon=False)
     ax.set_title("Pretraining loss of the suite trained here")
     fig.tight_layout()
+    save_figure(fig, png_out, pdf_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration along alignment (Zhu et al. 2023, Figure 5, Table 3 and Figure 6).
+
+STAGE_COLOURS = {"base": "0.45", "dpo": "tab:purple", "rlhf": "tab:red"}
+SFT_COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+RLHF_COLUMNS = ["task", "stage", "model", "revision", "epoch", "method", "n", "accuracy", "mean_confidence",
+                "ece", "ece_ci_low", "ece_ci_high", "brier"]
+
+
+def alignment_rows(summary: pd.DataFrame, models: dict[str, list[str]], methods) -> pd.DataFrame:
+    """The rows of ``models`` (model -> revisions, in figure order) for each task's primary method,
+    in that order, with a ``variant`` per bar group (base, <data> <tuning>, dpo, rlhf) and ``epoch``.
+    ValueError naming any (model, revision) without rows."""
+    summary = with_labels(_primary_only(summary, methods))
+    order = {(m, r): i for i, (m, r) in enumerate((m, r) for m, revs in models.items() for r in revs)}
+    present = set(zip(summary["model"], summary["revision"]))
+    missing = [f"{m}@{r}" for m, r in order if (m, r) not in present]
+    if missing:
+        raise ValueError(f"no summary rows for {', '.join(missing)}")
+    rows = summary[[(m, r) in order for m, r in zip(summary["model"], summary["revision"])]].copy()
+    rows["_order"] = [order[(m, r)] for m, r in zip(rows["model"], rows["revision"])]
+    stage = rows["stage"].astype(object).where(rows["stage"].notna(), "base").astype(str)
+    tuning = rows["tuning"].astype(str) if "tuning" in rows else ""
+    rows["variant"] = np.where(stage == "sft", rows["data"].astype(str) + " " + tuning, stage)
+    first = next(iter(models))
+    rows.loc[rows["model"] == first, "variant"] = "base"
+    return rows.sort_values(["_order", "task"], kind="stable").drop(columns="_order")
+
+
+def _variant_colours(variants: list[str]) -> dict[str, str]:
+    sft = [v for v in variants if v not in STAGE_COLOURS]
+    colours = {v: SFT_COLOURS[i % len(SFT_COLOURS)] for i, v in enumerate(sft)}
+    return {v: STAGE_COLOURS.get(v, colours.get(v)) for v in variants}
+
+
+def plot_alignment(summary_path, models: dict[str, list[str]], methods: dict[str, str], png_out, pdf_out) -> None:
+    """Accuracy (top) and ECE (bottom) per task (columns): one bar per (model, revision) in the
+    given order, grouped by variant and shaded by epoch; ECE with its bootstrap CI."""
+    rows = alignment_rows(read_table(summary_path), models, methods)
+    tasks = ordered_unique(rows["task"])
+    bars = ordered_unique(zip(rows["model"], rows["revision"]))
+    variant_of = dict(zip(zip(rows["model"], rows["revision"]), rows["variant"]))
+    variants = ordered_unique(variant_of[b] for b in bars)
+    colours = _variant_colours(variants)
+    x, position, previous = [], 0.0, None
+    for bar in bars:
+        position += 1.0 if previous in (None, variant_of[bar]) else 1.6  # a gap between variants
+        previous = variant_of[bar]
+        x.append(position)
+    shade = {}
+    for variant in variants:
+        members = [b for b in bars if variant_of[b] == variant]
+        for bar, colour in zip(members, _shades(colours[variant], len(members))):
+            shade[bar] = colour
+    epochs = dict(zip(zip(rows["model"], rows["revision"]), rows["epoch"]))
+    labels = [variant_of[b] if pd.isna(epochs[b]) else f"{variant_of[b]} e{int(epochs[b])}" for b in bars]
+    fig, axes = plt.subplots(2, len(tasks), squeeze=False, layout="constrained",
+                             figsize=(max(4.0, 0.9 + 0.22 * len(bars)) * len(tasks), 5.2))
+    for j, task in enumerate(tasks):
+        sub = rows[rows["task"] == task].set_index(["model", "revision"]).reindex(bars)
+        for i, (metric, name) in enumerate((("accuracy", "accuracy"), ("ece", "ECE"))):
+            ax = axes[i, j]
+            yerr = None
+            if metric == "ece":
+                yerr = np.vstack([(sub["ece"] - sub["ece_ci_low"]).clip(lower=0),
+                                  (sub["ece_ci_high"] - sub["ece"]).clip(lower=0)])
+            ax.bar(x, sub[metric].fillna(0), width=0.85, color=[shade[b] for b in bars], yerr=yerr,
+                   error_kw={"elinewidth": 0.7, "capsize": 1.5, "ecolor": "0.2"}, zorder=2)
+            _style_axis(ax, name)
+            ax.grid(axis="x", visible=False)
+            if metric == "accuracy":
+                ax.set_ylim(0, 1.05 * max(0.05, float(sub["accuracy"].max())))
+                ax.set_title(task, fontsize=FONT["title"] + 1)
+            else:
+                _ece_ylim(ax, sub)
+            ax.set_xticks(x, labels if i == 1 else [], rotation=60, ha="right", rotation_mode="anchor",
+                          fontsize=FONT["tick"] - 1)
+    handles = [matplotlib.patches.Patch(color=colours[v], label=v) for v in variants]
+    axes[0, -1].legend(handles=handles, fontsize=FONT["tick"], title="variant", title_fontsize=FONT["tick"],
+                       loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.suptitle("Calibration along alignment (bars: epochs; primary confidence method per task)",
+                 fontsize=FONT["title"] + 2)
+    save_figure(fig, png_out, pdf_out)
+
+
+def write_rlhf_table(summary_path, models: dict[str, list[str]], methods: dict[str, str], out_csv) -> None:
+    """Preference optimisation per epoch (CSV): the policy it started from as epoch 0 (the last
+    supervised epoch of the same data and tuning), then every epoch of DPO and RLHF."""
+    rows = alignment_rows(read_table(summary_path), models, methods)
+    preference = rows[rows["variant"].isin(["dpo", "rlhf"])]
+    if preference.empty:
+        raise ValueError("no DPO or RLHF rows in the summary")
+    first = preference.iloc[0]
+    sft = rows[(rows["stage"] == "sft") & (rows["data"] == first["data"]) & (rows["tuning"] == first["tuning"])]
+    policy = sft[sft["epoch"] == sft["epoch"].max()].assign(epoch=0)
+    table = pd.concat([policy, preference], ignore_index=True)
+    table["epoch"] = table["epoch"].astype(int)
+    with atomic_path(out_csv, suffix=".csv") as tmp:
+        table[RLHF_COLUMNS].to_csv(tmp, index=False)
+
+
+def plot_diversity(map_path, summary_csv, png_out, pdf_out) -> None:
+    """The 2-D map of the instruction sets' responses, one colour per set; the legend gives each
+    set's mean pairwise cosine distance."""
+    points = read_table(map_path)
+    stats = pd.read_csv(summary_csv).set_index("dataset")
+    fig, ax = plt.subplots(figsize=(5.2, 4.4), layout="constrained")
+    for i, (name, group) in enumerate(points.groupby("dataset", sort=False)):
+        distance = stats.loc[name, "mean_cosine_distance"] if name in stats.index else float("nan")
+        ax.scatter(group["x"], group["y"], s=6, alpha=0.6, color=SFT_COLOURS[i % len(SFT_COLOURS)], linewidths=0,
+                   label=f"{name} (n={len(group)}, diversity {_fmt(distance)})")
+    ax.set(xticks=[], yticks=[], xlabel="t-SNE 1", ylabel="t-SNE 2")
+    ax.set_title("Instruction responses (all-MiniLM-L6-v2 embeddings)", fontsize=FONT["title"] + 1)
+    ax.legend(fontsize=FONT["tick"], markerscale=2, frameon=False, loc="best")
     save_figure(fig, png_out, pdf_out)

