@@ -11,10 +11,14 @@ the table's provenance.
 """
 from __future__ import annotations
 
+import bz2
 import csv
 import glob
+import gzip
 import hashlib
 import json
+import lzma
+import math
 import os
 import re
 from itertools import islice
@@ -107,40 +111,108 @@ def _read_text(path: Path) -> str:
         raise DatasetError(f"{path}: not UTF-8 text ({exc})") from exc
 
 
-def _read_frame(path: Path, columns: list[str]) -> pd.DataFrame:
-    """A whole .parquet or JSON-lines file (.jsonl, optionally compressed); `columns` must exist."""
+def _open_text(path: Path):
+    """A text file, decompressed by its suffix (.gz, .bz2, .xz, .zst)."""
+    if path.suffix == ".zst":
+        import zstandard
+
+        return zstandard.open(path, "rt", encoding="utf-8")
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix, open)
+    return opener(path, "rt", encoding="utf-8")
+
+
+def _json_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(row, object) for each line of a JSON-lines file, the row being the line number (blank lines
+    are skipped); a line that is not a JSON object is an error naming its row."""
     try:
-        if ".parquet" in path.suffixes:
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_json(path, lines=True, dtype=False, compression="infer")
-    except ValueError as exc:
-        raise DatasetError(f"{path}: cannot read ({exc})") from exc
+        with _open_text(path) as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"{path}: row {n}: invalid JSON ({exc.msg}, column {exc.colno})") from exc
+                if not isinstance(row, dict):
+                    raise DatasetError(f"{path}: row {n}: expected a JSON object, found {_show(row)}")
+                yield n, row
+    except DatasetError:
+        raise
+    except Exception as exc:  # undecodable bytes, a broken archive: the file cannot be read
+        raise DatasetError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
+
+
+def _records(path: Path, columns: list[str]) -> Iterator[tuple[int, dict]]:
+    """(row, record) of a whole .parquet file or, line by line, a JSON-lines file (.jsonl,
+    optionally compressed); `columns` must exist (in every row of JSON lines)."""
+    if ".parquet" not in path.suffixes:
+        for n, row in _json_rows(path):
+            missing = [c for c in columns if c not in row]
+            if missing:
+                raise DatasetError(f"{path}: row {n}: missing key(s) {missing}; found {sorted(row)}")
+            yield n, row
+        return
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow's errors for a file that is no Parquet
+        raise DatasetError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DatasetError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
-    return frame
+    yield from enumerate(frame.to_dict("records"), start=1)
 
 
-def _column_values(path: Path, column: str) -> Iterator:
-    """The values of one column of a .parquet or JSON-lines file, in file order, read in chunks."""
+def _column_values(path: Path, column: str) -> Iterator[tuple[int, object]]:
+    """(row, value) of one column of a .parquet or JSON-lines file, in file order, read in chunks."""
     if ".parquet" in path.suffixes:
-        parquet = pq.ParquetFile(path)
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as exc:
+            raise DatasetError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
         if column not in parquet.schema_arrow.names:
             raise DatasetError(f"{path}: no column {column!r}; found {parquet.schema_arrow.names}")
+        n = 0
         for batch in parquet.iter_batches(columns=[column]):
-            yield from batch.column(0).to_pylist()
+            for value in batch.column(0).to_pylist():
+                n += 1
+                yield n, value
         return
-    try:
-        with pd.read_json(path, lines=True, dtype=False, chunksize=10_000, compression="infer") as chunks:
-            for chunk in chunks:
-                if column not in chunk.columns:
-                    raise DatasetError(f"{path}: no column {column!r}; found {list(chunk.columns)}")
-                yield from chunk[column].tolist()
-    except DatasetError:
-        raise
-    except ValueError as exc:
-        raise DatasetError(f"{path}: cannot read JSON lines ({exc})") from exc
+    for n, row in _json_rows(path):
+        if column not in row:
+            raise DatasetError(f"{path}: row {n}: no key {column!r}; found {sorted(row)}")
+        yield n, row[column]
+
+
+# ---------------------------------------------------------------- cells
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _string(path: Path, n: int, row: dict, key: str, *, empty: bool = False) -> str:
+    """The text of ``row[key]``; DatasetError naming file, row and key unless it is a (non-empty) string."""
+    value = row.get(key)
+    if isinstance(value, str) and (empty or value.strip()):
+        return value
+    raise DatasetError(f"{path}: row {n}: {key} must be a {'string' if empty else 'non-empty string'}, "
+                       f"found {_show(value)}")
+
+
+def _strings(path: Path, n: int, key: str, value) -> list[str]:
+    """An optional list of strings (a lone string is one; missing is none)."""
+    if _missing(value):
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple, np.ndarray)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise DatasetError(f"{path}: row {n}: {key} must be a string or a list of strings, found {_show(value)}")
 
 
 # ---------------------------------------------------------------- clm
@@ -162,9 +234,11 @@ def _clm_records(ds: dict, read: dict) -> Iterator[tuple[str, str]]:
     """One document per row of JSON-lines or Parquet files (`text_column`, default "text")."""
     column = ds.get("text_column", "text")
     for path, name in _names(_expand(_require(ds, "path"))).items():
-        for row, text in enumerate(_column_values(_record(path, read), column)):
-            if isinstance(text, str) and text.strip():
-                yield f"{name}/{row}", text
+        for n, text in _column_values(_record(path, read), column):
+            if not (_missing(text) or isinstance(text, str)):
+                raise DatasetError(f"{path}: row {n}: {column} must be text, found {_show(text)}")
+            if text and text.strip():  # empty documents are skipped
+                yield f"{name}/{n - 1}", text
 
 
 def pydoc_prose(ds: dict, read: dict) -> Iterator[tuple[str, str]]:
@@ -236,15 +310,6 @@ def _gen_geonames(ds: dict, read: dict) -> list[dict]:
     ]
 
 
-def _as_list(cell) -> list[str]:
-    """An optional list cell: missing (None, NaN) is empty, a lone string is one item."""
-    if isinstance(cell, str):
-        return [cell]
-    if cell is None or isinstance(cell, float):
-        return []
-    return [str(item) for item in cell]
-
-
 _Y_AT_END = re.compile(r"\[Y\][\s.,;:!?]*$")
 
 
@@ -253,18 +318,19 @@ def _gen_lama(ds: dict, read: dict) -> list[dict]:
     templates = {}
     if "relations" in ds:
         for path in _expand(ds["relations"]):
-            frame = _read_frame(_record(path, read), ["relation", "template"])
-            templates.update(zip(frame["relation"], frame["template"]))
+            for n, row in _records(_record(path, read), ["relation", "template"]):
+                templates[_string(path, n, row, "relation")] = _string(path, n, row, "template")
     items, seen = [], set()
     for path in _expand(_require(ds, "path")):
-        frame = _read_frame(_record(path, read), ["sub_label", "obj_label", "predicate_id"])
-        for n, row in enumerate(frame.to_dict("records"), start=1):
-            subject, answer, relation = row["sub_label"], row["obj_label"], row["predicate_id"]
-            if not (isinstance(subject, str) and subject and isinstance(answer, str) and answer):
-                raise DatasetError(f"{path}: row {n}: empty sub_label or obj_label")
+        for n, row in _records(_record(path, read), ["sub_label", "obj_label", "predicate_id"]):
+            subject, answer = _string(path, n, row, "sub_label"), _string(path, n, row, "obj_label")
+            relation = _string(path, n, row, "predicate_id")
+            aliases = _strings(path, n, "aliases", row.get("aliases"))
             template = row.get("template")
-            if not isinstance(template, str) or not template:
+            if _missing(template) or template == "":
                 template = templates.get(relation)
+            elif not isinstance(template, str):
+                raise DatasetError(f"{path}: row {n}: template must be a string, found {_show(template)}")
             if template is None:
                 raise DatasetError(f"{path}: row {n}: no template for relation {relation!r} "
                                    "(add a template column or a `relations` file)")
@@ -272,7 +338,7 @@ def _gen_lama(ds: dict, read: dict) -> list[dict]:
             if end is None or "[X]" not in template[:end.start()] or (subject, relation) in seen:
                 continue
             seen.add((subject, relation))
-            aliases = list(dict.fromkeys([answer, *_as_list(row.get("aliases"))]))
+            aliases = list(dict.fromkeys([answer, *aliases]))
             items.append({"item_id": f"lama/{relation}/{subject}", "relation": relation, "subject": subject,
                           "prompt": template[:end.start()].replace("[X]", subject).rstrip(),
                           "answer": answer, "aliases": aliases})
@@ -284,7 +350,7 @@ _ROME_KEYS = ("known_id", "subject", "attribute", "prompt", "relation_id")
 
 def _gen_rome_knowns(ds: dict, read: dict) -> list[dict]:
     """ROME's known_1000.json: a JSON array of facts with their prompts."""
-    items = []
+    items, first_row = [], {}
     for path in _expand(_require(ds, "path")):
         try:
             rows = json.loads(_read_text(_record(path, read)))
@@ -295,9 +361,18 @@ def _gen_rome_knowns(ds: dict, read: dict) -> list[dict]:
         for n, row in enumerate(rows, start=1):
             if not isinstance(row, dict) or any(key not in row for key in _ROME_KEYS):
                 raise DatasetError(f"{path}: row {n}: needs the keys {', '.join(_ROME_KEYS)}")
-            items.append({"item_id": f"known/{row['known_id']}", "relation": row["relation_id"],
-                          "subject": row["subject"], "prompt": row["prompt"].rstrip(),
-                          "answer": row["attribute"], "aliases": [row["attribute"]]})
+            known = row["known_id"]
+            if isinstance(known, bool) or not (isinstance(known, int) or isinstance(known, str) and known.strip()):
+                raise DatasetError(f"{path}: row {n}: known_id must be an integer or a non-empty string, "
+                                   f"found {_show(known)}")
+            if (path, str(known)) in first_row:
+                raise DatasetError(f"{path}: row {n}: duplicate item id known/{known} (known_id {known!r} "
+                                   f"is also at row {first_row[path, str(known)]})")
+            first_row[path, str(known)] = n
+            subject, attribute = _string(path, n, row, "subject"), _string(path, n, row, "attribute")
+            items.append({"item_id": f"known/{known}", "relation": _string(path, n, row, "relation_id"),
+                          "subject": subject, "prompt": _string(path, n, row, "prompt").rstrip(),
+                          "answer": attribute, "aliases": [attribute]})
     return items
 
 
@@ -357,16 +432,17 @@ def _parquet_questions(pattern, read: dict) -> dict[str, list[Question]]:
     """Questions by subject from cais/mmlu-style Parquet files (question, subject, choices, answer)."""
     by_subject: dict[str, list[Question]] = {}
     for path in _expand(pattern):
-        frame = _read_frame(_record(path, read), ["question", "subject", "choices", "answer"])
-        for n, row in enumerate(frame.to_dict("records"), start=1):
-            choices, answer = list(row["choices"]), row["answer"]
+        for n, row in _records(_record(path, read), ["question", "subject", "choices", "answer"]):
+            question, subject = _string(path, n, row, "question", empty=True), _string(path, n, row, "subject")
+            choices, answer = row["choices"], row["answer"]
+            if not isinstance(choices, (list, tuple, np.ndarray)) or not all(isinstance(c, str) for c in choices):
+                raise DatasetError(f"{path}: row {n}: choices must be a list of 4 strings, found {_show(choices)}")
             if len(choices) != 4:
                 raise DatasetError(f"{path}: row {n}: expected 4 choices, found {len(choices)}")
-            if not isinstance(answer, (int, np.integer)) or not 0 <= answer < 4:
-                raise DatasetError(f"{path}: row {n}: answer {answer!r} is not an index 0-3")
-            questions = by_subject.setdefault(row["subject"], [])
-            questions.append(Question(f"{row['subject']}/{len(questions)}", row["question"],
-                                      [str(c) for c in choices], int(answer)))
+            if isinstance(answer, (bool, np.bool_)) or not isinstance(answer, (int, np.integer)) or not 0 <= answer < 4:
+                raise DatasetError(f"{path}: row {n}: answer {_show(answer)} is not an index 0-3")
+            questions = by_subject.setdefault(subject, [])
+            questions.append(Question(f"{subject}/{len(questions)}", question, list(choices), int(answer)))
     return by_subject
 
 
