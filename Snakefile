@@ -16,7 +16,10 @@ validate(config, schema="config/schema.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
-include: "rules/align.smk"
+if config.get("align"):
+
+    include: "rules/align.smk"
+
 include: "rules/inference.smk"
 include: "rules/scoring.smk"
 include: "rules/figures.smk"
@@ -24,7 +27,7 @@ include: "rules/figures.smk"
 
 # Seconds of pandas each: on a cluster they run where snakemake runs, not as cluster jobs.
 localrules: all, extract_confidence, score, summarize, plot_reliability, plot_summary, plot_scale, plot_dynamics,
-    plot_reliability_scale, plot_pretrain_loss, plot_alignment, rlhf_table, plot_diversity
+    plot_reliability_scale, plot_pretrain_loss
 
 
 rule all:

@@ -1,11 +1,12 @@
 # Alignment of one base model (config `align`): instruction data, supervised tuning (full / LoRA),
 # a reward model, RLHF (RLOO) and DPO. Every output folder holds revisions epoch<N> that a `local:`
-# model source reads (the models are added in common.smk), and the diversity of the instruction sets.
+# model source reads (the models are added in common.smk), the diversity of the instruction sets,
+# and the alignment figures. Included only when the config has an `align` section.
 
 
 wildcard_constraints:
-    instructions="|".join(map(re.escape, ALIGN.get("instructions", {}))) or "^$",
-    tuned="|".join(map(re.escape, TUNED)) or "^$",
+    instructions="|".join(map(re.escape, ALIGN["instructions"])),
+    tuned="|".join(map(re.escape, TUNED)),
 
 
 rule fetch_align_base:
@@ -13,18 +14,18 @@ rule fetch_align_base:
     # jobs added or changed later do not refetch it and so do not retrain the others.
     input:
         code=code("sources"),
-        trained=training_output(ALIGN.get("base")),
+        trained=training_output(ALIGN["base"]),
     output:
         directory("results/align/base"),
     params:
-        source=MODELS.get(ALIGN.get("base"), {}).get("source"),
-        revision=align_base_revision(MODELS) if ALIGN else None,
+        source=MODELS[ALIGN["base"]]["source"],
+        revision=align_base_revision(MODELS),
     log:
         "results/logs/fetch_align_base.log",
     benchmark:
         "results/benchmarks/fetch_align_base.tsv"
     resources:
-        mem_mb=ALIGN.get("resources", {}).get("mem_mb", 8000),
+        mem_mb=align_resources()["mem_mb"],
     script:
         "scripts/fetch_align_base.py"
 
@@ -37,7 +38,7 @@ rule build_instructions:
         "results/align/data/instructions/{instructions}.parquet",
     params:
         dataset=lambda wc: canonical(ALIGN["instructions"][wc.instructions]),
-        limit=ALIGN.get("limit"),
+        limit=ALIGN["limit"],
         seed=config["seed"],
     log:
         "results/logs/build_instructions/{instructions}.log",
@@ -49,24 +50,26 @@ rule build_instructions:
         "scripts/build_instructions.py"
 
 
-rule build_preferences:
-    input:
-        code=code("align"),
-        held_out=eval_task_tables(),
-    output:
-        "results/align/data/preferences.parquet",
-    params:
-        dataset=lambda wc: canonical(PREFERENCE["data"]),
-        limit=PREFERENCE.get("limit"),
-        seed=config["seed"],
-    log:
-        "results/logs/build_preferences.log",
-    benchmark:
-        "results/benchmarks/build_preferences.tsv"
-    resources:
-        mem_mb=4000,
-    script:
-        "scripts/build_preferences.py"
+if PREFERENCE:
+
+    rule build_preferences:
+        input:
+            code=code("align"),
+            held_out=eval_task_tables(),
+        output:
+            "results/align/data/preferences.parquet",
+        params:
+            dataset=lambda wc: canonical(PREFERENCE["data"]),
+            limit=PREFERENCE["limit"],
+            seed=config["seed"],
+        log:
+            "results/logs/build_preferences.log",
+        benchmark:
+            "results/benchmarks/build_preferences.tsv"
+        resources:
+            mem_mb=4000,
+        script:
+            "scripts/build_preferences.py"
 
 
 rule tune:
@@ -82,7 +85,7 @@ rule tune:
         training=canonical({k: ALIGN[k] for k in ("epochs", "batch_size", "gradient_accumulation_steps", "max_length")}),
         seed=config["seed"],
         work_dir=lambda wc: f"results/align/work/{wc.tuned}",
-    threads: ALIGN.get("threads", 1)
+    threads: ALIGN["threads"]
     log:
         "results/logs/tune/{tuned}.log",
     benchmark:
@@ -93,86 +96,90 @@ rule tune:
         "scripts/tune.py"
 
 
-rule train_reward_model:
-    input:
-        code=code("align"),
-        policy=policy_dir(),
-        pairs="results/align/data/preferences.parquet",
-    output:
-        directory("results/align/reward_model"),
-    params:
-        settings=canonical(PREFERENCE.get("reward", {})),
-        max_length=ALIGN.get("max_length"),
-        seed=config["seed"],
-    threads: ALIGN.get("threads", 1)
-    log:
-        "results/logs/train_reward_model.log",
-    benchmark:
-        "results/benchmarks/train_reward_model.tsv"
-    resources:
-        **align_resources(),
-    script:
-        "scripts/train_reward_model.py"
+if "rlhf" in PREFERENCE:
+
+    rule train_reward_model:
+        input:
+            code=code("align"),
+            policy=policy_dir(),
+            pairs="results/align/data/preferences.parquet",
+        output:
+            directory("results/align/reward_model"),
+        params:
+            settings=canonical(PREFERENCE["reward"]),
+            max_length=ALIGN["max_length"],
+            seed=config["seed"],
+        threads: ALIGN["threads"]
+        log:
+            "results/logs/train_reward_model.log",
+        benchmark:
+            "results/benchmarks/train_reward_model.tsv"
+        resources:
+            **align_resources(),
+        script:
+            "scripts/train_reward_model.py"
 
 
-rule rlhf:
-    input:
-        code=code("align"),
-        policy=policy_dir(),
-        reward_model="results/align/reward_model",
-        pairs="results/align/data/preferences.parquet",
-    output:
-        directory(f"results/align/models/{ALIGNED_NAMES.get('rlhf', 'rlhf')}"),
-    params:
-        settings=canonical(PREFERENCE.get("rlhf", {})),
-        seed=config["seed"],
-        work_dir=f"results/align/work/{ALIGNED_NAMES.get('rlhf', 'rlhf')}",
-    threads: ALIGN.get("threads", 1)
-    log:
-        "results/logs/rlhf.log",
-    benchmark:
-        "results/benchmarks/rlhf.tsv"
-    resources:
-        **align_resources(),
-    script:
-        "scripts/rlhf.py"
+    rule rlhf:
+        input:
+            code=code("align"),
+            policy=policy_dir(),
+            reward_model="results/align/reward_model",
+            pairs="results/align/data/preferences.parquet",
+        output:
+            directory(f"results/align/models/{ALIGNED_NAMES['rlhf']}"),
+        params:
+            settings=canonical(PREFERENCE["rlhf"]),
+            seed=config["seed"],
+            work_dir=f"results/align/work/{ALIGNED_NAMES['rlhf']}",
+        threads: ALIGN["threads"]
+        log:
+            "results/logs/rlhf.log",
+        benchmark:
+            "results/benchmarks/rlhf.tsv"
+        resources:
+            **align_resources(),
+        script:
+            "scripts/rlhf.py"
 
 
-rule dpo:
-    input:
-        code=code("align"),
-        policy=policy_dir(),
-        pairs="results/align/data/preferences.parquet",
-    output:
-        directory(f"results/align/models/{ALIGNED_NAMES.get('dpo', 'dpo')}"),
-    params:
-        settings=canonical(PREFERENCE.get("dpo", {})),
-        max_length=ALIGN.get("max_length"),
-        seed=config["seed"],
-        work_dir=f"results/align/work/{ALIGNED_NAMES.get('dpo', 'dpo')}",
-    threads: ALIGN.get("threads", 1)
-    log:
-        "results/logs/dpo.log",
-    benchmark:
-        "results/benchmarks/dpo.tsv"
-    resources:
-        **align_resources(),
-    script:
-        "scripts/dpo.py"
+if "dpo" in PREFERENCE:
+
+    rule dpo:
+        input:
+            code=code("align"),
+            policy=policy_dir(),
+            pairs="results/align/data/preferences.parquet",
+        output:
+            directory(f"results/align/models/{ALIGNED_NAMES['dpo']}"),
+        params:
+            settings=canonical(PREFERENCE["dpo"]),
+            max_length=ALIGN["max_length"],
+            seed=config["seed"],
+            work_dir=f"results/align/work/{ALIGNED_NAMES['dpo']}",
+        threads: ALIGN["threads"]
+        log:
+            "results/logs/dpo.log",
+        benchmark:
+            "results/benchmarks/dpo.tsv"
+        resources:
+            **align_resources(),
+        script:
+            "scripts/dpo.py"
 
 
 rule diversity:
     input:
         code=code("align"),
-        data=expand("results/align/data/instructions/{instructions}.parquet", instructions=ALIGN.get("instructions", {})),
+        data=expand("results/align/data/instructions/{instructions}.parquet", instructions=ALIGN["instructions"]),
     output:
         map="results/align/diversity_map.parquet",
         csv="results/metrics/diversity.csv",
     params:
-        names=list(ALIGN.get("instructions", {})),
-        settings=canonical(ALIGN.get("diversity", {})),
+        names=list(ALIGN["instructions"]),
+        settings=canonical(ALIGN["diversity"]),
         seed=config["seed"],
-    threads: ALIGN.get("threads", 1)
+    threads: ALIGN["threads"]
     log:
         "results/logs/diversity.log",
     benchmark:
@@ -181,3 +188,64 @@ rule diversity:
         mem_mb=4000,
     script:
         "scripts/diversity.py"
+
+
+# Seconds of pandas each, like the other figures: run where snakemake runs.
+localrules: plot_alignment, rlhf_table, plot_diversity
+
+
+rule plot_alignment:
+    input:
+        code=code("plots"),
+        summary="results/metrics/summary.parquet",
+    output:
+        png=report("results/figures/alignment.png", caption="../report/alignment.rst", category="Alignment"),
+        pdf="results/figures/alignment.pdf",
+    params:
+        models=alignment_models(),
+        methods=primary_methods(),
+    log:
+        "results/logs/plot_alignment.log",
+    benchmark:
+        "results/benchmarks/plot_alignment.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "scripts/plot_alignment.py"
+
+
+rule rlhf_table:
+    input:
+        code=code("plots"),
+        summary="results/metrics/summary.parquet",
+    output:
+        report("results/metrics/rlhf.csv", caption="../report/rlhf.rst", category="Alignment"),
+    params:
+        models=alignment_models(),
+        methods=primary_methods(),
+    log:
+        "results/logs/rlhf_table.log",
+    benchmark:
+        "results/benchmarks/rlhf_table.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "scripts/rlhf_table.py"
+
+
+rule plot_diversity:
+    input:
+        code=code("plots"),
+        map="results/align/diversity_map.parquet",
+        summary="results/metrics/diversity.csv",
+    output:
+        png=report("results/figures/diversity.png", caption="../report/diversity.rst", category="Alignment"),
+        pdf="results/figures/diversity.pdf",
+    log:
+        "results/logs/plot_diversity.log",
+    benchmark:
+        "results/benchmarks/plot_diversity.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "scripts/plot_diversity.py"

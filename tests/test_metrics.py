@@ -317,9 +317,9 @@ def _confidence_table(path, rng, sizes):
 @pytest.fixture()
 def scored(tmp_path):
     rng = np.random.default_rng(0)
-    runs = [("mmlu", "pythia-160m", "step1000", {"family": "pythia", "epoch": 1}),
-            ("arc", "pythia-160m", "main", {"family": "pythia", "epoch": 1}),
-            ("arc", "olmo-1b", "main", {"family": "olmo", "data": "dolma", "epoch": "final"})]
+    runs = [("mmlu", "pythia-160m", "step1000", {"family": "pythia", "tag": 1}),
+            ("arc", "pythia-160m", "main", {"family": "pythia", "tag": 1}),
+            ("arc", "olmo-1b", "epoch2", {"family": "olmo", "data": "dolma", "tag": "final"})]
     summaries, bins = [], []
     for task, model, revision, labels in runs:
         source = tmp_path / "confidence" / task / model / f"{revision}.parquet"
@@ -335,12 +335,13 @@ def test_score_writes_one_row_per_method_with_labels_and_provenance(scored):
     _, summaries, bins = scored
     summary = read_table(summaries[0])
     assert list(summary.columns) == ["task", "model", "revision", "method", *M.METRIC_NAMES, "params", "step",
-                                     "family", "epoch"]
+                                     "epoch", "family", "tag"]
     assert summary["method"].tolist() == ["first_token", "softmax"]
     assert summary["n"].tolist() == [80, 150]
     assert (summary["task"] == "mmlu").all() and (summary["revision"] == "step1000").all()
-    assert (summary["family"] == "pythia").all() and (summary["epoch"] == 1).all()
+    assert (summary["family"] == "pythia").all() and (summary["tag"] == 1).all()
     assert (summary["params"] == 1234).all() and (summary["step"] == 1000).all()  # from provenance, revision
+    assert summary["epoch"].isna().all()
 
     table = read_table(bins[0])
     assert list(table.columns) == ["task", "model", "revision", "method", "bin", "bin_lower", "bin_upper",
@@ -374,12 +375,13 @@ def test_summarize_concatenates_sorted_with_union_of_labels(scored):
     keys = summary[["task", "model", "revision", "method"]].values.tolist()
     assert keys == sorted(keys) and len(keys) == 6
     assert list(summary.columns) == ["task", "model", "revision", "method", *M.METRIC_NAMES,
-                                     "params", "step", "family", "epoch", "data"]
-    assert summary["step"].isna().sum() == 4  # revisions "main" name no step
+                                     "params", "step", "epoch", "family", "tag", "data"]
+    assert summary["step"].isna().sum() == 4  # revisions "main" and "epoch2" name no step
+    assert summary["epoch"].tolist()[:2] == [2, 2] and summary["epoch"][2:].isna().all()  # arc/olmo-1b sorts first
     olmo = summary["model"] == "olmo-1b"
     assert summary.loc[~olmo, "data"].isna().all() and (summary.loc[olmo, "data"] == "dolma").all()
-    # epoch mixes a number and text across runs: it becomes text
-    assert summary["epoch"].tolist() == ["final", "final"] + ["1"] * 4
+    # tag mixes a number and text across runs: it becomes text
+    assert summary["tag"].tolist() == ["final", "final"] + ["1"] * 4
 
     csv = pd.read_csv(out / "summary.csv")
     pd.testing.assert_frame_equal(csv, summary, check_dtype=False)
@@ -411,3 +413,9 @@ def test_score_errors_name_the_method(tmp_path):
     with pytest.raises(ValueError, match=r"missing columns \['item_id', 'correct'\]"):
         M.score(source, tmp_path / "s.parquet", tmp_path / "b.parquet", task="t", model="m", revision="r")
     assert not (tmp_path / "s.parquet").exists()
+
+
+@pytest.mark.parametrize("revision,epoch", [("epoch1", 1), ("epoch12", 12), ("main", None), ("step3", None),
+                                            ("epoch", None), ("epoch2b", None)])
+def test_parse_epoch(revision, epoch):
+    assert M.parse_epoch(revision) == epoch
