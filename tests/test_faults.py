@@ -1,0 +1,220 @@
+"""Fault injection on the whole workflow: runs killed with SIGKILL (Snakemake and its jobs at once,
+as a power loss would) mid-download, mid-inference and mid-write resume to the tables of an
+uninterrupted run; two clean runs write byte-equal tables; every table traces back to its model
+commit, data hash, config and code; a later failure does not keep a temporary checkpoint.
+
+The model is served by a Hugging Face Hub on localhost (tests/fake_hub.py), so the download is
+a real one through huggingface_hub; the kills inside jobs come from workflow_scripts.faults."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pydoc_data.topics
+import pytest
+from fake_hub import FakeHub
+
+from workflow import SNAKEMAKE, copy_workflow, planned_jobs, write_config
+from workflow_scripts.tables import read_provenance
+
+TARGET = "results/metrics/summary.csv"  # every table; the figures are tested elsewhere
+
+
+def _config() -> dict:
+    return {
+        "models": {"tiny": {"source": "hf:org/tiny", "revisions": ["main"], "family": "tiny"}},
+        "tasks": {
+            "prose": {"kind": "clm", "dataset": {"format": "text", "path": "data/prose.txt"}, "limit": 12,
+                      "window": 32},
+            # 260 questions: two shards of inference (SHARD_ITEMS = 256)
+            "geo": {"kind": "multiple_choice", "dataset": {"format": "geonames", "relations": ["capital", "continent"]},
+                    "shots": 2, "limit": 130},
+        },
+        "metrics": {"n_bootstrap": 50},
+        "inference": {"batch_size": 8, "threads": 1},
+    }
+
+
+@pytest.fixture(scope="module")
+def no_slurm_probe(tmp_path_factory) -> str:
+    """A PATH whose ``scontrol`` fails at once. Snakemake's Slurm plugin runs ``scontrol show config``
+    whenever Snakemake starts; where Slurm is installed but not running (this project's machine after
+    test_slurm) that waits ~9 s per Snakemake call. These runs use the local executor."""
+    folder = tmp_path_factory.mktemp("bin")
+    (folder / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+    (folder / "scontrol").chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+@pytest.fixture(scope="module")
+def hub(tiny_model_dir, no_slurm_probe):
+    with FakeHub() as server:
+        server.commit = server.add("org/tiny", {"main": tiny_model_dir})["main"]
+        server.path = no_slurm_probe
+        yield server
+
+
+def _workdir(root: Path) -> tuple[Path, Path]:
+    """A copy of the workflow with the test config and its local dataset file (real prose)."""
+    workdir = copy_workflow(root)
+    (workdir / "data").mkdir()
+    topics = pydoc_data.topics.topics
+    (workdir / "data" / "prose.txt").write_text("\n\n".join(topics[k] for k in sorted(topics)[:6]))
+    return workdir, write_config(workdir, _config())
+
+
+def _run(workdir: Path, config: Path, hub: FakeHub, *args: str, fault: str | None = None,
+         kill_on_download: bool = False) -> subprocess.CompletedProcess:
+    """Snakemake in a session of its own (so a fault kills it and its jobs, and nothing else)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CALIBRATION_"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(workdir / "hf-cache"), HF_HUB_DISABLE_TELEMETRY="1",
+               PATH=hub.path)
+    if fault:
+        env["CALIBRATION_FAULT"] = fault
+    cmd = SNAKEMAKE + ["--directory", str(workdir), "--snakefile", str(workdir / "Snakefile"),
+                       "--configfile", str(config), "--cores", "2", *args]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if kill_on_download:
+        hub.on_partial("model.safetensors", lambda: os.killpg(proc.pid, signal.SIGKILL))
+    out, _ = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out)
+
+
+def _complete(workdir, config, hub, *args) -> None:
+    proc = _run(workdir, config, hub, TARGET, *args)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+
+
+def _tables(workdir: Path) -> dict[str, bytes]:
+    """Every finished table under results/ (not shards, not temporary files), by relative path."""
+    results = workdir / "results"
+    return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(results.rglob("*.parquet"))
+            if not p.name.startswith(".") and ".shards" not in str(p)} | \
+        {str(p.relative_to(workdir)): p.read_bytes() for p in results.rglob("*.csv") if not p.name.startswith(".")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, hub):
+    workdir, config = _workdir(tmp_path_factory.mktemp("reference"))
+    _complete(workdir, config, hub)
+    return workdir, config
+
+
+def test_two_clean_runs_write_byte_equal_tables(reference, hub, tmp_path):
+    workdir, config = _workdir(tmp_path / "again")
+    _complete(workdir, config, hub)
+    first, second = _tables(reference[0]), _tables(workdir)
+    assert len(first) == 2 * 5 + 3  # per task: data, inference, confidence, metrics and bins; summaries
+    assert first.keys() == second.keys()
+    assert [path for path in first if first[path] != second[path]] == []
+
+
+def _no_partial_output(workdir: Path, reference: dict[str, bytes]) -> None:
+    """Whatever finished table a killed run left is the very table of the uninterrupted run."""
+    for path, content in _tables(workdir).items():
+        assert content == reference[path], f"{path} differs from the uninterrupted run's"
+
+
+def _unlock(workdir, config, hub) -> None:
+    proc = _run(workdir, config, hub, "--unlock")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_runs_killed_mid_download_mid_inference_and_mid_write_resume_to_equal_tables(reference, hub, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.setenv("PATH", hub.path)  # for planned_jobs
+    expected = _tables(reference[0])
+    workdir, config = _workdir(tmp_path / "killed")
+    results = workdir / "results"
+    geo = results / "inference" / "geo" / "tiny" / "main.parquet"
+    shards = Path(f"{geo}.shards")
+
+    # 1. SIGKILL while the weights are half downloaded.
+    proc = _run(workdir, config, hub, TARGET, kill_on_download=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-3000:]
+    assert not (results / "checkpoints" / "tiny" / "main").exists()
+    _no_partial_output(workdir, expected)
+
+    # 2. Resumed (after a kill Snakemake wants --unlock, then --rerun-incomplete), then SIGKILL after
+    #    geo's first inference shard. (This run and the next take no lock, to spare the test an --unlock.)
+    _unlock(workdir, config, hub)
+    proc = _run(workdir, config, hub, TARGET, "--rerun-incomplete", "--nolock", fault="infer@*/inference/geo/*")
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-3000:]
+    assert not geo.exists() and [p.name for p in shards.iterdir()] == ["shard-00000.parquet"]
+    _no_partial_output(workdir, expected)
+
+    # 3. Resumed after that shard, then SIGKILL with the summary table complete under its temporary name.
+    summary = results / "metrics" / "summary.parquet"
+    proc = _run(workdir, config, hub, TARGET, "--rerun-incomplete", "--nolock", fault="write@*/metrics/summary.parquet")
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-3000:]
+    log = (results / "logs" / "infer" / "geo" / "tiny" / "main.log").read_text()
+    assert "resuming after 1 finished shard(s)" in log and "questions 260/260" in log
+    assert geo.is_file() and not shards.exists()
+    assert not summary.exists() and len(list(summary.parent.glob(".summary.parquet.*"))) == 1
+    _no_partial_output(workdir, expected)
+
+    # 4. Resumed to the end: the tables of the uninterrupted run, and no leftovers.
+    _complete(workdir, config, hub, "--rerun-incomplete")
+    got = _tables(workdir)
+    assert got.keys() == expected.keys()
+    assert [path for path in expected if got[path] != expected[path]] == []
+    assert [p for p in results.rglob("*") if p.name.startswith(".") or p.name.endswith(".shards")] == []
+    assert not (results / "checkpoints" / "tiny" / "main").exists()  # temporary: gone after its last consumer
+    assert planned_jobs(workdir, config, "--", TARGET) == {}
+
+
+def test_every_table_traces_back_to_model_data_config_and_code(reference, hub):
+    workdir, _ = reference
+    summary = pd.read_csv(workdir / TARGET)
+    inputs = read_provenance(workdir / "results" / "metrics" / "summary.parquet")["inputs"]
+    prose = hashlib.sha256((workdir / "data" / "prose.txt").read_bytes()).hexdigest()
+    for row in summary.itertuples():
+        score = inputs[f"results/metrics/{row.task}/{row.model}/{row.revision}.parquet"]
+        assert score["n_bins"] == 10 and score["n_bootstrap"] == 50 and score["seed"] == 0
+        confidence = score["input"]
+        assert row.method in confidence["methods"]
+        infer = confidence["inference"]
+        assert infer["checkpoint"] == {"source": "hf:org/tiny", "revision": "main", "resolved_commit": hub.commit}
+        assert infer["settings"]["batch_size"] == 8
+        data = infer["data"]
+        assert data["dataset"] == _config()["tasks"][row.task]["dataset"] and data["seed"] == 0
+        assert data["files"] and all(len(digest) == 64 for digest in data["files"].values())
+        if row.task == "prose":
+            assert data["files"] == {"data/prose.txt": prose}
+        for stage, module in [(score, "metrics"), (confidence, "confidence"), (infer, "inference"), (data, "tasks")]:
+            assert module in stage["code"]["modules"] and stage["packages"]["torch" if module == "inference" else "pandas"]
+
+
+def test_a_changed_dataset_file_reruns_its_dependants(reference, hub, monkeypatch):
+    monkeypatch.setenv("PATH", hub.path)
+    workdir, config = reference
+    path = workdir / "data" / "prose.txt"
+    original = path.read_text()
+    path.write_text(original.replace("the", "a", 1))
+    try:
+        jobs = planned_jobs(workdir, config, "--", TARGET)
+    finally:
+        path.write_text(original)
+    # The prose task from its data on. The temporary checkpoint, fetched again for it, also reruns
+    # the inference of the other task (Snakemake reruns every consumer of a regenerated temporary
+    # file): keep_checkpoints: true avoids that, at the cost of the disk the checkpoints take.
+    assert jobs == {"prepare_task": 1, "fetch_checkpoint": 1, "infer": 2, "extract_confidence": 2, "score": 2,
+                    "summarize": 1}
+
+
+def test_a_later_failure_does_not_keep_the_temporary_checkpoint(tmp_path, hub):
+    workdir, _ = _workdir(tmp_path / "failing")
+    config = _config()
+    config["tasks"] = {"geo": {**config["tasks"]["geo"], "limit": 4, "methods": ["no_such_method"]}}
+    proc = _run(workdir, write_config(workdir, config), hub, TARGET)
+    assert proc.returncode == 1
+    assert "unknown confidence method(s) ['no_such_method']" in proc.stdout
+    results = workdir / "results"
+    assert (results / "inference" / "geo" / "tiny" / "main.parquet").is_file()  # its only consumer is done
+    assert not (results / "checkpoints" / "tiny" / "main").exists()
+    assert not (results / "confidence" / "geo" / "tiny" / "main.parquet").exists()
