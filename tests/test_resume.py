@@ -127,6 +127,34 @@ def test_shards_of_other_settings_are_not_reused(tables, tiny_model_dir, tmp_pat
     assert out.read_bytes() == (tmp_path / "reference.parquet").read_bytes()
 
 
+def test_a_batch_size_halved_after_out_of_memory_is_kept_on_resume(tables, tiny_model_dir, tmp_path, small_shards,
+                                                                   monkeypatch, caplog):
+    kind, out = "multiple_choice", tmp_path / "raw.parquet"
+    step = inference._next_token_logprobs
+
+    def one_question_fits(model, cache, prefix_length, suffixes, pad_id):
+        if len(suffixes) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return step(model, cache, prefix_length, suffixes, pad_id)
+    monkeypatch.setattr(inference, "_next_token_logprobs", one_question_fits)
+    _run(kind, tables, tiny_model_dir, tmp_path / "reference.parquet", batch_size=4)
+    add = Shards.add
+
+    def dies(self, *args):
+        add(self, *args)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Shards, "add", dies)
+    with caplog.at_level(logging.WARNING, logger="workflow_scripts.inference"), pytest.raises(KeyboardInterrupt):
+        _run(kind, tables, tiny_model_dir, out, batch_size=4)
+    assert "batch size now 1" in caplog.text
+    monkeypatch.setattr(Shards, "add", add)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="workflow_scripts.inference"):
+        _run(kind, tables, tiny_model_dir, out, batch_size=4)
+    assert "out of memory" not in caplog.text  # resumed at the size that fitted, not the configured one
+    assert out.read_bytes() == (tmp_path / "reference.parquet").read_bytes()
+
+
 KILLED_JOB = """
 import sys
 from workflow_scripts import inference
