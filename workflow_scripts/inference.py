@@ -129,9 +129,10 @@ def run_inference(kind: str, data_path, checkpoint_dir, out_path, *, batch_size:
                 shards.add(pd.concat(pending, ignore_index=True), SCHEMAS[kind], batches.size)
             result = _in_table_order(kind, list(shards.frames()), data)
             rows = write_row_groups([result] if len(result) else [], out_path, SCHEMAS[kind], provenance=info)
-    except InferenceError:  # the same model and settings would fail the same way: keep nothing
+    except InferenceError as error:  # the same model and settings would fail the same way: keep nothing
         shards.remove()
-        raise
+        source = f" ({checkpoint['source']}@{checkpoint.get('revision')})" if "source" in checkpoint else ""
+        raise InferenceError(f"checkpoint {checkpoint_dir}{source} on {data_path}: {error}") from error
     shards.remove()
     log.info("inference done: %d rows in %.1f s", rows, time.perf_counter() - started)
 

@@ -143,7 +143,7 @@ def _check_hub_space(repo_id: str, revision: str, out: Path) -> None:
     cache = Path(constants.HF_HUB_CACHE)
     needs = {_device(cache): (cache, sum(f.file_size or 0 for f in files if f.will_download))}
     if _device(cache) != _device(out) or not any(f.filename.endswith(".safetensors") for f in files):
-        folder, needed = needs.get(_device(out), (out, 0))  # a copy, or safetensors converted from .bin
+        folder, needed = needs.get(_device(out), (out.parent, 0))  # a copy, or safetensors converted from .bin
         needs[_device(out)] = (folder, needed + sum(f.file_size or 0 for f in files))
     for folder, needed in needs.values():
         check_free_space(f"hf:{repo_id}", revision, needed, folder)
@@ -222,7 +222,7 @@ def _fetch_local(root: Path, revision: str, out: Path) -> dict:
     files = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
     convert = not any(folder.glob("*.safetensors"))
     if convert or _device(folder) != _device(out):  # a copy or a conversion; hard links take no space
-        check_free_space(f"local:{root}", revision, sum(f.stat().st_size for f in files), out)
+        check_free_space(f"local:{root}", revision, sum(f.stat().st_size for f in files), out.parent)
     if convert:
         _convert(folder, out, f"local:{root}@{revision}")
     else:
@@ -256,7 +256,7 @@ def _fetch_gguf(path: Path, revision: str, out: Path, source: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     weights = sum(int(t.n_elements) for t in GGUFReader(path).tensors) * 4  # saved as float32
-    check_free_space(source, revision, weights, out)
+    check_free_space(source, revision, weights, out.parent)
     log.info("de-quantising %s", path)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
