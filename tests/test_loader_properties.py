@@ -182,3 +182,15 @@ def test_a_malformed_mmlu_csv_row_in_dev_or_test_is_named_and_nothing_is_written
             prepare_task("t", "multiple_choice", {"format": "mmlu_csv", "path": str(root)}, out, shots=1)
         assert f"toy_{split}.csv: row {before + 1}:" in str(error.value)
         assert not out.parent.exists()
+
+
+def test_package_data_files_are_the_files_the_loaders_read(tmp_path):
+    """What a rule would list as inputs for the datasets that ship with packages (see package_data_files)."""
+    from workflow_scripts.tables import read_provenance
+    from workflow_scripts.tasks import package_data_files
+
+    for kind, dataset in [("clm", {"format": "pydoc_topics"}), ("generation", {"format": "geonames"}),
+                          ("multiple_choice", {"format": "geonames", "relations": ["capital"]})]:
+        prepare_task("t", kind, dataset, tmp_path / f"{kind}.parquet", limit=2, shots=1)
+        assert sorted(read_provenance(tmp_path / f"{kind}.parquet")["files"]) == sorted(package_data_files(dataset))
+    assert package_data_files({"format": "text", "path": "x.txt"}) == []

