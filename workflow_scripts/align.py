@@ -163,7 +163,7 @@ def _instructions_alpaca(dataset: dict, exclude, seed: int) -> pd.DataFrame:
     """Alpaca-style records (instruction, input, output), e.g. tatsu-lab/alpaca."""
     table = _read_records(dataset["path"])
     _require_columns(table, ["instruction", "output"], dataset["path"])
-    table["input"] = table.get("input", "").fillna("") if "input" in table else ""
+    table["input"] = table["input"].fillna("") if "input" in table else ""
     table["item_id"] = [f"alpaca/{i}" for i in range(len(table))]
     return table[INSTRUCTION_COLUMNS]
 
