@@ -1,4 +1,6 @@
 # Calibration of language models across their life: see README.md and config/config.yaml.
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -10,7 +12,21 @@ if not config:
     configfile: "config/config.yaml"
 
 
-validate(config, schema="config/schema.yaml")
+def config_error(config, schema_path):
+    """The config's first schema violation as one line naming the key, or None."""
+    import jsonschema
+    import yaml
+
+    with open(schema_path) as f:
+        validator = jsonschema.Draft202012Validator(yaml.safe_load(f))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        return f"config: {'.'.join(map(str, error.absolute_path)) or '(top level)'}: {error.message}"
+
+
+if error := config_error(config, Path(workflow.basedir) / "config" / "schema.yaml"):
+    raise ValueError(error)
+validate(config, schema="config/schema.yaml")  # fills in the schema's defaults
 
 
 include: "rules/common.smk"

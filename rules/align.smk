@@ -20,6 +20,7 @@ rule fetch_align_base:
     params:
         source=MODELS[ALIGN["base"]]["source"],
         revision=align_base_revision(MODELS),
+    priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
     log:
         "results/logs/fetch_align_base.log",
     benchmark:
@@ -86,6 +87,7 @@ rule tune:
         seed=config["seed"],
         work_dir=lambda wc: f"results/align/work/{wc.tuned}",
     threads: ALIGN["threads"]
+    priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
     log:
         "results/logs/tune/{tuned}.log",
     benchmark:
@@ -110,6 +112,7 @@ if "rlhf" in PREFERENCE:
             max_length=ALIGN["max_length"],
             seed=config["seed"],
         threads: ALIGN["threads"]
+        priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
         log:
             "results/logs/train_reward_model.log",
         benchmark:
@@ -133,6 +136,7 @@ if "rlhf" in PREFERENCE:
             seed=config["seed"],
             work_dir=f"results/align/work/{ALIGNED_NAMES['rlhf']}",
         threads: ALIGN["threads"]
+        priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
         log:
             "results/logs/rlhf.log",
         benchmark:
@@ -158,6 +162,7 @@ if "dpo" in PREFERENCE:
             seed=config["seed"],
             work_dir=f"results/align/work/{ALIGNED_NAMES['dpo']}",
         threads: ALIGN["threads"]
+        priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
         log:
             "results/logs/dpo.log",
         benchmark:

@@ -61,11 +61,14 @@ def task_methods(wildcards):
 
 
 def dataset_files(wildcards):
-    """Local files a task reads, so that editing a dataset file reruns its dependants."""
+    """Files a task reads (its own, and the installed package data it is built from), so that a
+    changed dataset file reruns its dependants."""
+    from workflow_scripts.tasks import package_data_files
+
     dataset = TASKS[wildcards.task]["dataset"]
     if "hub" in dataset:
         return []
-    files = []
+    files = package_data_files(dataset)
     paths = [dataset[k] for k in ("path", "dev", "test", "relations") if isinstance(dataset.get(k), str)]
     for pattern in paths:
         for match in sorted(glob.glob(pattern)):

@@ -57,6 +57,7 @@ rule pretrain:
         seed=config["seed"],
         work_dir=lambda wc: f"results/pretrain/work/{wc.pretrained}",
     threads: lambda wc: config["pretrain"]["threads"]
+    priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
     log:
         "results/logs/pretrain/{pretrained}.log",
     benchmark:

@@ -1,10 +1,12 @@
 """Helpers to run the workflow with Snakemake in a scratch copy of the repository."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -28,11 +30,26 @@ def write_config(workdir: Path, config: dict, name: str = "test.yaml") -> Path:
     return path
 
 
+def _no_slurm_probe_path() -> str:
+    """PATH with an ``scontrol`` that fails at once first. Snakemake's Slurm plugin runs
+    ``scontrol show config`` whenever Snakemake starts; where Slurm is installed but not running
+    (this machine after test_slurm) that waits ~9 s per call. Runs without a profile are local."""
+    folder = Path(tempfile.mkdtemp(prefix="no-slurm-"))
+    (folder / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+    (folder / "scontrol").chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+_LOCAL_PATH = _no_slurm_probe_path()
+
+
 def snakemake(workdir: Path, config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run snakemake in ``workdir`` on ``config``; return the completed process (output in .stdout)."""
+    """Run snakemake in ``workdir`` on ``config``; return the completed process (output in .stdout).
+    Runs with a ``--profile`` see the real PATH (the Slurm profile needs the real ``scontrol``)."""
     cmd = SNAKEMAKE + ["--directory", str(workdir), "--snakefile", str(workdir / "Snakefile"),
                        "--configfile", str(config), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = os.environ if "--profile" in args else {**os.environ, "PATH": _LOCAL_PATH}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     proc.stdout = proc.stdout + proc.stderr
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
