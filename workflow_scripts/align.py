@@ -260,6 +260,21 @@ def _sft_dataset(table: pd.DataFrame, tokenizer):
     return Dataset.from_dict({"prompt": [p for p, _ in pairs], "completion": [c for _, c in pairs]})
 
 
+def _training_data(model_dir, data_path, build, max_length: int, threads: int):
+    """(tokenizer, table, dataset, max_length) of a training job: the model's tokenizer, the data table,
+    its trainer dataset (``build(table, tokenizer)``) and max_length cut to the model's context, with
+    the prompts' lengths checked against it."""
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(max(1, threads))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    table = read_table(data_path)
+    dataset = build(table, tokenizer)
+    max_length = _within_context(model_dir, max_length)
+    _check_lengths(list(dataset["prompt"]), tokenizer, max_length, data_path)
+    return tokenizer, table, dataset, max_length
+
+
 def _within_context(model_dir, max_length: int) -> int:
     """``max_length``, cut to the model's context where that is shorter."""
     from transformers import AutoConfig
@@ -389,17 +404,12 @@ def tune(base_dir, data_path, out_dir, work_dir, *, tuning: str = "full", lora: 
     epoch's adapter is kept in ``out_dir/adapters/epoch<N>`` and merged into full weights for inference.
     """
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     if tuning not in ("full", "lora"):
         raise ValueError(f"unknown tuning method {tuning!r}: expected 'full' or 'lora'")
-    torch.set_num_threads(max(1, threads))
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    table = read_table(data_path)
-    dataset = _sft_dataset(table, tokenizer)
-    max_length = _within_context(base_dir, max_length)
-    _check_lengths(list(dataset["prompt"]), tokenizer, max_length, data_path)
+    tokenizer, table, dataset, max_length = _training_data(base_dir, data_path, _sft_dataset, max_length, threads)
     lora = dict(lora or {})
     peft_config = None
     if tuning == "lora":
@@ -522,15 +532,11 @@ def dpo(policy_dir, pairs_path, out_dir, work_dir, *, epochs: int = 2, batch_siz
         beta: float = 0.1, max_length: int = 256, seed: int = 0, threads: int = 1) -> None:
     """Direct preference optimisation of ``policy_dir`` on the pairs (offline; the policy at the start
     is the reference); ``out_dir/epoch<N>`` for each epoch."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    torch.set_num_threads(max(1, threads))
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-    table = read_table(pairs_path)
-    dataset = _preference_dataset(table, tokenizer)
-    max_length = _within_context(policy_dir, max_length)
-    _check_lengths(list(dataset["prompt"]), tokenizer, max_length, pairs_path)
+    tokenizer, table, dataset, max_length = _training_data(policy_dir, pairs_path, _preference_dataset, max_length,
+                                                           threads)
     settings = {"policy": _folder_digest(policy_dir), "data": _hash_table(table), "epochs": epochs,
                 "batch_size": batch_size, "lr": lr, "beta": beta, "max_length": max_length, "seed": seed}
 
