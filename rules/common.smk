@@ -44,12 +44,12 @@ def model_labels(wildcards):
     return {k: MODELS[wildcards.model][k] for k in LABELS if k in MODELS[wildcards.model]}
 
 
-def inference_settings(wildcards):
-    """Everything that shapes the raw log-probabilities of one task (global, then per task)."""
-    task = TASKS[wildcards.task]
+def inference_settings(task, model):
+    """Everything that shapes the raw log-probabilities of a model on a task (global, then per
+    task, then per model)."""
     settings = {k: v for k, v in config["inference"].items() if k != "threads"}  # threads: the rule's
-    settings.update({k: task[k] for k in ("window", "max_new_tokens", "stop") if k in task})
-    settings.update(MODELS[wildcards.model].get("inference", {}))
+    settings.update({k: TASKS[task][k] for k in ("window", "max_new_tokens", "stop") if k in TASKS[task]})
+    settings.update(MODELS[model].get("inference", {}))
     return canonical(settings)
 
 

@@ -1,22 +1,24 @@
-# Stage 2: the only expensive step; raw log-probabilities are stored once per task, model, revision.
+# Stage 2: the only expensive step. One job per checkpoint runs every task (the model is loaded
+# once); raw log-probabilities are stored once per task, model, revision.
 
 
 rule infer:
     input:
         code=code("inference"),
-        data="results/data/{task}.parquet",
+        data=[f"results/data/{task}.parquet" for task in sorted(TASKS)],
         checkpoint="results/checkpoints/{model}/{revision}",
     output:
-        "results/inference/{task}/{model}/{revision}.parquet",
+        [f"results/inference/{task}/{{model}}/{{revision}}.parquet" for task in sorted(TASKS)],
     params:
-        kind=lambda wc: TASKS[wc.task]["kind"],
-        settings=inference_settings,
+        # by name, as are the inputs and outputs (the order of the config's tasks changes nothing)
+        tasks=lambda wc: canonical({task: {"kind": TASKS[task]["kind"], "settings": inference_settings(task, wc.model)}
+                                    for task in TASKS}),
         source=lambda wc: MODELS[wc.model]["source"],
     threads: config["inference"]["threads"]
     log:
-        "results/logs/infer/{task}/{model}/{revision}.log",
+        "results/logs/infer/{model}/{revision}.log",
     benchmark:
-        "results/benchmarks/infer/{task}/{model}/{revision}.tsv"
+        "results/benchmarks/infer/{model}/{revision}.tsv"
     resources:
         mem_mb=model_resource("mem_mb", 8000),
         gpu=model_resource("gpu", 0),

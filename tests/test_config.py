@@ -29,10 +29,11 @@ def test_paper_dry_run_lists_every_job_of_the_study(paper_plan):
     # 16 Pythia models (8 sizes, standard and deduped) at step143000, plus 20 more revisions of
     # Pythia-1.4B: 36 checkpoints; LLaMA-7B, tuned on Alpaca and OpenAssistant, full and LoRA, for
     # 3 epochs (12), then RLHF and DPO for 3 epochs each (6): 19 more (and one kept copy of the base);
-    # 3 tasks (the Pile, T-REx, MMLU) -> 165 runs; the figures of every task, against scale, training
+    # 55 checkpoints, each inferred on 3 tasks (the Pile, T-REx, MMLU) in one job -> 165 confidence
+    # and score jobs; the figures of every task, against scale, training
     # step and alignment.
     _, jobs = paper_plan
-    assert jobs == {"prepare_task": 3, "fetch_checkpoint": 55, "infer": 165, "extract_confidence": 165,
+    assert jobs == {"prepare_task": 3, "fetch_checkpoint": 55, "infer": 55, "extract_confidence": 165,
                     "score": 165, "summarize": 1, "plot_reliability": 3, "plot_summary": 1, "plot_scale": 1,
                     "plot_dynamics": 1, "plot_reliability_scale": 3, "build_instructions": 2,
                     "build_preferences": 1, "fetch_align_base": 1, "tune": 4, "train_reward_model": 1,
@@ -45,7 +46,7 @@ GPU_RULES = {"infer", "tune", "train_reward_model", "rlhf", "dpo"}
 def test_paper_jobs_declare_memory_and_gpus(paper_plan):
     out, _ = paper_plan
     blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", out, flags=re.M | re.S)
-    assert len(blocks) == 579
+    assert len(blocks) == 469
     for rule, block in blocks:
         if rule == "all":
             continue

@@ -109,6 +109,38 @@ def test_a_job_that_dies_after_a_shard_resumes_there(kind, tables, tiny_model_di
     assert not (tmp_path / "raw.parquet.shards").exists()
 
 
+def test_a_checkpoint_job_keeps_the_shards_of_its_finished_tasks_until_all_are_written(
+        tables, tiny_model_dir, tmp_path, small_shards, monkeypatch):
+    """One job infers every task of a checkpoint. Snakemake deletes the tables of a job killed
+    midway, so the shards of its finished tasks stay until the last task is written."""
+    for kind in DATASETS:
+        _run(kind, tables, tiny_model_dir, tmp_path / f"{kind}.reference.parquet")
+    tasks = [{"kind": kind, "data": tables / f"{kind}.parquet", "out": tmp_path / f"{kind}.parquet",
+              "settings": SETTINGS} for kind in DATASETS]
+    calls = {kind: _count_items(monkeypatch, kind) for kind in DATASETS}
+    add = Shards.add
+
+    def dies_in_the_last_task(self, *args):
+        add(self, *args)
+        if self.folder.name.startswith("multiple_choice"):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(Shards, "add", dies_in_the_last_task)
+    with pytest.raises(KeyboardInterrupt):
+        inference.infer_checkpoint(tiny_model_dir, tasks)
+    assert (tmp_path / "clm.parquet").is_file() and not (tmp_path / "multiple_choice.parquet").exists()
+    assert all((tmp_path / f"{kind}.parquet.shards").is_dir() for kind in DATASETS)
+
+    monkeypatch.setattr(Shards, "add", add)
+    for kind in DATASETS:
+        (tmp_path / f"{kind}.parquet").unlink(missing_ok=True)  # as Snakemake does before the rerun
+        calls[kind].clear()
+    inference.infer_checkpoint(tiny_model_dir, tasks)
+    assert calls["clm"] == calls["generation"] == [] and calls["multiple_choice"]  # finished tasks: from shards
+    for kind in DATASETS:
+        assert (tmp_path / f"{kind}.parquet").read_bytes() == (tmp_path / f"{kind}.reference.parquet").read_bytes()
+        assert not (tmp_path / f"{kind}.parquet.shards").exists()
+
+
 def test_shards_of_other_settings_are_not_reused(tables, tiny_model_dir, tmp_path, small_shards, monkeypatch, caplog):
     kind, out = "multiple_choice", tmp_path / "raw.parquet"
     _run(kind, tables, tiny_model_dir, tmp_path / "reference.parquet", batch_size=3)

@@ -37,7 +37,7 @@ def tiny(model_dir, **resources) -> dict:
 
 def cluster_jobs(config) -> Counter:
     """The jobs of a run that leave snakemake: confidence, metrics and figures are localrules."""
-    return Counter({"prepare_task": len(config["tasks"]), "fetch_checkpoint": 1, "infer": len(config["tasks"])})
+    return Counter({"prepare_task": len(config["tasks"]), "fetch_checkpoint": 1, "infer": 1})  # one per checkpoint
 
 
 def read_tables(workdir: Path, tasks) -> dict[str, pd.DataFrame]:

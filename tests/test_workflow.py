@@ -59,8 +59,8 @@ def test_run_writes_the_contract_tables_and_figures(finished_run):
         for ext in ("png", "pdf"):
             assert (results / "figures" / f"{name}.{ext}").stat().st_size > 1000
     assert not (results / "checkpoints" / "tiny" / "main").exists()  # temporary: gone after inference
-    assert (results / "logs" / "infer" / "geo" / "tiny" / "main.log").read_text().count("questions 6/6")
-    assert (results / "benchmarks" / "infer" / "geo" / "tiny" / "main.tsv").is_file()
+    assert (results / "logs" / "infer" / "tiny" / "main.log").read_text().count("questions 6/6")
+    assert (results / "benchmarks" / "infer" / "tiny" / "main.tsv").is_file()
 
 
 def test_report_holds_every_figure(finished_run):
@@ -107,7 +107,7 @@ def test_adding_a_model_runs_only_that_models_jobs(finished_run, tiny_model_dir)
     changed = copy.deepcopy(config)
     changed["models"]["tiny2"] = {"source": f"local:{tiny_model_dir}", "revisions": ["main"]}
     assert planned_jobs(workdir, write_config(workdir, changed, "model.yaml")) == {
-        "fetch_checkpoint": 1, "infer": 3, "extract_confidence": 3, "score": 3, "summarize": 1,
+        "fetch_checkpoint": 1, "infer": 1, "extract_confidence": 3, "score": 3, "summarize": 1,
         "plot_reliability": 3, "plot_summary": 1, "all": 1}
 
 

@@ -1,7 +1,8 @@
-"""The inference stage: raw token log-probabilities of one checkpoint on one task.
+"""The inference stage: raw token log-probabilities of one checkpoint on every task.
 
-Only this stage runs the model. It stores what every confidence method needs, so that a new
-method, another bin count or a new figure never runs the model again:
+Only this stage runs the model, loaded once per checkpoint for all tasks (start-up and loading
+cost more than a small task's inference). It stores what every confidence method needs, so that a
+new method, another bin count or a new figure never runs the model again:
 
 - ``clm``: per predicted token ``item_id, position, target_id, target_logprob, max_logprob,
   argmax_id, entropy`` (documents are cut into windows of the model's context; every token after
@@ -19,7 +20,8 @@ Batches are sorted by length, longest first; on out-of-memory the batch size hal
 A long job keeps its finished work in shards (``<out>.shards/``, each written atomically: every
 ``SHARD_ITEMS`` questions or facts, every CLM row group), so that a job killed midway resumes
 after its last shard, with the batches it would have run anyway: the assembled table is the one an
-uninterrupted job writes. Shards made with other settings, data, checkpoint or code are discarded.
+uninterrupted job writes. Shards made with other settings, data, checkpoint or code are discarded;
+the others are deleted once every task of the checkpoint is written.
 """
 from __future__ import annotations
 
@@ -81,19 +83,46 @@ class Window(NamedTuple):
     ends_document: bool
 
 
-def run_inference(kind: str, data_path, checkpoint_dir, out_path, *, batch_size: int = 8,
-                  window: int = 1024, max_new_tokens: int = 12, stop: list[str] | None = None,
-                  device: str = "auto", dtype: str = "auto", threads: int = 1,
-                  provenance: dict | None = None) -> None:
-    """Run the checkpoint on the task table and write the raw log-probabilities to ``out_path``.
+def infer_checkpoint(checkpoint_dir, tasks: list[dict], *, threads: int = 1) -> None:
+    """Run the checkpoint, loaded once, on each task and write the raw log-probabilities of each.
 
-    Finished work goes to shards beside ``out_path`` as it comes; a job killed midway and started
-    again resumes after its last shard. Nothing is written at ``out_path`` unless the job succeeds;
-    the shards are deleted once the table is in place (and on InferenceError)."""
-    if kind not in SCHEMAS:
-        raise ValueError(f"unknown task kind {kind!r}")
+    A task is a dict: ``kind``, ``data`` (the task table), ``out`` (the Parquet file to write),
+    ``settings`` (``batch_size``, ``window``, ``max_new_tokens``, ``stop``, ``device``, ``dtype``:
+    the last two the same for every task) and ``provenance`` (stored in the table's metadata).
+
+    Finished work goes to shards beside each ``out`` as it comes and stays there until every table
+    is in place, so that a job killed midway resumes after its last shard of every task, even of a
+    task whose table was written (Snakemake deletes the outputs of an incomplete job). Nothing is
+    written at an ``out`` unless its task succeeds."""
+    placement = {(t["settings"].get("device", "auto"), t["settings"].get("dtype", "auto")) for t in tasks}
+    if len(placement) != 1:
+        raise ValueError(f"{checkpoint_dir}: the tasks ask for different devices or dtypes: {sorted(placement)}")
+    [(device, dtype)] = placement
     torch.set_num_threads(max(1, threads))
     model, tokenizer = load_model(checkpoint_dir, device=device, dtype=dtype)
+    finished = []
+    for number, task in enumerate(tasks, 1):
+        log.info("task %d/%d: %s on %s", number, len(tasks), task["kind"], task["data"])
+        settings = {k: v for k, v in task["settings"].items() if k not in ("device", "dtype")}
+        finished.append(_infer_task(model, tokenizer, checkpoint_dir, task["kind"], task["data"], task["out"],
+                                    threads=threads, provenance=task.get("provenance"), **settings))
+    for shards in finished:
+        shards.remove()
+
+
+def run_inference(kind: str, data_path, checkpoint_dir, out_path, *, threads: int = 1,
+                  provenance: dict | None = None, **settings) -> None:
+    """Run the checkpoint on one task table (``infer_checkpoint`` with one task)."""
+    infer_checkpoint(checkpoint_dir, [{"kind": kind, "data": data_path, "out": out_path, "settings": settings,
+                                       "provenance": provenance}], threads=threads)
+
+
+def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path, *, batch_size: int = 8,
+                window: int = 1024, max_new_tokens: int = 12, stop: list[str] | None = None, threads: int = 1,
+                provenance: dict | None = None) -> Shards:
+    """Write the table of one task at ``out_path``; return its shards (removed by the caller)."""
+    if kind not in SCHEMAS:
+        raise ValueError(f"unknown task kind {kind!r}")
     data = read_table(data_path)
     checkpoint = _read_json(Path(checkpoint_dir) / "provenance.json")
     info = {"stage": "infer", "kind": kind, **(provenance or {}), "checkpoint": checkpoint,
@@ -133,8 +162,8 @@ def run_inference(kind: str, data_path, checkpoint_dir, out_path, *, batch_size:
         shards.remove()
         source = f" ({checkpoint['source']}@{checkpoint.get('revision')})" if "source" in checkpoint else ""
         raise InferenceError(f"checkpoint {checkpoint_dir}{source} on {data_path}: {error}") from error
-    shards.remove()
     log.info("inference done: %d rows in %.1f s", rows, time.perf_counter() - started)
+    return shards
 
 
 def _in_table_order(kind: str, frames: list[pd.DataFrame], data: pd.DataFrame) -> pd.DataFrame:
