@@ -210,6 +210,34 @@ def test_reward_model_rlhf_and_dpo_on_a_handful_of_pairs(tuned, data, tmp_path):
         assert "reward" in " ".join(read_table(tmp_path / name / "log.parquet").columns) or name == "dpo"
 
 
+def test_reward_model_and_rlhf_are_reproducible_whatever_the_global_rng_state(tuned, data, tmp_path):
+    """Two runs give identical weights. A fresh process starts torch's global generator from a random
+    seed; here each run starts from another state: the reward model's new scalar head must not take it."""
+    policy = tuned / "full" / "epoch1"
+    for run, state in (("a", 1), ("b", 2)):
+        torch.manual_seed(state)
+        align.train_reward_model(policy, data / "pairs.parquet", tmp_path / f"reward-{run}", epochs=1, batch_size=8,
+                                 lr=1e-3)
+        torch.manual_seed(state)
+        align.rlhf(policy, tmp_path / f"reward-{run}", data / "pairs.parquet", tmp_path / f"rlhf-{run}",
+                   tmp_path / f"work-{run}", epochs=2, batch_size=8, num_generations=4, max_completion_length=8,
+                   prompts=8, lr=1e-4)
+    for folder in ("reward-{}", "rlhf-{}/epoch1", "rlhf-{}/epoch2"):
+        a, b = (load_file(tmp_path / folder.format(run) / "model.safetensors") for run in ("a", "b"))
+        assert a.keys() == b.keys()
+        assert [k for k in a if not torch.equal(a[k], b[k])] == [], folder
+
+
+def test_folder_digest_tells_apart_weights_of_the_same_size(tmp_path):
+    """A retrained reward model or policy has the same file names and sizes: the digest in the work
+    folder's settings must still change, or RLHF / DPO resume checkpoints trained on the old one."""
+    for name, value in (("a", b"\x00" * 64), ("b", b"\x00" * 63 + b"\x01"), ("c", b"\x00" * 64)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(value)
+    assert align._folder_digest(tmp_path / "a") != align._folder_digest(tmp_path / "b")
+    assert align._folder_digest(tmp_path / "a") == align._folder_digest(tmp_path / "c")
+
+
 def test_last_epoch_picks_the_largest_number(tmp_path):
     for n in (1, 2, 10):
         (tmp_path / f"epoch{n}").mkdir()

@@ -443,7 +443,7 @@ def train_reward_model(policy_dir, pairs_path, out_dir, *, epochs: int = 1, batc
                        max_length: int = 256, eval_fraction: float = 0.1, seed: int = 0, threads: int = 1) -> None:
     """A reward model (the policy with a scalar head, trl's RewardTrainer) trained on preference pairs;
     its accuracy on held-out pairs goes to ``out_dir/eval.parquet``."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
 
     torch.set_num_threads(max(1, threads))
@@ -458,6 +458,9 @@ def train_reward_model(policy_dir, pairs_path, out_dir, *, epochs: int = 1, batc
     max_length = _within_context(policy_dir, max_length)
     pairs = _preference_dataset(train, tokenizer)
     _check_lengths([p + c for p, c in zip(pairs["prompt"], pairs["chosen"])], tokenizer, max_length, pairs_path)
+    # The scalar head (score.weight) is new: initialised from torch's global generator, which a fresh
+    # process seeds at random and the Trainer seeds only after the model exists.
+    set_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(policy_dir, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     args = _trainer_args(RewardConfig, work_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
@@ -559,10 +562,16 @@ def last_epoch(folder) -> Path:
 
 
 def _folder_digest(folder) -> str:
-    """A digest of a model folder's file names and sizes (enough to tell a different checkpoint)."""
+    """A digest of a model folder's file names and contents: a model retrained to the same shapes
+    (same file sizes) is a different input, and its dependants' work folders are not resumed."""
     folder = Path(folder)
-    entries = sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
-    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(json.dumps([str(path.relative_to(folder)), path.stat().st_size]).encode())
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- diversity
