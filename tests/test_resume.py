@@ -65,6 +65,19 @@ def _count_items(monkeypatch, kind) -> list[int]:
     return calls
 
 
+def _dies_after_a_shard(monkeypatch, when=lambda shards: True):
+    """Make ``Shards.add`` raise KeyboardInterrupt (not an Exception: as abrupt as it gets
+    in-process) after writing a shard where ``when(shards)`` holds; return what undoes that."""
+    add = Shards.add
+
+    def dying_add(self, *args):
+        add(self, *args)
+        if when(self):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(Shards, "add", dying_add)
+    return lambda: monkeypatch.setattr(Shards, "add", add)
+
+
 @pytest.mark.parametrize("kind", DATASETS)
 def test_shards_assemble_to_the_table_of_one_piece(kind, tables, tiny_model_dir, tmp_path, small_shards, monkeypatch):
     _run(kind, tables, tiny_model_dir, tmp_path / "sharded.parquet")
@@ -88,18 +101,12 @@ def test_a_job_that_dies_after_a_shard_resumes_there(kind, tables, tiny_model_di
     total = sum(calls)
 
     out = tmp_path / "raw.parquet"
-    add = Shards.add
-
-    def dies_after_two(self, *args):
-        add(self, *args)
-        if len(self) == 2:
-            raise KeyboardInterrupt  # not an Exception: as abrupt as it gets in-process
-    monkeypatch.setattr(Shards, "add", dies_after_two)
+    revive = _dies_after_a_shard(monkeypatch, lambda shards: len(shards) == 2)
     with pytest.raises(KeyboardInterrupt):
         _run(kind, tables, tiny_model_dir, out)
     assert not out.exists() and len(list((tmp_path / "raw.parquet.shards").glob("shard-*.parquet"))) == 2
 
-    monkeypatch.setattr(Shards, "add", add)
+    revive()
     calls.clear()
     with caplog.at_level(logging.INFO, logger="workflow_scripts.inference"):
         _run(kind, tables, tiny_model_dir, out)
@@ -118,19 +125,13 @@ def test_a_checkpoint_job_keeps_the_shards_of_its_finished_tasks_until_all_are_w
     tasks = [{"kind": kind, "data": tables / f"{kind}.parquet", "out": tmp_path / f"{kind}.parquet",
               "settings": SETTINGS} for kind in DATASETS]
     calls = {kind: _count_items(monkeypatch, kind) for kind in DATASETS}
-    add = Shards.add
-
-    def dies_in_the_last_task(self, *args):
-        add(self, *args)
-        if self.folder.name.startswith("multiple_choice"):
-            raise KeyboardInterrupt
-    monkeypatch.setattr(Shards, "add", dies_in_the_last_task)
+    revive = _dies_after_a_shard(monkeypatch, lambda shards: shards.folder.name.startswith("multiple_choice"))
     with pytest.raises(KeyboardInterrupt):
         inference.infer_checkpoint(tiny_model_dir, tasks)
     assert (tmp_path / "clm.parquet").is_file() and not (tmp_path / "multiple_choice.parquet").exists()
     assert all((tmp_path / f"{kind}.parquet.shards").is_dir() for kind in DATASETS)
 
-    monkeypatch.setattr(Shards, "add", add)
+    revive()
     for kind in DATASETS:
         (tmp_path / f"{kind}.parquet").unlink(missing_ok=True)  # as Snakemake does before the rerun
         calls[kind].clear()
@@ -144,15 +145,10 @@ def test_a_checkpoint_job_keeps_the_shards_of_its_finished_tasks_until_all_are_w
 def test_shards_of_other_settings_are_not_reused(tables, tiny_model_dir, tmp_path, small_shards, monkeypatch, caplog):
     kind, out = "multiple_choice", tmp_path / "raw.parquet"
     _run(kind, tables, tiny_model_dir, tmp_path / "reference.parquet", batch_size=3)
-    add = Shards.add
-
-    def dies(self, *args):
-        add(self, *args)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(Shards, "add", dies)
+    revive = _dies_after_a_shard(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         _run(kind, tables, tiny_model_dir, out, batch_size=2)  # another batch size: other numbers
-    monkeypatch.setattr(Shards, "add", add)
+    revive()
     with caplog.at_level(logging.INFO, logger="workflow_scripts.inference"):
         _run(kind, tables, tiny_model_dir, out, batch_size=3)
     assert "shards of other settings" in caplog.text
@@ -170,16 +166,11 @@ def test_a_batch_size_halved_after_out_of_memory_is_kept_on_resume(tables, tiny_
         return step(model, cache, prefix_length, suffixes, pad_id)
     monkeypatch.setattr(inference, "_next_token_logprobs", one_question_fits)
     _run(kind, tables, tiny_model_dir, tmp_path / "reference.parquet", batch_size=4)
-    add = Shards.add
-
-    def dies(self, *args):
-        add(self, *args)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(Shards, "add", dies)
+    revive = _dies_after_a_shard(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="workflow_scripts.inference"), pytest.raises(KeyboardInterrupt):
         _run(kind, tables, tiny_model_dir, out, batch_size=4)
     assert "batch size now 1" in caplog.text
-    monkeypatch.setattr(Shards, "add", add)
+    revive()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="workflow_scripts.inference"):
         _run(kind, tables, tiny_model_dir, out, batch_size=4)
