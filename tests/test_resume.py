@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -65,6 +67,11 @@ def _count_items(monkeypatch, kind) -> list[int]:
     return calls
 
 
+def _work_left(out) -> list[str]:
+    """What the work folder of a table holds, fingerprints left out."""
+    return sorted(re.sub(r"-[0-9a-f]{64}\.", ".", p.name) for p in Path(f"{out}.shards").iterdir())
+
+
 def _dies_after_a_shard(monkeypatch, when=lambda shards: True):
     """Make ``Shards.add`` raise KeyboardInterrupt (not an Exception: as abrupt as it gets
     in-process) after writing a shard where ``when(shards)`` holds; return what undoes that."""
@@ -81,7 +88,7 @@ def _dies_after_a_shard(monkeypatch, when=lambda shards: True):
 @pytest.mark.parametrize("kind", DATASETS)
 def test_shards_assemble_to_the_table_of_one_piece(kind, tables, tiny_model_dir, tmp_path, small_shards, monkeypatch):
     _run(kind, tables, tiny_model_dir, tmp_path / "sharded.parquet")
-    assert not (tmp_path / "sharded.parquet.shards").exists()  # deleted once the table is in place
+    assert _work_left(tmp_path / "sharded.parquet") == ["finished.parquet"]  # shards gone once the table is in place
     monkeypatch.setattr(inference, "SHARD_ITEMS", 10 ** 6)
     _run(kind, tables, tiny_model_dir, tmp_path / "whole.parquet")
     assert (tmp_path / "sharded.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
@@ -113,33 +120,44 @@ def test_a_job_that_dies_after_a_shard_resumes_there(kind, tables, tiny_model_di
     assert "resuming after 2 finished shard(s)" in caplog.text
     assert 0 < sum(calls) < total  # the rest only
     assert out.read_bytes() == (tmp_path / "reference.parquet").read_bytes()
-    assert not (tmp_path / "raw.parquet.shards").exists()
+    assert _work_left(out) == ["finished.parquet"]
 
 
-def test_a_checkpoint_job_keeps_the_shards_of_its_finished_tasks_until_all_are_written(
-        tables, tiny_model_dir, tmp_path, small_shards, monkeypatch):
+def test_a_checkpoint_job_runs_again_only_the_tasks_it_has_not_written(tables, tiny_model_dir, tmp_path, small_shards,
+                                                                      monkeypatch, caplog):
     """One job infers every task of a checkpoint. Snakemake deletes the tables of a job killed
-    midway, so the shards of its finished tasks stay until the last task is written."""
+    midway, and reruns the job for a task added to the config: tasks written before with the same
+    fingerprint are taken as they were, the others are run."""
     for kind in DATASETS:
         _run(kind, tables, tiny_model_dir, tmp_path / f"{kind}.reference.parquet")
     tasks = [{"kind": kind, "data": tables / f"{kind}.parquet", "out": tmp_path / f"{kind}.parquet",
               "settings": SETTINGS} for kind in DATASETS]
     calls = {kind: _count_items(monkeypatch, kind) for kind in DATASETS}
-    revive = _dies_after_a_shard(monkeypatch, lambda shards: shards.folder.name.startswith("multiple_choice"))
-    with pytest.raises(KeyboardInterrupt):
-        inference.infer_checkpoint(tiny_model_dir, tasks)
-    assert (tmp_path / "clm.parquet").is_file() and not (tmp_path / "multiple_choice.parquet").exists()
-    assert all((tmp_path / f"{kind}.parquet.shards").is_dir() for kind in DATASETS)
 
+    revive = _dies_after_a_shard(monkeypatch, lambda shards: shards.folder.name.startswith("multiple_choice"))
+    with pytest.raises(KeyboardInterrupt):  # killed in the last task
+        inference.infer_checkpoint(tiny_model_dir, tasks)
     revive()
+    assert _work_left(tmp_path / "clm.parquet") == _work_left(tmp_path / "generation.parquet") == ["finished.parquet"]
+    assert _work_left(tmp_path / "multiple_choice.parquet") == ["shard-00000.parquet"]
     for kind in DATASETS:
         (tmp_path / f"{kind}.parquet").unlink(missing_ok=True)  # as Snakemake does before the rerun
         calls[kind].clear()
-    inference.infer_checkpoint(tiny_model_dir, tasks)
-    assert calls["clm"] == calls["generation"] == [] and calls["multiple_choice"]  # finished tasks: from shards
+    with caplog.at_level(logging.INFO, logger="workflow_scripts.inference"):
+        inference.infer_checkpoint(tiny_model_dir, tasks)
+    assert calls["clm"] == calls["generation"] == [] and calls["multiple_choice"]  # the finished tasks: taken
+    assert caplog.text.count("taken as it was") == 2
     for kind in DATASETS:
         assert (tmp_path / f"{kind}.parquet").read_bytes() == (tmp_path / f"{kind}.reference.parquet").read_bytes()
-        assert not (tmp_path / f"{kind}.parquet.shards").exists()
+        assert _work_left(tmp_path / f"{kind}.parquet") == ["finished.parquet"]
+
+    # a task added: only it runs; another setting: the task runs again
+    (tmp_path / "clm.parquet").unlink()
+    calls["clm"].clear()
+    inference.infer_checkpoint(tiny_model_dir, tasks[:1])
+    assert calls["clm"] == []
+    inference.infer_checkpoint(tiny_model_dir, [{**tasks[0], "settings": {**SETTINGS, "batch_size": 3}}])
+    assert calls["clm"] and _work_left(tmp_path / "clm.parquet") == ["finished.parquet"]
 
 
 def test_shards_of_other_settings_are_not_reused(tables, tiny_model_dir, tmp_path, small_shards, monkeypatch, caplog):

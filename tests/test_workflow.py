@@ -111,6 +111,22 @@ def test_adding_a_model_runs_only_that_models_jobs(finished_run, tiny_model_dir)
         "plot_reliability": 3, "plot_summary": 1, "all": 1}
 
 
+def test_adding_a_task_runs_the_model_on_that_task_only(tmp_path, tiny_model_dir):
+    workdir = copy_workflow(tmp_path / "wf")
+    config = tiny_config(tiny_model_dir)
+    facts = config["tasks"].pop("facts")
+    snakemake(workdir, write_config(workdir, config), "--cores", "2")
+    geo = workdir / "results" / "inference" / "geo" / "tiny" / "main.parquet"
+    before = geo.read_bytes()
+
+    config["tasks"]["facts"] = facts
+    snakemake(workdir, write_config(workdir, config, "more.yaml"), "--cores", "2")
+    log = (workdir / "results" / "logs" / "infer" / "tiny" / "main.log").read_text()
+    assert log.count("taken as it was") == 2 and "facts 8/8" in log and "questions" not in log
+    assert geo.read_bytes() == before
+    assert (workdir / "results" / "metrics" / "facts" / "tiny" / "main.parquet").is_file()
+
+
 def _edit(path):
     """Change a file's content (Snakemake ignores a bare touch of an input it has a checksum of)."""
     original = path.read_text()

@@ -20,8 +20,10 @@ Batches are sorted by length, longest first; on out-of-memory the batch size hal
 A long job keeps its finished work in shards (``<out>.shards/``, each written atomically: every
 ``SHARD_ITEMS`` questions or facts, every CLM row group), so that a job killed midway resumes
 after its last shard, with the batches it would have run anyway: the assembled table is the one an
-uninterrupted job writes. Shards made with other settings, data, checkpoint or code are discarded;
-the others are deleted once every task of the checkpoint is written.
+uninterrupted job writes. Once the table is written, the shards give way to the table itself (a
+hard link, no extra disk), which a rerun of the same fingerprint takes instead of running the model:
+the job killed before its other tasks were done, or run again for a task added to the config.
+Work made with other settings, data, checkpoint or code is discarded.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import time
@@ -90,24 +93,20 @@ def infer_checkpoint(checkpoint_dir, tasks: list[dict], *, threads: int = 1) -> 
     ``settings`` (``batch_size``, ``window``, ``max_new_tokens``, ``stop``, ``device``, ``dtype``:
     the last two the same for every task) and ``provenance`` (stored in the table's metadata).
 
-    Finished work goes to shards beside each ``out`` as it comes and stays there until every table
-    is in place, so that a job killed midway resumes after its last shard of every task, even of a
-    task whose table was written (Snakemake deletes the outputs of an incomplete job). Nothing is
-    written at an ``out`` unless its task succeeds."""
+    Finished work goes to shards beside each ``out`` as it comes, then the finished table (see
+    ``Shards``): a task whose table was written before with the same fingerprint is not run again.
+    Nothing is written at an ``out`` unless its task succeeds."""
     placement = {(t["settings"].get("device", "auto"), t["settings"].get("dtype", "auto")) for t in tasks}
     if len(placement) != 1:
         raise ValueError(f"{checkpoint_dir}: the tasks ask for different devices or dtypes: {sorted(placement)}")
     [(device, dtype)] = placement
     torch.set_num_threads(max(1, threads))
     model, tokenizer = load_model(checkpoint_dir, device=device, dtype=dtype)
-    finished = []
     for number, task in enumerate(tasks, 1):
         log.info("task %d/%d: %s on %s", number, len(tasks), task["kind"], task["data"])
         settings = {k: v for k, v in task["settings"].items() if k not in ("device", "dtype")}
-        finished.append(_infer_task(model, tokenizer, checkpoint_dir, task["kind"], task["data"], task["out"],
-                                    threads=threads, provenance=task.get("provenance"), **settings))
-    for shards in finished:
-        shards.remove()
+        _infer_task(model, tokenizer, checkpoint_dir, task["kind"], task["data"], task["out"], threads=threads,
+                    provenance=task.get("provenance"), **settings)
 
 
 def run_inference(kind: str, data_path, checkpoint_dir, out_path, *, threads: int = 1,
@@ -119,8 +118,8 @@ def run_inference(kind: str, data_path, checkpoint_dir, out_path, *, threads: in
 
 def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path, *, batch_size: int = 8,
                 window: int = 1024, max_new_tokens: int = 12, stop: list[str] | None = None, threads: int = 1,
-                provenance: dict | None = None) -> Shards:
-    """Write the table of one task at ``out_path``; return its shards (removed by the caller)."""
+                provenance: dict | None = None) -> None:
+    """Write the table of one task at ``out_path``."""
     if kind not in SCHEMAS:
         raise ValueError(f"unknown task kind {kind!r}")
     data = read_table(data_path)
@@ -132,7 +131,11 @@ def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path
     shards = Shards(out_path, {
         "kind": kind, "batch_size": batch_size, "window": window, "max_new_tokens": max_new_tokens, "stop": stop,
         "device": str(model.device), "dtype": str(model.dtype), "threads": threads, "checkpoint": checkpoint,
-        "data": _file_hash(data_path), "code": _file_hash(__file__), "packages": package_versions()})
+        "data": _file_hash(data_path), "code": _file_hash(__file__), "packages": package_versions(),
+        "provenance": provenance})
+    if shards.take_finished(out_path):
+        log.info("%s: written before with the same model, data, settings and code: taken as it was", out_path)
+        return
     batches = Batches(shards.batch_size or batch_size)
     started = time.perf_counter()
     try:
@@ -162,8 +165,8 @@ def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path
         shards.remove()
         source = f" ({checkpoint['source']}@{checkpoint.get('revision')})" if "source" in checkpoint else ""
         raise InferenceError(f"checkpoint {checkpoint_dir}{source} on {data_path}: {error}") from error
+    shards.keep_finished(out_path)
     log.info("inference done: %d rows in %.1f s", rows, time.perf_counter() - started)
-    return shards
 
 
 def _in_table_order(kind: str, frames: list[pd.DataFrame], data: pd.DataFrame) -> pd.DataFrame:
@@ -178,23 +181,27 @@ def _in_table_order(kind: str, frames: list[pd.DataFrame], data: pd.DataFrame) -
 
 
 class Shards:
-    """The finished parts of one inference job, in ``<out>.shards/``: Parquet files written
-    atomically, each with a fingerprint of all that shapes the numbers (settings, device and dtype,
-    threads, the task table, the checkpoint, this module, library versions) and the batch size in
-    use when it was written (smaller than configured after an out-of-memory). Shards of another
-    fingerprint are deleted when the job starts, never reused."""
+    """The work of one inference table, in ``<out>.shards/``: while it runs, its finished parts
+    (Parquet files written atomically, each with a fingerprint of all that shapes the numbers:
+    settings, device and dtype, threads, the task table, the checkpoint, this module, library
+    versions, the table's provenance; and the batch size in use when it was written, smaller than
+    configured after an out-of-memory); once written, the table itself under its fingerprint.
+    Work of another fingerprint is deleted when the job starts, never reused."""
 
     KEY = b"calibration_shard"
 
     def __init__(self, out_path, fingerprint: dict):
         self.folder = Path(f"{out_path}.shards")
         self.fingerprint = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+        self.finished = self.folder / f"finished-{self.fingerprint}.parquet"
         self.paths: list[Path] = []
         self.batch_size: int | None = None
         if self.folder.is_dir():
             paths = sorted(self.folder.glob("shard-*.parquet"))
             metas = [self._meta(path) for path in paths]
-            if all(m.get("fingerprint") == self.fingerprint and m.get("index") == k for k, m in enumerate(metas)):
+            others = [p for p in self.folder.glob("finished-*.parquet") if p != self.finished]
+            if not others and all(m.get("fingerprint") == self.fingerprint and m.get("index") == k
+                                  for k, m in enumerate(metas)):
                 self.paths = paths
                 self.batch_size = metas[-1]["batch_size"] if metas else None
                 if paths:
@@ -231,6 +238,23 @@ class Shards:
         """The shards' rows, one DataFrame per shard, in order."""
         for path in self.paths:
             yield pq.read_table(path).to_pandas()
+
+    def take_finished(self, out_path) -> bool:
+        """Put the table written before with this fingerprint at ``out_path``, if there is one."""
+        if not self.finished.is_file():
+            return False
+        Path(out_path).unlink(missing_ok=True)
+        os.link(self.finished, out_path)
+        return True
+
+    def keep_finished(self, out_path) -> None:
+        """Replace the parts by the written table (a hard link; kept only where the filesystem has them)."""
+        self.remove()
+        try:
+            self.folder.mkdir(parents=True)
+            os.link(out_path, self.finished)
+        except OSError:
+            self.remove()
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
