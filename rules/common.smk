@@ -159,6 +159,7 @@ def trained_model_dir(wildcards):
 
 
 def training_output(model):
+    """The folder a model trained here is read from: the suite's or the align stage's (or none)."""
     if model in PRETRAINED:
         return [f"results/pretrain/models/{model}"]
     if model in ALIGNED:
@@ -169,8 +170,6 @@ def training_output(model):
 def eval_task_tables():
     """Task tables whose facts the offline instruction and preference sets must not teach."""
     return [f"results/data/{t}.parquet" for t in TASKS if TASKS[t]["kind"] != "clm"]
-
-
 
 
 def policy_dir():

@@ -122,11 +122,7 @@ def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path
     """Write the table of one task at ``out_path``."""
     if kind not in SCHEMAS:
         raise ValueError(f"unknown task kind {kind!r}")
-    data = read_table(data_path)
     checkpoint = _read_json(Path(checkpoint_dir) / "provenance.json")
-    info = {"stage": "infer", "kind": kind, **(provenance or {}), "checkpoint": checkpoint,
-            "data": read_provenance(data_path), "device": str(model.device), "dtype": str(model.dtype),
-            "params": model.num_parameters()}
     stop = stop if stop is not None else ["\n"]
     shards = Shards(out_path, {
         "kind": kind, "batch_size": batch_size, "window": window, "max_new_tokens": max_new_tokens, "stop": stop,
@@ -136,6 +132,10 @@ def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path
     if shards.take_finished(out_path):
         log.info("%s: written before with the same model, data, settings and code: taken as it was", out_path)
         return
+    data = read_table(data_path)
+    info = {"stage": "infer", "kind": kind, **(provenance or {}), "checkpoint": checkpoint,
+            "data": read_provenance(data_path), "device": str(model.device), "dtype": str(model.dtype),
+            "params": model.num_parameters()}
     batches = Batches(shards.batch_size or batch_size)
     started = time.perf_counter()
     try:
