@@ -48,7 +48,7 @@ def inference_settings(task, model):
     """Everything that shapes the raw log-probabilities of a model on a task (global, then per
     task, then per model)."""
     settings = {k: v for k, v in config["inference"].items() if k != "threads"}  # threads: the rule's
-    settings.update({k: TASKS[task][k] for k in ("window", "max_new_tokens", "stop") if k in TASKS[task]})
+    settings.update({k: TASKS[task][k] for k in ("window", "window_mode", "max_new_tokens", "stop") if k in TASKS[task]})
     settings.update(MODELS[model].get("inference", {}))
     return canonical(settings)
 

@@ -61,6 +61,57 @@ def build_tiny_model(out_dir: Path, seed: int = 0, arch: str = "llama") -> Path:
     return out_dir
 
 
+def build_llama_tokenizer(out_dir: Path, vocab_size: int = 600, append_eos: bool = False):
+    """A LLaMA-style tokenizer trained on a little real text: sentencepiece-like BPE ("▁" for a
+    space, every digit a token of its own, so " 1945" is "▁", "1", "9", "4", "5"), BOS prepended by
+    default (and EOS appended too where ``append_eos``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+                                                 pre_tokenizers.Digits(individual_digits=True)])
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    specials = ["<unk>", "<s>", "</s>"]
+    tok.train_from_iterator(_training_texts(), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials))
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>" if append_eos else "<s> $A", special_tokens=[("<s>", bos), ("</s>", eos)])
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    hf.save_pretrained(out_dir)
+    return hf
+
+
+# Tiny models of the families whose numbers differ in how they are encoded or what their forward
+# does after the output layer: name -> (config class, its extra settings, tokenizer builder).
+FAMILIES = {
+    "llama": ("LlamaConfig", {"num_key_value_heads": 2}, "llama"),  # BOS-adding tokenizer, digits split
+    "gpt_neox": ("GPTNeoXConfig", {}, "bpe"),  # byte-level BPE, no BOS
+    "gemma2": ("Gemma2Config", {"num_key_value_heads": 2, "head_dim": 8, "final_logit_softcapping": 2.0,
+                                "initializer_range": 0.5}, "llama"),
+    "cohere": ("CohereConfig", {"num_key_value_heads": 2, "logit_scale": 0.25, "initializer_range": 0.5}, "llama"),
+    "granite": ("GraniteConfig", {"num_key_value_heads": 2, "logits_scaling": 8.0, "initializer_range": 0.5}, "bpe"),
+}
+
+
+def build_family_model(out_dir: Path, family: str, seed: int = 0, max_positions: int = 128) -> Path:
+    """Save a tiny randomly initialised model of one of ``FAMILIES`` with its tokenizer to ``out_dir``."""
+    import torch
+    import transformers
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_class, extra, tokenizer_kind = FAMILIES[family]
+    tokenizer = build_llama_tokenizer(out_dir) if tokenizer_kind == "llama" else build_tokenizer(out_dir)
+    ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+           "bos_token_id": tokenizer.bos_token_id}
+    config = getattr(transformers, config_class)(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=max_positions, **{k: v for k, v in ids.items() if v is not None}, **extra)
+    torch.manual_seed(seed)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(out_dir)
+    return out_dir
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

@@ -30,7 +30,8 @@ DATASETS = {
     "multiple_choice": ({"format": "geonames", "relations": ["capital", "continent"]}, {"limit": 12, "shots": 2}),
 }
 SETTINGS = {"batch_size": 2, "window": 16, "max_new_tokens": 3}
-COUNTED = {"clm": "_window_stats", "generation": "_greedy", "multiple_choice": "_next_token_logprobs"}
+# The batch step of each kind, and which of its arguments holds the batch's items.
+COUNTED = {"clm": ("_window_stats", 2), "generation": ("_greedy", 2), "multiple_choice": ("_next_token_logprobs", 3)}
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +57,14 @@ def _run(kind, tables, model_dir, out, **settings):
 def _count_items(monkeypatch, kind) -> list[int]:
     """Items (windows, prompts) the model is run on, per call of the kind's batch step."""
     calls = []
-    original = getattr(inference, COUNTED[kind])
+    name, index = COUNTED[kind]
+    original = getattr(inference, name)
 
     def counted(*args, **kwargs):
-        items = next(a for a in args if isinstance(a, list))
-        calls.append(len(items))
+        calls.append(len(args[index]))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(inference, COUNTED[kind], counted)
+    monkeypatch.setattr(inference, name, counted)
     return calls
 
 

@@ -5,15 +5,26 @@ cost more than a small task's inference). It stores what every confidence method
 new method, another bin count or a new figure never runs the model again:
 
 - ``clm``: per predicted token ``item_id, position, target_id, target_logprob, max_logprob,
-  argmax_id, entropy`` (documents are cut into windows of the model's context; every token after
-  the first of a document is predicted exactly once; the statistics are reduced on the device,
-  a chunk of positions at a time, and streamed to Parquet one row group at a time);
+  argmax_id, entropy, context_len``: every token of a document is predicted exactly once, the
+  first from the prefix token (BOS, or EOS where there is none), in windows of at most the
+  model's context (``window_mode``: ``rolling`` as lm-evaluation-harness's
+  ``loglikelihood_rolling``, or ``{"stride": N}`` as the transformers perplexity guide); the
+  statistics are reduced on the device, a chunk of positions at a time, through the model's own
+  output head (soft-capping, logit scales), and streamed to Parquet one row group at a time;
 - ``generation``: per fact the greedy continuation up to the stop rule: ``token_ids,
   token_logprobs`` (the answer's tokens), ``generated`` (the raw text), ``answer_text`` (cut at
-  the stop rule) and ``gold_first_ids`` (first token of every alias, encoded after the prompt);
+  the stop rule), ``gold_first_ids`` (the first token carrying text of every alias, encoded after
+  the prompt), ``first_text`` (the index of the first answer token carrying text) and
+  ``truncated``;
 - ``multiple_choice``: per question the log-probability of every option continuation
   (``" A"`` ... ``" D"``) after the prompt, as lm-evaluation-harness computes it, from one
-  forward pass per question that continues the key/value cache of its subject's shared prefix.
+  forward pass per question that continues the key/value cache of its subject's shared prefix;
+  and ``truncated``.
+
+Prompts longer than the model's context are left-truncated as the harness does (generation
+leaves room for ``max_new_tokens``); such items are counted in the log and flagged ``truncated``.
+Prompts begin with the BOS token as ``add_bos`` says (``auto``: as the tokenizer does by
+default, as the harness's HF backend does); an EOS token a tokenizer appends is never scored.
 
 Batches are sorted by length, longest first; on out-of-memory the batch size halves and stays so.
 
@@ -51,18 +62,24 @@ from .tables import PROVENANCE_KEY, atomic_path, package_versions, provenance_in
 
 log = logging.getLogger(__name__)
 
-SENTENCE_END = re.compile(r"\.(\s|$)")
+# A sentence ends at a full stop followed by white space or the end, unless the stop ends an
+# initial ("D.C.", "J. R.") or one of these abbreviations ("St. John's", "Mt. Kenya", "Acme Inc. of").
+ABBREVIATIONS = ("St", "Ste", "Mt", "Ft", "Pt", "Dr", "Mr", "Mrs", "Ms", "Prof", "Gen", "Col", "Capt", "Lt", "Sgt",
+                 "Rev", "Jr", "Sr", "Co", "Corp", "Inc", "Ltd", "Bros", "No", "vs", "Ave", "Blvd", "Rd", "approx")
+FULL_STOP = re.compile(r"(\S*)\.(?:\s|$)")  # a full stop ending the run of text before it
 LOGITS_PER_CHUNK = 2 ** 22  # logits materialised at once by the CLM statistics (16 MiB in float32)
 BATCHES_PER_ROW_GROUP = 16  # CLM windows per Parquet row group = this x batch size
 SHARD_ITEMS = 256  # questions or facts per shard of finished work (CLM: a shard per row group)
 TOKEN_SCHEMA = pa.schema([("item_id", pa.string()), ("position", pa.int64()), ("target_id", pa.int64()),
                           ("target_logprob", pa.float64()), ("max_logprob", pa.float64()),
-                          ("argmax_id", pa.int64()), ("entropy", pa.float64())])
+                          ("argmax_id", pa.int64()), ("entropy", pa.float64()), ("context_len", pa.int64())])
 OPTION_SCHEMA = pa.schema([("item_id", pa.string()), ("subject", pa.string()),
-                           ("option_logprobs", pa.list_(pa.float64())), ("gold", pa.int64())])
+                           ("option_logprobs", pa.list_(pa.float64())), ("gold", pa.int64()),
+                           ("truncated", pa.bool_())])
 ANSWER_SCHEMA = pa.schema([("item_id", pa.string()), ("token_ids", pa.list_(pa.int64())),
                            ("token_logprobs", pa.list_(pa.float64())), ("generated", pa.string()),
-                           ("answer_text", pa.string()), ("gold_first_ids", pa.list_(pa.int64()))])
+                           ("answer_text", pa.string()), ("gold_first_ids", pa.list_(pa.int64())),
+                           ("first_text", pa.int64()), ("truncated", pa.bool_())])
 SCHEMAS = {"clm": TOKEN_SCHEMA, "generation": ANSWER_SCHEMA, "multiple_choice": OPTION_SCHEMA}
 
 
@@ -73,14 +90,15 @@ except (OSError, AttributeError):  # another C library: nothing to do
 
 
 class InferenceError(RuntimeError):
-    """Inference cannot give usable numbers: NaN or infinite log-probabilities, or an option that
-    adds no token after its prompt."""
+    """Inference cannot give usable numbers: NaN or infinite log-probabilities, an option that
+    adds no token after its prompt, or a model whose output head CLM cannot reproduce."""
 
 
 class Window(NamedTuple):
-    """A CLM window: input tokens, the tokens they predict, where those start in the document."""
+    """A CLM window: its input tokens, of which the last ``len(targets)`` predict ``targets``
+    (the next token of each), and where those targets start in the document."""
     item_id: str
-    first: int  # position of the first predicted token in the document
+    first: int  # position of the first target in the document's tokens
     inputs: list[int]
     targets: list[int]
     ends_document: bool
@@ -90,8 +108,9 @@ def infer_checkpoint(checkpoint_dir, tasks: list[dict], *, threads: int = 1) -> 
     """Run the checkpoint, loaded once, on each task and write the raw log-probabilities of each.
 
     A task is a dict: ``kind``, ``data`` (the task table), ``out`` (the Parquet file to write),
-    ``settings`` (``batch_size``, ``window``, ``max_new_tokens``, ``stop``, ``device``, ``dtype``:
-    the last two the same for every task) and ``provenance`` (stored in the table's metadata).
+    ``settings`` (``batch_size``, ``window``, ``window_mode``, ``max_new_tokens``, ``stop``,
+    ``add_bos``, ``device``, ``dtype``: the last two the same for every task) and ``provenance``
+    (stored in the table's metadata).
 
     Finished work goes to shards beside each ``out`` as it comes, then the finished table (see
     ``Shards``): a task whose table was written before with the same fingerprint is not run again.
@@ -117,16 +136,19 @@ def run_inference(kind: str, data_path, checkpoint_dir, out_path, *, threads: in
 
 
 def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path, *, batch_size: int = 8,
-                window: int = 1024, max_new_tokens: int = 12, stop: list[str] | None = None, threads: int = 1,
+                window: int = 1024, window_mode: str | dict = "rolling", max_new_tokens: int = 12,
+                stop: list[str] | None = None, add_bos: str | bool = "auto", threads: int = 1,
                 provenance: dict | None = None) -> None:
     """Write the table of one task at ``out_path``."""
     if kind not in SCHEMAS:
         raise ValueError(f"unknown task kind {kind!r}")
     checkpoint = _read_json(Path(checkpoint_dir) / "provenance.json")
     stop = stop if stop is not None else ["\n"]
+    bos = resolve_add_bos(tokenizer, add_bos)
     shards = Shards(out_path, {
-        "kind": kind, "batch_size": batch_size, "window": window, "max_new_tokens": max_new_tokens, "stop": stop,
-        "device": str(model.device), "dtype": str(model.dtype), "threads": threads, "checkpoint": checkpoint,
+        "kind": kind, "batch_size": batch_size, "window": window, "window_mode": window_mode,
+        "max_new_tokens": max_new_tokens, "stop": stop, "bos": bos, "device": str(model.device),
+        "dtype": str(model.dtype), "threads": threads, "checkpoint": checkpoint,
         "data": _file_hash(data_path), "code": _file_hash(__file__), "packages": package_versions(),
         "provenance": provenance})
     if shards.take_finished(out_path):
@@ -135,21 +157,22 @@ def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path
     data = read_table(data_path)
     info = {"stage": "infer", "kind": kind, **(provenance or {}), "checkpoint": checkpoint,
             "data": read_provenance(data_path), "device": str(model.device), "dtype": str(model.dtype),
-            "params": model.num_parameters()}
+            "params": model.num_parameters(), "add_bos": add_bos, "bos": bos,
+            "context": context_length(model, tokenizer)}
     batches = Batches(shards.batch_size or batch_size)
     started = time.perf_counter()
     try:
         if kind == "clm":
-            for frame in iter_token_scores(model, tokenizer, data, window=window, batch_size=batch_size,
-                                           skip_groups=len(shards), batches=batches):
+            for frame in iter_token_scores(model, tokenizer, data, window=window, window_mode=window_mode,
+                                           batch_size=batch_size, skip_groups=len(shards), batches=batches):
                 shards.add(frame, TOKEN_SCHEMA, batches.size)
             rows = write_row_groups(shards.frames(), out_path, TOKEN_SCHEMA, provenance=info)
         else:
             if kind == "generation":
                 frames = iter_answers(model, tokenizer, data, max_new_tokens=max_new_tokens, stop=stop,
-                                      batch_size=batch_size, skip=shards.item_ids(), batches=batches)
+                                      batch_size=batch_size, bos=bos, skip=shards.item_ids(), batches=batches)
             else:
-                frames = iter_option_scores(model, tokenizer, data, batch_size=batch_size,
+                frames = iter_option_scores(model, tokenizer, data, batch_size=batch_size, bos=bos,
                                             skip=shards.item_ids(), batches=batches)
             pending = []
             for frame in frames:
@@ -160,6 +183,11 @@ def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path
             if pending:
                 shards.add(pd.concat(pending, ignore_index=True), SCHEMAS[kind], batches.size)
             result = _in_table_order(kind, list(shards.frames()), data)
+            if truncated := int(result["truncated"].sum()):
+                log.warning("%d of %d prompts of %s are longer than the model's context (%d tokens%s) and were "
+                            "left-truncated (column truncated)", truncated, len(result), data_path,
+                            context_length(model, tokenizer),
+                            f", less {max_new_tokens} to generate" if kind == "generation" else "")
             rows = write_row_groups([result] if len(result) else [], out_path, SCHEMAS[kind], provenance=info)
     except InferenceError as error:  # the same model and settings would fail the same way: keep nothing
         shards.remove()
@@ -292,27 +320,32 @@ def write_row_groups(frames, path, schema: pa.Schema, provenance: dict | None = 
 
 # ----------------------------------------------------------------------------- language modelling
 def score_tokens(model, tokenizer, data: pd.DataFrame, *, window: int, batch_size: int,
-                 logits_chunk: int | None = None) -> pd.DataFrame:
+                 window_mode: str | dict = "rolling", logits_chunk: int | None = None) -> pd.DataFrame:
     """Per-token statistics of all documents in one table (``iter_token_scores`` in memory)."""
-    frames = list(iter_token_scores(model, tokenizer, data, window=window, batch_size=batch_size,
-                                    logits_chunk=logits_chunk))
+    frames = list(iter_token_scores(model, tokenizer, data, window=window, window_mode=window_mode,
+                                    batch_size=batch_size, logits_chunk=logits_chunk))
     return pd.concat(frames, ignore_index=True) if frames else TOKEN_SCHEMA.empty_table().to_pandas()
 
 
 def iter_token_scores(model, tokenizer, data: pd.DataFrame, *, window: int, batch_size: int,
-                      logits_chunk: int | None = None, skip_groups: int = 0, batches: Batches | None = None):
-    """Per-token statistics over documents cut into windows of ``window`` input tokens.
+                      window_mode: str | dict = "rolling", logits_chunk: int | None = None, skip_groups: int = 0,
+                      batches: Batches | None = None):
+    """Per-token statistics of every token of every document, in windows of at most ``window``
+    input tokens (capped by the model's context) laid out as ``window_mode`` says (see ``windows``).
 
     Yields one DataFrame per group of ``batch_size x BATCHES_PER_ROW_GROUP`` windows, in document
     order, so that memory is bounded by the window and the batch size, never by the corpus; the
     first ``skip_groups`` groups are skipped (already done). ``logits_chunk`` (default: as many
     positions as fit ``LOGITS_PER_CHUNK`` logits) bounds the logits materialised at once."""
-    window = min(window, _context_length(model))
+    window = min(window, context_length(model, tokenizer))
     head = model.get_output_embeddings()
+    check_output_head(model)
     logits_chunk = logits_chunk or max(1, LOGITS_PER_CHUNK // head.weight.shape[0])
     batches = batches or Batches(batch_size)
     progress = Progress("documents", len(data))
-    windows = _windows(tokenizer, data, window)
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    windows = (w for item_id, text in zip(data["item_id"], data["text"])
+               for w in document_windows(item_id, encode(tokenizer, text, bos=False), prefix, window, window_mode))
     for _ in range(skip_groups):
         progress.update(sum(w.ends_document for w in islice(windows, batch_size * BATCHES_PER_ROW_GROUP)))
     while group := list(islice(windows, batch_size * BATCHES_PER_ROW_GROUP)):
@@ -327,34 +360,96 @@ def iter_token_scores(model, tokenizer, data: pd.DataFrame, *, window: int, batc
             "position": [p for w in group for p in range(w.first, w.first + len(w.targets))],
             "target_id": [t for w in group for t in w.targets],
             **{name: torch.cat([stats[i][k] for i in range(len(group))]).numpy()
-               for k, name in enumerate(("target_logprob", "max_logprob", "argmax_id", "entropy"))}})
+               for k, name in enumerate(("target_logprob", "max_logprob", "argmax_id", "entropy"))},
+            "context_len": [c for w in group
+                            for c in range(len(w.inputs) - len(w.targets) + 1, len(w.inputs) + 1)]})
 
 
-def _windows(tokenizer, data: pd.DataFrame, window: int):
-    """The windows of every document in turn, each document encoded when its turn comes."""
-    for item_id, text in zip(data["item_id"], data["text"]):
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-        for start in range(0, len(ids) - 1, window):
-            chunk = ids[start:start + window + 1]
-            yield Window(item_id, start + 1, chunk[:-1], chunk[1:], start + window >= len(ids) - 1)
+def document_windows(item_id: str, tokens: list[int], prefix: int, window: int, window_mode: str | dict = "rolling"):
+    """The windows of one document's ``tokens``, each predicted exactly once, the first from ``prefix``.
+
+    ``rolling`` is lm-evaluation-harness's ``loglikelihood_rolling`` (``get_rolling_token_windows``
+    with a context of one token): the first window is ``prefix`` + the first ``window - 1`` tokens
+    and predicts the first ``window`` tokens; each next window predicts the next ``window`` tokens
+    from the ``window`` tokens before each, so the last one reaches back a full window.
+    ``{"stride": N}`` is the sliding window of the transformers perplexity guide over ``prefix`` +
+    tokens: windows of ``window`` input tokens start every N tokens, each scoring the tokens the
+    windows before it have not (at least ``window - N`` tokens of context past the first window)."""
+    n = len(tokens)
+    if window_mode == "rolling":
+        if not n:
+            return
+        first = min(window, n)
+        yield Window(item_id, 0, [prefix, *tokens[:first - 1]], tokens[:first], first == n)
+        done = first
+        while done < n:
+            end = min(done + window, n)
+            yield Window(item_id, done, tokens[end - window - 1:end - 1], tokens[done:end], end == n)
+            done = end
+        return
+    if not (isinstance(window_mode, dict) and set(window_mode) == {"stride"}):
+        raise ValueError(f"window_mode must be 'rolling' or {{'stride': N}}, got {window_mode!r}")
+    stride = window_mode["stride"]
+    if not 1 <= stride <= window:
+        raise ValueError(f"window_mode stride {stride} must be between 1 and the window ({window} tokens)")
+    sequence, done, begin = [prefix, *tokens], 0, 0
+    while done < n:
+        end = min(begin + window, n)  # inputs sequence[begin:end] predict tokens[begin:end]
+        yield Window(item_id, done, sequence[begin:end], tokens[done:end], end == n)
+        done, begin = end, begin + stride
 
 
 def _window_stats(model, head, windows: list[Window], pad_id: int, logits_chunk: int) -> list[tuple]:
-    """Per window: (target log-prob, max log-prob, argmax id, entropy) of each predicted token.
+    """Per window: (target log-prob, max log-prob, argmax id, entropy) of each target.
 
-    The final hidden states of the batch go through the output layer ``logits_chunk`` positions
-    at a time, so the full logits of the batch never exist at once."""
+    The final hidden states at the scored positions of the batch go through the output head
+    ``logits_chunk`` positions at a time, so the full logits of the batch never exist at once."""
     input_ids, mask = _pad([w.inputs for w in windows], pad_id, side="right")
+    scored = torch.zeros_like(mask, dtype=torch.bool)
+    for row, w in enumerate(windows):
+        scored[row, len(w.inputs) - len(w.targets):len(w.inputs)] = True
     targets = torch.tensor([t for w in windows for t in w.targets], device=model.device)
     with torch.inference_mode():
         hidden = model.base_model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
                                   use_cache=False).last_hidden_state
-        hidden = hidden[mask.to(model.device).bool()]  # real positions, row after row
-        chunks = [_logit_stats(head(hidden[s:s + logits_chunk]), targets[s:s + logits_chunk])
+        hidden = hidden[scored.to(model.device)]  # scored positions, row after row
+        chunks = [_logit_stats(output_logits(model, head, hidden[s:s + logits_chunk]), targets[s:s + logits_chunk])
                   for s in range(0, len(hidden), logits_chunk)]
     columns = [torch.cat(column).cpu() for column in zip(*chunks)]
     sizes = [len(w.targets) for w in windows]
     return list(zip(*(column.split(sizes) for column in columns)))
+
+
+def output_logits(model, head, hidden: torch.Tensor) -> torch.Tensor:
+    """The logits the model's own forward computes from final hidden states: the output layer,
+    then what some families apply after it (Gemma 2/3 ``final_logit_softcapping``, Cohere
+    ``logit_scale``, Granite ``logits_scaling``); ``check_output_head`` checks it per model."""
+    logits = head(hidden)
+    config = model.config
+    if getattr(config, "final_logit_softcapping", None) is not None:
+        logits = torch.tanh(logits / config.final_logit_softcapping) * config.final_logit_softcapping
+    if getattr(config, "logit_scale", None) is not None:
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None) is not None:
+        logits = logits / config.logits_scaling
+    return logits
+
+
+def check_output_head(model) -> None:
+    """InferenceError unless ``output_logits`` gives the logits of the model's own forward on a probe."""
+    probe = torch.arange(8, device=model.device)[None] % model.config.vocab_size
+    with torch.inference_mode():
+        expected = model(input_ids=probe, use_cache=False).logits[0].float()
+        hidden = model.base_model(input_ids=probe, use_cache=False).last_hidden_state[0]
+        got = output_logits(model, model.get_output_embeddings(), hidden).float()
+    if not torch.isfinite(expected).all():
+        return  # NaN weights: the statistics report them
+    tolerance = 1e-3 if model.dtype == torch.float32 else 5e-2
+    difference = (got - expected).abs().max().item() / max(1.0, expected.abs().max().item())
+    if not difference <= tolerance:
+        raise InferenceError(f"{type(model).__name__} computes logits after its output layer in "
+                             f"a way CLM inference does not reproduce (relative difference {difference:.2g}); "
+                             "add it to workflow_scripts.inference.output_logits")
 
 
 def _logit_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -373,36 +468,43 @@ def _logit_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Ten
 
 # ----------------------------------------------------------------------------- facts generation
 def generate_answers(model, tokenizer, data: pd.DataFrame, *, max_new_tokens: int, stop: list[str],
-                     batch_size: int) -> pd.DataFrame:
+                     batch_size: int, bos: bool = False) -> pd.DataFrame:
     """Greedy continuation of every prompt (batched, left-padded, key/value cache), each row
-    stopping at its own stop string or end of sequence, cut at the first stop string or sentence end."""
+    stopping at its own stop string or end of sequence, cut at the first stop string or sentence end.
+    A prompt longer than the model's context less ``max_new_tokens`` keeps its last tokens."""
     frames = list(iter_answers(model, tokenizer, data, max_new_tokens=max_new_tokens, stop=stop,
-                               batch_size=batch_size))
+                               batch_size=batch_size, bos=bos))
     return _in_table_order("generation", frames, data)
 
 
 def iter_answers(model, tokenizer, data: pd.DataFrame, *, max_new_tokens: int, stop: list[str], batch_size: int,
-                 skip=frozenset(), batches: Batches | None = None):
+                 bos: bool = False, skip=frozenset(), batches: Batches | None = None):
     """``generate_answers`` one DataFrame per batch, in the order computed, leaving out the items
     of ``skip`` (done before: the first ones of that order, so the batches are those of a whole run)."""
     items = list(data.itertuples(index=False))
+    room = context_length(model, tokenizer) - max_new_tokens
+    if room < 1:
+        raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's context "
+                         f"({context_length(model, tokenizer)} tokens)")
     progress = Progress("facts", len(items))
     progress.update(sum(it.item_id in skip for it in items))
-    encoded = {it.item_id: tokenizer(it.prompt, add_special_tokens=True)["input_ids"] for it in items}
+    encoded = {it.item_id: encode(tokenizer, it.prompt, bos) for it in items}
     batches = batches or Batches(batch_size)
     for batch, (new_tokens, chosen) in batches.run(
-            [it for it in items if it.item_id not in skip], key=lambda it: len(encoded[it.item_id]),
-            step=lambda b: _greedy(model, tokenizer, [encoded[it.item_id] for it in b], max_new_tokens, stop)):
+            [it for it in items if it.item_id not in skip], key=lambda it: min(room, len(encoded[it.item_id])),
+            step=lambda b: _greedy(model, tokenizer, [encoded[it.item_id][-room:] for it in b], max_new_tokens, stop)):
         rows = []
         for row, it in enumerate(batch):
             ids = _until_eos(new_tokens[row].tolist(), tokenizer)
             generated = tokenizer.decode(ids, skip_special_tokens=True)
             answer = cut_answer(generated, stop)
-            n = _answer_token_count(tokenizer, ids, answer)
+            first = first_text_token(tokenizer, ids)
+            n = max(_answer_token_count(tokenizer, ids, answer), min(first + 1, len(ids)))
             rows.append({"item_id": it.item_id, "token_ids": ids[:n],
                          "token_logprobs": chosen[row, :n].tolist(), "generated": generated,
                          "answer_text": answer,
-                         "gold_first_ids": _first_tokens(tokenizer, encoded[it.item_id], it.prompt, it.aliases)})
+                         "gold_first_ids": _first_tokens(tokenizer, encoded[it.item_id], it.prompt, it.aliases, bos),
+                         "first_text": first, "truncated": len(encoded[it.item_id]) > room})
         progress.update(len(batch))
         yield pd.DataFrame(rows, columns=ANSWER_SCHEMA.names)
 
@@ -423,12 +525,22 @@ def _greedy(model, tokenizer, contexts: list[list[int]], max_new_tokens: int, st
 
 
 def cut_answer(generated: str, stop: list[str]) -> str:
-    """The answer in a continuation: up to the first stop string and the first sentence end."""
+    """The answer in a continuation: up to the first stop string and the end of its first sentence."""
     for s in stop:
         if s and s in generated:
             generated = generated[:generated.index(s)]
-    match = SENTENCE_END.search(generated)
-    return (generated[:match.start()] if match else generated).strip()
+    return generated[:sentence_end(generated)].strip()
+
+
+def sentence_end(text: str) -> int:
+    """Where the first sentence of ``text`` ends: at its first full stop followed by white space or
+    the end, leaving out stops that end an initial or one of ``ABBREVIATIONS``; ``len(text)`` if none."""
+    for match in FULL_STOP.finditer(text):
+        before = match.group(1).rstrip(".")
+        word = re.split(r"[.(\"]", before)[-1]
+        if len(word) != 1 and word not in ABBREVIATIONS and word.lower() not in ABBREVIATIONS:
+            return match.start() + len(before)
+    return len(text)
 
 
 def _answer_token_count(tokenizer, ids: list[int], answer: str) -> int:
@@ -448,34 +560,42 @@ def _until_eos(ids: list[int], tokenizer) -> list[int]:
     return ids
 
 
-def _first_tokens(tokenizer, context_ids: list[int], prompt: str, aliases) -> list[int]:
-    """First token of each alias as the model would write it after the prompt (" " + alias)."""
+def first_text_token(tokenizer, ids: list[int]) -> int:
+    """Index of the first token that carries text (not only white space, as a bare "▁" before the
+    digits of a number in LLaMA's tokenizer); 0 where none does."""
+    return next((i for i, t in enumerate(ids) if tokenizer.decode([t], skip_special_tokens=True).strip()), 0)
+
+
+def _first_tokens(tokenizer, context_ids: list[int], prompt: str, aliases, bos: bool) -> list[int]:
+    """First token carrying text of each alias as the model would write it after the prompt (" " + alias)."""
     firsts = []
     for alias in aliases:
-        whole = tokenizer(prompt + " " + alias, add_special_tokens=True)["input_ids"]
-        firsts.append(whole[len(context_ids)] if len(whole) > len(context_ids) else -1)
+        rest = encode(tokenizer, prompt + " " + alias, bos)[len(context_ids):]
+        firsts.append(rest[first_text_token(tokenizer, rest)] if rest else -1)
     return sorted(set(firsts))
 
 
 # ----------------------------------------------------------------------------- multiple choice
-def encode_options(tokenizer, context: str, continuations: list[str]) -> tuple[list[int], list[list[int]]]:
+def encode_options(tokenizer, context: str, continuations: list[str], bos: bool = False
+                   ) -> tuple[list[int], list[list[int]]]:
     """Encode as lm-evaluation-harness does: each whole string at once, a continuation's tokens
-    being what follows the encoded context (trailing spaces of the context move to the continuations)."""
-    spaces = len(context) - len(context.rstrip(" "))
+    being what follows the encoded context (trailing white space of the context moves to the
+    continuations); BOS first where ``bos``."""
+    spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuations = context[:-spaces], [context[-spaces:] + c for c in continuations]
-    context_ids = tokenizer(context, add_special_tokens=True)["input_ids"]
-    wholes = tokenizer([context + c for c in continuations], add_special_tokens=True)["input_ids"]
+    context_ids = encode(tokenizer, context, bos)
+    wholes = [encode(tokenizer, context + c, bos) for c in continuations]
     return context_ids, [whole[len(context_ids):] for whole in wholes]
 
 
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(tokenizer, context: str, continuation: str, bos: bool = False) -> tuple[list[int], list[int]]:
     """``encode_options`` for one continuation (lm-evaluation-harness's encode_pair)."""
-    context_ids, (continuation_ids,) = encode_options(tokenizer, context, [continuation])
+    context_ids, (continuation_ids,) = encode_options(tokenizer, context, [continuation], bos)
     return context_ids, continuation_ids
 
 
-def score_options(model, tokenizer, data: pd.DataFrame, *, batch_size: int,
+def score_options(model, tokenizer, data: pd.DataFrame, *, batch_size: int, bos: bool = False,
                   prefix_cache: bool = True) -> pd.DataFrame:
     """Log-probability of each option continuation " A", " B", ... after every prompt.
 
@@ -483,27 +603,34 @@ def score_options(model, tokenizer, data: pd.DataFrame, *, batch_size: int,
     answer position. The questions of a subject share a prefix (the description and the shots):
     with ``prefix_cache`` its key/value cache is computed once and continued by each question.
     Where an option is several tokens after the prompt (a tokenizer without " A" ... " D" as
-    single tokens), the whole continuation of each option is scored, token by token."""
-    frames = list(iter_option_scores(model, tokenizer, data, batch_size=batch_size, prefix_cache=prefix_cache))
+    single tokens), the whole continuation of each option is scored, token by token. A prompt
+    and option longer than the model's context keep their last tokens, as in the harness."""
+    frames = list(iter_option_scores(model, tokenizer, data, batch_size=batch_size, bos=bos,
+                                     prefix_cache=prefix_cache))
     result = _in_table_order("multiple_choice", frames, data)
     result["option_logprobs"] = [list(map(float, lps)) for lps in result["option_logprobs"]]
     return result
 
 
-def iter_option_scores(model, tokenizer, data: pd.DataFrame, *, batch_size: int, prefix_cache: bool = True,
-                       skip=frozenset(), batches: Batches | None = None):
+def iter_option_scores(model, tokenizer, data: pd.DataFrame, *, batch_size: int, bos: bool = False,
+                       prefix_cache: bool = True, skip=frozenset(), batches: Batches | None = None):
     """``score_options`` one DataFrame per batch, in the order computed, leaving out the items of
     ``skip`` (done before: the first ones of that order, so the batches are those of a whole run)."""
     items = list(data.itertuples(index=False))
-    encoded = [encode_options(tokenizer, it.prompt, [" " + letter for letter in it.options]) for it in items]
+    limit = context_length(model, tokenizer)
+    encoded = [encode_options(tokenizer, it.prompt, [" " + letter for letter in it.options], bos) for it in items]
+    truncated = [len(context) + max(map(len, options)) - 1 > limit for context, options in encoded]
     by_subject: dict = {}
     several = []
-    for i, (_, options) in enumerate(encoded):
+    for i, (context, options) in enumerate(encoded):
         empty = [letter for letter, option in zip(items[i].options, options) if not option]
         if empty:
             raise InferenceError(f"item {items[i].item_id}: option(s) {empty} add no token after the prompt "
                                  "(the tokenizer merges them into the prompt's last token); cannot score them")
+        if any(len(option) > limit for option in options):
+            raise InferenceError(f"item {items[i].item_id}: an option is longer than the model's context ({limit})")
         if all(len(option) == 1 for option in options):
+            encoded[i] = (context[-limit:], options)  # the harness's (context + option)[-(limit + 1):][:-1]
             by_subject.setdefault(items[i].subject, []).append(i)
         else:
             several.append(i)
@@ -514,7 +641,8 @@ def iter_option_scores(model, tokenizer, data: pd.DataFrame, *, batch_size: int,
     def rows(indices, scores):
         return pd.DataFrame({"item_id": [items[i].item_id for i in indices],
                              "subject": [items[i].subject for i in indices],
-                             "option_logprobs": scores, "gold": [int(items[i].gold) for i in indices]})
+                             "option_logprobs": scores, "gold": [int(items[i].gold) for i in indices],
+                             "truncated": [truncated[i] for i in indices]})
 
     for indices in by_subject.values():
         prefix = shared_prefix([encoded[i][0] for i in indices]) if prefix_cache else []  # of all, done or not
@@ -536,7 +664,7 @@ def iter_option_scores(model, tokenizer, data: pd.DataFrame, *, batch_size: int,
                     items[i].item_id, {letter: option for letter, option in zip(items[i].options, encoded[i][1])})
     for i in several:
         if items[i].item_id not in skip:
-            yield rows([i], [[_continuation_logprob(model, encoded[i][0], option) for option in encoded[i][1]]])
+            yield rows([i], [[_continuation_logprob(model, encoded[i][0], option, limit) for option in encoded[i][1]]])
             progress.update(1)
 
 
@@ -593,12 +721,14 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _continuation_logprob(model, context: list[int], continuation: list[int]) -> float:
-    """Sum of log-probabilities of the continuation tokens after the context."""
-    ids = torch.tensor([context + continuation], device=model.device)
+def _continuation_logprob(model, context: list[int], continuation: list[int], limit: int) -> float:
+    """Sum of log-probabilities of the continuation tokens after the context, of which only the
+    last ``limit`` tokens of context + continuation but the last are read (the harness's truncation)."""
+    whole = (context + continuation)[-(limit + 1):]
+    ids = torch.tensor([whole[:-1]], device=model.device)
     with torch.inference_mode():
         logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
-    positions = torch.arange(len(context) - 1, len(context) + len(continuation) - 1, device=ids.device)
+    positions = torch.arange(len(whole) - 1 - len(continuation), len(whole) - 1, device=ids.device)
     value = logprobs[positions, torch.tensor(continuation, device=ids.device)].sum().item()
     if not math.isfinite(value):
         raise InferenceError(f"non-finite log-probability {value} for continuation {continuation}")
@@ -606,12 +736,37 @@ def _continuation_logprob(model, context: list[int], continuation: list[int]) ->
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def _context_length(model) -> int:
-    config = model.config
-    for key in ("max_position_embeddings", "n_positions", "seq_length"):
-        if getattr(config, key, None):
+def context_length(model, tokenizer) -> int:
+    """The model's context in tokens, found as lm-evaluation-harness's ``resolve_max_length`` does:
+    the (text) config's ``n_positions``, ``max_position_embeddings`` or ``n_ctx``, else the
+    tokenizer's ``model_max_length`` where set, else 2048."""
+    config = getattr(model.config, "text_config", None) or model.config
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        if getattr(config, key, None) is not None:
             return int(getattr(config, key))
-    return 2048
+    unset = int(1e30)  # transformers' VERY_LARGE_INTEGER: no length given
+    return int(tokenizer.model_max_length) if getattr(tokenizer, "model_max_length", unset) < unset else 2048
+
+
+def resolve_add_bos(tokenizer, add_bos: str | bool = "auto") -> bool:
+    """Whether prompts begin with the BOS token: ``auto`` where the tokenizer prepends it by default
+    (what lm-evaluation-harness's HF backend does unless told), ``True`` always, ``False`` never."""
+    bos = tokenizer.bos_token_id
+    if add_bos == "auto":
+        return bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos] \
+            and tokenizer("a", add_special_tokens=False)["input_ids"][:1] != [bos]
+    if add_bos not in (True, False):
+        raise ValueError(f"add_bos must be auto, true or false, got {add_bos!r}")
+    if add_bos and bos is None:
+        raise ValueError("add_bos is true but the tokenizer has no beginning-of-sequence token")
+    return add_bos
+
+
+def encode(tokenizer, text: str, bos: bool) -> list[int]:
+    """Token ids of ``text`` with no special token but a BOS first where ``bos`` (an EOS that a
+    tokenizer appends by default is never added: it would be scored as part of a continuation)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [tokenizer.bos_token_id, *ids] if bos else ids
 
 
 class Batches:
