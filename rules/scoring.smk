@@ -11,6 +11,7 @@ rule extract_confidence:
     params:
         kind=lambda wc: TASKS[wc.task]["kind"],
         methods=task_methods,
+        match=lambda wc: TASKS[wc.task].get("match", "prefix"),  # the alias rule of generation tasks
     log:
         "results/logs/extract_confidence/{task}/{model}/{revision}.log",
     benchmark:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.metrics import brier_score_loss
 from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
 from workflow_scripts import metrics as M
@@ -90,6 +91,58 @@ def test_auroc_ties_count_half_and_one_class_is_nan():
 def test_correct_may_be_zero_one_numbers():
     assert M.brier_score(CONF, np.array(CORRECT, dtype=int)) == M.brier_score(CONF, CORRECT)
     assert M.expected_calibration_error(CONF, np.array(CORRECT, dtype=float)) == pytest.approx(1.85 / 6)
+
+
+# Multi-class Brier, by hand:
+#   p = (0.7, 0.2, 0.1), gold 0: 0.09 + 0.04 + 0.01 = 0.14
+#   p = (0.2, 0.5, 0.3), gold 2: 0.04 + 0.25 + 0.49 = 0.78
+#   p = (1, 0, 0),       gold 0: 0
+# mean 0.92 / 3. The top-label Brier of the same items (confidence 0.7 right, 0.5 wrong, 1.0 right):
+#   (0.09 + 0.25 + 0) / 3 = 0.34 / 3
+OPTION_PROBS = [[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [1.0, 0.0, 0.0]]
+GOLD = [0, 2, 0]
+
+
+def test_multiclass_brier_hand_worked():
+    assert M.multiclass_brier_score(OPTION_PROBS, GOLD) == pytest.approx(0.92 / 3)
+    assert M.multiclass_brier_score([np.array(p) for p in OPTION_PROBS], np.array(GOLD, dtype=float)) == \
+        pytest.approx(0.92 / 3)
+    assert M.brier_score([0.7, 0.5, 1.0], [True, False, True]) == pytest.approx(0.34 / 3)
+    result = M.calibration_metrics([0.7, 0.5, 1.0], [True, False, True], n_bootstrap=0, option_probs=OPTION_PROBS,
+                                   gold=GOLD)
+    assert result["brier_multiclass"] == pytest.approx(0.92 / 3) and result["brier"] == pytest.approx(0.34 / 3)
+
+
+@pytest.mark.parametrize("n_options", [2, 4, 10])
+def test_multiclass_brier_matches_sklearn(n_options):
+    # sklearn sums over classes for multi-class targets ([0, 2]) but halves binary ones unless told not to.
+    rng = np.random.default_rng(n_options)
+    probs = rng.dirichlet(np.full(n_options, 0.5), size=500)
+    gold = rng.integers(0, n_options, 500)
+    expected = brier_score_loss(gold, probs, labels=np.arange(n_options), scale_by_half=False)
+    assert M.multiclass_brier_score(list(probs), gold) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("probs, gold, message", [
+    ([[0.5, 0.5], [1.0]], [0, 0], r"all of one length: 1 of 2 items .*shape \(1,\) at position 1"),
+    ([[0.5, 0.5], None], [0, 0], r"shape \(\) at position 1"),
+    ([[0.5, 0.5], [0.5, 0.6]], [0, 0], r"summing to 1: 1 of 2 items are not \(e\.g\. \[0\.5, 0\.6\] at position 1\)"),
+    ([[0.5, 0.5], [np.nan, 1.0]], [0, 0], r"within \[0, 1\] summing to 1: 1 of 2"),
+    ([[0.5, 0.5]], [2], r"gold must be an option index within \[0, 2\): 1 of 1 .*2 at position 0"),
+    ([[0.5, 0.5], [0.5, 0.5]], [0, 0.5], r"gold must be .*0\.5 at position 1"),
+    ([[0.5, 0.5]], [0, 1], r"option_probs and gold differ in length: 1 vs 2"),
+    ([], [], r"no items"),
+])
+def test_multiclass_brier_invalid_input(probs, gold, message):
+    with pytest.raises(ValueError, match=message):
+        M.multiclass_brier_score(probs, gold)
+
+
+def test_multiclass_brier_needs_option_probs_and_gold_together():
+    with pytest.raises(ValueError, match="option_probs and gold come together"):
+        M.calibration_metrics(CONF, CORRECT, option_probs=[[1.0]] * 6)
+    with pytest.raises(ValueError, match="option_probs and confidence differ in length: 3 vs 6"):
+        M.calibration_metrics(CONF, CORRECT, option_probs=OPTION_PROBS, gold=GOLD)
 
 
 # ---------------------------------------------------------------- against independent implementations
@@ -240,23 +293,112 @@ def test_bootstrap_narrows_with_more_data():
     assert widths[0] > widths[1] > widths[2]
 
 
-def naive_bootstrap_eces(conf, correct, n_bins, n_bootstrap, seed):
-    """ECE of resamples drawn index by index."""
+def naive_bootstrap_eces(conf, correct, n_bins, n_bootstrap, seed, units=None, strata=None):
+    """ECEs of resamples drawn by plain indexing: each stratum's units with replacement, then their rows."""
     rng = np.random.default_rng(seed)
-    return np.array([M.expected_calibration_error(conf[i], correct[i], n_bins)
-                     for i in rng.integers(0, len(conf), size=(n_bootstrap, len(conf)))])
+    units = np.arange(len(conf)) if units is None else np.asarray(units)
+    strata = np.zeros(len(conf)) if strata is None else np.asarray(strata)
+    rows_of = {unit: np.flatnonzero(units == unit) for unit in np.unique(units)}
+    by_stratum = [[unit for unit, rows in rows_of.items() if strata[rows[0]] == s] for s in np.unique(strata)]
+    eces = []
+    for _ in range(n_bootstrap):
+        rows = np.concatenate([rows_of[members[i]] for members in by_stratum
+                               for i in rng.integers(0, len(members), len(members))])
+        eces.append(M.expected_calibration_error(conf[rows], correct[rows], n_bins))
+    return np.array(eces)
 
 
-@pytest.mark.parametrize("exact_cell_size", [0, 10**9])  # every cell by its normal limit / item by item
-def test_bootstrap_agrees_with_index_resampling(monkeypatch, exact_cell_size):
-    monkeypatch.setattr(M, "_EXACT_CELL_SIZE", exact_cell_size)
-    conf, correct = _overconfident(3000, seed=1)
-    eces = naive_bootstrap_eces(conf, correct, 10, 1500, seed=2)
+def _assert_same_interval(low, high, eces, tolerance=0.1):
     expected_low, expected_high = np.quantile(eces, [0.025, 0.975])
-    low, high = M.bootstrap_ece_interval(conf, correct, n_bootstrap=3000, seed=3)
     width = expected_high - expected_low
-    assert low == pytest.approx(expected_low, abs=0.1 * width)
-    assert high == pytest.approx(expected_high, abs=0.1 * width)
+    assert low == pytest.approx(expected_low, abs=tolerance * width)
+    assert high == pytest.approx(expected_high, abs=tolerance * width)
+
+
+def _two_strata(size, seed):
+    """Rows of two strata, "well" calibrated and "over"-confident, of sizes 2:1."""
+    conf, correct = _overconfident(size, seed)
+    strata = np.where(np.arange(size) % 3 == 0, "over", "well")
+    correct = np.where(strata == "well", np.random.default_rng(seed + 1).uniform(size=size) < conf, correct)
+    return conf, correct, strata
+
+
+@pytest.mark.parametrize("stratified", [False, True])
+def test_bootstrap_agrees_with_index_resampling(monkeypatch, stratified):
+    conf, correct, strata = _two_strata(3000, seed=1)
+    strata = strata if stratified else None
+    eces = naive_bootstrap_eces(conf, correct, 10, 1500, seed=2, strata=strata)
+    for exact_cell_size in (0, 10**9):  # every cell by its normal limit / row by row
+        monkeypatch.setattr(M, "_EXACT_CELL_SIZE", exact_cell_size)
+        _assert_same_interval(*M.bootstrap_ece_interval(conf, correct, n_bootstrap=3000, seed=3, strata=strata),
+                              eces)
+
+
+def _documents(n_docs, seed):
+    """CLM-like rows: documents of 1 to 15 tokens whose accuracy shifts together (a per-document effect)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 16, n_docs)
+    doc = np.repeat(np.arange(n_docs), lengths)
+    conf = rng.uniform(0.2, 1.0, len(doc))
+    shift = rng.normal(0.0, 0.25, n_docs)[doc]
+    correct = rng.uniform(size=len(doc)) < np.clip(conf - 0.05 + shift, 0.0, 1.0)
+    return conf, correct, np.array([f"doc{d}" for d in doc])
+
+
+@pytest.mark.parametrize("chunk_elements", [2**22, 50])  # all resamples at once / a few at a time
+@pytest.mark.parametrize("stratified", [False, True])
+def test_bootstrap_over_units_agrees_with_unit_resampling(monkeypatch, chunk_elements, stratified):
+    monkeypatch.setattr(M, "_CHUNK_ELEMENTS", chunk_elements)
+    conf, correct, docs = _documents(120, seed=4)
+    strata = np.array(["a" if doc[-1] in "123" else "b" for doc in docs]) if stratified else None
+    eces = naive_bootstrap_eces(conf, correct, 10, 2000, seed=5, units=docs, strata=strata)
+    low, high = M.bootstrap_ece_interval(conf, correct, n_bootstrap=3000, seed=6, units=docs, strata=strata)
+    _assert_same_interval(low, high, eces)
+    assert M.bootstrap_ece_interval(conf, correct, n_bootstrap=3000, seed=6, units=docs, strata=strata) == (low, high)
+
+
+def test_bootstrap_over_documents_does_not_shrink_when_tokens_repeat():
+    conf, correct, docs = _documents(200, seed=7)
+    repeated = np.repeat(np.arange(len(conf)), 5)  # every token five times, within its document
+    conf5, correct5, docs5 = conf[repeated], correct[repeated], docs[repeated]
+    assert M.expected_calibration_error(conf5, correct5) == pytest.approx(M.expected_calibration_error(conf, correct))
+
+    def width(*args, **kwargs):
+        low, high = M.bootstrap_ece_interval(*args, n_bootstrap=2000, seed=0, **kwargs)
+        return high - low
+
+    by_token, by_token5 = width(conf, correct), width(conf5, correct5)
+    by_doc, by_doc5 = width(conf, correct, units=docs), width(conf5, correct5, units=docs5)
+    assert by_token5 < 0.6 * by_token  # about 1/sqrt(5): rows wrongly taken as independent
+    # Five copies of a document weigh five times as much and are drawn together: the same resamples.
+    assert by_doc5 == pytest.approx(by_doc, rel=1e-9)
+    assert by_doc5 > 2 * by_token5 and by_doc > by_token
+
+
+@pytest.mark.parametrize("rows_per_unit", [1, 2])
+@pytest.mark.parametrize("exact_cell_size", [0, 10**9])
+def test_stratified_bootstrap_keeps_every_stratum_size(monkeypatch, exact_cell_size, rows_per_unit):
+    # 30 rows right and 70 wrong, all at confidence 0.9, the right ones in stratum "a": ECE |30 - 90| / 100.
+    # A resample of 30 rows of "a" and 70 of "b" has that same ECE: the interval collapses onto it.
+    # Drawn without strata, the mix varies and so does the ECE.
+    monkeypatch.setattr(M, "_EXACT_CELL_SIZE", exact_cell_size)
+    conf, correct = np.full(100, 0.9), np.arange(100) < 30
+    strata = np.where(correct, "a", "b")
+    units = np.arange(100) // rows_per_unit
+    low, high = M.bootstrap_ece_interval(conf, correct, n_bootstrap=500, units=units, strata=strata)
+    assert low == pytest.approx(0.6, abs=1e-12) and high == pytest.approx(0.6, abs=1e-12)
+    low, high = M.bootstrap_ece_interval(conf, correct, n_bootstrap=500, units=units)
+    assert high - low > 0.1
+
+
+def test_bootstrap_grouping_errors():
+    conf, correct = np.array([0.5, 0.6, 0.7]), np.array([True, False, True])
+    with pytest.raises(ValueError, match=r"unit 'd1' has rows in strata 'x' and 'y'"):
+        M.bootstrap_ece_interval(conf, correct, units=["d1", "d1", "d2"], strata=["x", "y", "y"])
+    with pytest.raises(ValueError, match=r"units \(column 'item_id'\) must not be missing: 1 of 3 .*position 2"):
+        M.bootstrap_ece_interval(conf, correct, units=pd.Series(["a", "b", None], name="item_id"))
+    with pytest.raises(ValueError, match=r"strata must be 1-D and as long as confidence \(3\), got shape \(2,\)"):
+        M.bootstrap_ece_interval(conf, correct, strata=["x", "y"])
 
 
 def test_bootstrap_is_fast_on_a_million_tokens():
@@ -269,12 +411,12 @@ def test_bootstrap_is_fast_on_a_million_tokens():
 
 def test_calibration_metrics_keys_and_values():
     result = M.calibration_metrics(CONF, CORRECT, n_bootstrap=200)
-    assert list(result) == ["n", "accuracy", "mean_confidence", "ece", "mce", "ace", "brier", "auroc",
-                            "ece_ci_low", "ece_ci_high"]
+    assert list(result) == ["n", "accuracy", "mean_confidence", "ece", "mce", "ace", "brier", "brier_multiclass",
+                            "auroc", "ece_ci_low", "ece_ci_high"]
     assert result["n"] == 6 and result["accuracy"] == pytest.approx(0.5)
     assert result["mean_confidence"] == pytest.approx(2.95 / 6)
     assert result["ece"] == pytest.approx(1.85 / 6) and result["ace"] == pytest.approx(2.25 / 6)
-    assert result["ece_ci_low"] <= result["ece_ci_high"]
+    assert result["ece_ci_low"] <= result["ece_ci_high"] and np.isnan(result["brier_multiclass"])
     assert np.isnan(M.calibration_metrics(CONF, CORRECT, n_bootstrap=0)["ece_ci_low"])
 
 
@@ -303,13 +445,21 @@ def test_invalid_bins():
 
 # ---------------------------------------------------------------- score and summarize
 
-def _confidence_table(path, rng, sizes):
-    frames = []
-    for method, size in sizes.items():
-        conf = rng.uniform(0.3, 1.0, size)
-        frames.append(pd.DataFrame({"item_id": [f"q{i}" for i in range(size)], "method": method,
-                                    "confidence": conf, "correct": rng.uniform(size=size) < conf,
-                                    "position": np.arange(size) % 3}))
+def _confidence_table(path, rng, n_questions, n_tokens):
+    """One table of two methods: "softmax" (multiple-choice style: subjects, option probabilities and gold)
+    and "max_prob" (CLM style: documents of four tokens)."""
+    probs = rng.dirichlet(np.ones(3), n_questions)
+    gold = rng.integers(0, 3, n_questions)
+    conf = rng.uniform(0.3, 1.0, n_tokens)
+    frames = [
+        pd.DataFrame({"item_id": [f"q{i}" for i in range(n_questions)], "method": "softmax",
+                      "confidence": probs.max(axis=1), "correct": probs.argmax(axis=1) == gold,
+                      "subject": rng.choice(["algebra", "law", "virology"], n_questions),
+                      "option_probs": list(probs), "gold": gold}),
+        pd.DataFrame({"item_id": [f"d{i // 4}" for i in range(n_tokens)], "method": "max_prob",
+                      "confidence": conf, "correct": rng.uniform(size=n_tokens) < conf,
+                      "position": np.arange(n_tokens) % 4}),
+    ]
     write_table(pd.concat(frames, ignore_index=True), path,
                 {"stage": "extract_confidence", "kind": "mc", "inference": {"params": 1234}})
 
@@ -323,7 +473,7 @@ def scored(tmp_path):
     summaries, bins = [], []
     for task, model, revision, labels in runs:
         source = tmp_path / "confidence" / task / model / f"{revision}.parquet"
-        _confidence_table(source, rng, {"softmax": 150, "first_token": 80})
+        _confidence_table(source, rng, n_questions=150, n_tokens=80)
         summaries.append(tmp_path / "metrics" / task / model / f"{revision}.parquet")
         bins.append(tmp_path / "metrics" / task / model / f"{revision}.bins.parquet")
         M.score(source, summaries[-1], bins[-1], task=task, model=model, revision=revision,
@@ -336,7 +486,7 @@ def test_score_writes_one_row_per_method_with_labels_and_provenance(scored):
     summary = read_table(summaries[0])
     assert list(summary.columns) == ["task", "model", "revision", "method", *M.METRIC_NAMES, "params", "step",
                                      "epoch", "family", "tag"]
-    assert summary["method"].tolist() == ["first_token", "softmax"]
+    assert summary["method"].tolist() == ["max_prob", "softmax"]
     assert summary["n"].tolist() == [80, 150]
     assert (summary["task"] == "mmlu").all() and (summary["revision"] == "step1000").all()
     assert (summary["family"] == "pythia").all() and (summary["tag"] == 1).all()
@@ -346,7 +496,7 @@ def test_score_writes_one_row_per_method_with_labels_and_provenance(scored):
     table = read_table(bins[0])
     assert list(table.columns) == ["task", "model", "revision", "method", "bin", "bin_lower", "bin_upper",
                                    "count", "mean_confidence", "accuracy"]
-    assert table.groupby("method")["count"].sum().to_dict() == {"first_token": 80, "softmax": 150}
+    assert table.groupby("method")["count"].sum().to_dict() == {"max_prob": 80, "softmax": 150}
     assert table.groupby("method").size().tolist() == [10, 10]
 
     provenance = read_provenance(summaries[0])
@@ -358,12 +508,22 @@ def test_score_writes_one_row_per_method_with_labels_and_provenance(scored):
 
 
 def test_score_matches_calibration_metrics(scored, tmp_path):
-    source = tmp_path / "confidence" / "mmlu" / "pythia-160m" / "step1000.parquet"
-    table = read_table(source)
-    softmax = table[table["method"] == "softmax"]
-    expected = M.calibration_metrics(softmax["confidence"], softmax["correct"], n_bootstrap=100, seed=0)
-    row = read_table(tmp_path / "metrics" / "mmlu" / "pythia-160m" / "step1000.parquet").iloc[1]
-    assert {name: row[name] for name in M.METRIC_NAMES} == pytest.approx(expected)
+    # Multiple choice: questions stratified by subject, multi-class Brier; CLM: a document's tokens drawn together.
+    table = read_table(tmp_path / "confidence" / "mmlu" / "pythia-160m" / "step1000.parquet")
+    summary = read_table(tmp_path / "metrics" / "mmlu" / "pythia-160m" / "step1000.parquet").set_index("method")
+    softmax, max_prob = table[table["method"] == "softmax"], table[table["method"] == "max_prob"]
+    expected = {
+        "softmax": M.calibration_metrics(softmax["confidence"], softmax["correct"], n_bootstrap=100, seed=0,
+                                         units=softmax["item_id"], strata=softmax["subject"],
+                                         option_probs=softmax["option_probs"], gold=softmax["gold"]),
+        "max_prob": M.calibration_metrics(max_prob["confidence"], max_prob["correct"], n_bootstrap=100, seed=0,
+                                          units=max_prob["item_id"]),
+    }
+    for method, metrics in expected.items():
+        assert {name: summary.loc[method, name] for name in M.METRIC_NAMES} == pytest.approx(metrics, nan_ok=True)
+    assert summary.loc["softmax", "brier_multiclass"] == pytest.approx(
+        M.multiclass_brier_score(softmax["option_probs"], softmax["gold"]))
+    assert np.isnan(summary.loc["max_prob", "brier_multiclass"])
 
 
 def test_summarize_concatenates_sorted_with_union_of_labels(scored):
@@ -382,6 +542,9 @@ def test_summarize_concatenates_sorted_with_union_of_labels(scored):
     assert summary.loc[~olmo, "data"].isna().all() and (summary.loc[olmo, "data"] == "dolma").all()
     # tag mixes a number and text across runs: it becomes text
     assert summary["tag"].tolist() == ["final", "final"] + ["1"] * 4
+    softmax = summary["method"] == "softmax"  # methods without option probabilities have no multi-class Brier
+    assert summary.loc[softmax, "brier_multiclass"].notna().all()
+    assert summary.loc[~softmax, "brier_multiclass"].isna().all()
 
     csv = pd.read_csv(out / "summary.csv")
     pd.testing.assert_frame_equal(csv, summary, check_dtype=False)
@@ -408,6 +571,14 @@ def test_score_errors_name_the_method(tmp_path):
     write_table(pd.DataFrame({"item_id": ["a", "b"], "method": ["softmax", None],
                               "confidence": [0.5, 0.2], "correct": [True, False]}), source)
     with pytest.raises(ValueError, match="1 rows have no method"):
+        M.score(source, tmp_path / "s.parquet", tmp_path / "b.parquet", task="t", model="m", revision="r")
+    rows = {"item_id": ["a", "b"], "method": "softmax", "confidence": [0.5, 0.6], "correct": [True, False]}
+    write_table(pd.DataFrame({**rows, "subject": ["law", None]}), source)
+    with pytest.raises(ValueError, match=r"confidence\.parquet, method 'softmax': strata \(column 'subject'\) "
+                                         r"must not be missing: 1 of 2 values are \(e\.g\. at position 1\)"):
+        M.score(source, tmp_path / "s.parquet", tmp_path / "b.parquet", task="t", model="m", revision="r")
+    write_table(pd.DataFrame({**rows, "option_probs": [[0.5, 0.5], [0.4, 0.6]], "gold": [0, 2]}), source)
+    with pytest.raises(ValueError, match=r"method 'softmax': gold must be an option index within \[0, 2\)"):
         M.score(source, tmp_path / "s.parquet", tmp_path / "b.parquet", task="t", model="m", revision="r")
     write_table(pd.DataFrame({"method": ["softmax"], "confidence": [0.5]}), source)
     with pytest.raises(ValueError, match=r"missing columns \['item_id', 'correct'\]"):

@@ -12,14 +12,18 @@ from .sources import parse_step
 from .tables import atomic_path, read_provenance, read_table, write_table
 
 KEYS = ("task", "model", "revision", "method")
-METRIC_NAMES = ("n", "accuracy", "mean_confidence", "ece", "mce", "ace", "brier", "auroc", "ece_ci_low", "ece_ci_high")
+METRIC_NAMES = ("n", "accuracy", "mean_confidence", "ece", "mce", "ace", "brier", "brier_multiclass", "auroc",
+                "ece_ci_low", "ece_ci_high")
 BIN_COLUMNS = ("bin", "bin_lower", "bin_upper", "count", "mean_confidence", "accuracy")
 INPUT_COLUMNS = ("item_id", "method", "confidence", "correct")
+STRATA_COLUMNS = ("subject", "relation")  # the bootstrap stratifies by the first of these a method's rows fill
 MODEL_INFO = ("params", "step", "epoch")  # integer columns every summary row has (empty where unknown)
 
-# Cells of the bootstrap (one per bin and correctness) holding at most this many items are resampled
-# item by item; larger ones take the normal limit of their resampled confidence sum (see bootstrap_ece_interval).
+# Cells of the bootstrap (one per stratum, bin and correctness) holding at most this many rows are resampled
+# row by row; larger ones take the normal limit of their resampled confidence sum (see bootstrap_ece_interval).
 _EXACT_CELL_SIZE = 2000
+# Unit counts the bootstrap over units of several rows holds at once (resamples x units; 32 MiB of float64).
+_CHUNK_ELEMENTS = 2**22
 
 
 def _validated(confidence, correct) -> tuple[np.ndarray, np.ndarray]:
@@ -135,9 +139,48 @@ def adaptive_calibration_error(confidence, correct, n_bins: int = 10) -> float:
 
 
 def brier_score(confidence, correct) -> float:
-    """Mean squared difference between confidence and correctness (0/1)."""
+    """Top-label (binary) Brier score: mean squared difference between confidence and correctness (0/1)."""
     conf, hit = _validated(confidence, correct)
     return float(np.mean((conf - hit) ** 2))
+
+
+def multiclass_brier_score(option_probs, gold) -> float:
+    """Brier score over all options: mean over items of sum_k (p_k - 1[k == gold])^2, within [0, 2].
+
+    `option_probs` holds one probability vector per item (all of the same length, each summing to 1),
+    `gold` the index of the right option.
+    """
+    rows = [np.asarray(p, dtype=np.float64) for p in option_probs]
+    labels = np.asarray(gold)
+    if labels.ndim != 1 or len(rows) != len(labels):
+        raise ValueError(f"option_probs and gold differ in length: {len(rows)} vs {labels.size}")
+    if not rows:
+        raise ValueError("no items: option_probs and gold are empty")
+    shapes = [p.shape for p in rows]
+    odd = [i for i, shape in enumerate(shapes) if shape != shapes[0] or len(shape) != 1 or shape[0] < 1]
+    if odd:
+        raise ValueError(f"option_probs must hold a non-empty list per item, all of one length: {len(odd)} of "
+                         f"{len(rows)} items differ from the first, of shape {shapes[0]} (e.g. shape "
+                         f"{shapes[odd[0]]} at position {odd[0]})")
+    probs = np.stack(rows)
+    bad = ~(np.isfinite(probs) & (probs >= 0.0) & (probs <= 1.0)).all(axis=1)
+    bad |= ~np.isclose(probs.sum(axis=1), 1.0, rtol=0.0, atol=1e-6)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"option_probs must be probabilities within [0, 1] summing to 1: {int(bad.sum())} of "
+                         f"{len(rows)} items are not (e.g. {probs[first].tolist()} at position {first})")
+    try:
+        numeric = labels.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"gold must be integer option indices, got dtype {labels.dtype}") from None
+    invalid = ~(np.isfinite(numeric) & (numeric == np.round(numeric)) & (numeric >= 0) & (numeric < probs.shape[1]))
+    if invalid.any():
+        first = int(np.flatnonzero(invalid)[0])
+        raise ValueError(f"gold must be an option index within [0, {probs.shape[1]}): {int(invalid.sum())} of "
+                         f"{len(rows)} values are not "
+                         f"(e.g. {labels[first:first + 1].tolist()[0]!r} at position {first})")
+    truth = np.eye(probs.shape[1])[numeric.astype(np.intp)]
+    return float(np.mean(np.sum((probs - truth) ** 2, axis=1)))
 
 
 def auroc(confidence, correct) -> float:
@@ -157,19 +200,81 @@ def auroc(confidence, correct) -> float:
     return float((pos_rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def bootstrap_ece_interval(
-    confidence, correct, n_bins: int = 10, n_bootstrap: int = 1000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the ECE, resampling items with replacement.
+def _codes(values, name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer code per row of a grouping (rows with equal labels share one) and the labels, or ValueError."""
+    if getattr(values, "name", None) is not None:
+        name = f"{name} (column {values.name!r})"
+    array = np.asarray(values, dtype=object)
+    if array.shape != (n,):
+        raise ValueError(f"{name} must be 1-D and as long as confidence ({n}), got shape {array.shape}")
+    codes, labels = pd.factorize(array)
+    if (codes < 0).any():
+        raise ValueError(f"{name} must not be missing: {int((codes < 0).sum())} of {n} values are "
+                         f"(e.g. at position {int(np.flatnonzero(codes < 0)[0])})")
+    return codes, labels
 
-    A resample's ECE depends only on, per (bin, correct) cell, how many items were drawn from it and
-    the sum of their confidences. The cell counts are drawn exactly (multinomial over cells, which is
-    the same as drawing N items uniformly). Within a cell, the confidences are drawn item by item when
-    the cell holds at most `_EXACT_CELL_SIZE` items; for a larger cell the sum of its m drawn
-    confidences is taken from its normal limit, with the exact mean m*mean and variance m*var of that
-    sum. Such a sum adds over 2000 bounded draws (CLT) and varies far less than the counts do (the
-    confidences of a bin span at most 1/n_bins), so the interval is unchanged in practice, while
-    1e6 items x 1000 resamples take a fraction of a second instead of tens of seconds.
+
+def _row_bootstrap_eces(conf, hit, bins, stratum, n_bins: int, n_bootstrap: int, rng) -> np.ndarray:
+    """ECEs of resamples drawing every stratum's rows with replacement, by (stratum, bin, correct) cell."""
+    cells = 2 * n_bins  # within a stratum, cell 2b: wrong in bin b, 2b+1: correct in bin b
+    key = stratum * cells + 2 * bins + hit.astype(np.intp)
+    sizes = np.bincount(key, minlength=(stratum.max() + 1) * cells)
+    starts = np.cumsum(sizes) - sizes
+    by_key = conf[np.argsort(key, kind="stable")]
+    gaps = np.zeros((n_bootstrap, n_bins))  # per bin: number correct - confidence sum
+    for first in range(0, len(sizes), cells):
+        stratum_sizes = sizes[first:first + cells]
+        drawn = rng.multinomial(stratum_sizes.sum(), stratum_sizes / stratum_sizes.sum(), size=n_bootstrap)
+        for c in np.flatnonzero(stratum_sizes):
+            values = by_key[starts[first + c]:starts[first + c] + stratum_sizes[c]]
+            m = drawn[:, c]
+            if stratum_sizes[c] <= _EXACT_CELL_SIZE:
+                picks = values[rng.integers(0, stratum_sizes[c], m.sum())]
+                conf_sums = np.bincount(np.repeat(np.arange(n_bootstrap), m), weights=picks, minlength=n_bootstrap)
+            else:
+                conf_sums = m * values.mean() + np.sqrt(m * values.var()) * rng.standard_normal(n_bootstrap)
+            gaps[:, c // 2] += (c % 2) * m - conf_sums
+    return np.abs(gaps).sum(axis=1) / len(conf)
+
+
+def _unit_bootstrap_eces(conf, hit, bins, unit, unit_stratum, n_bins: int, n_bootstrap: int, rng) -> np.ndarray:
+    """ECEs of resamples drawing every stratum's units with replacement, from per-unit bin gaps and sizes."""
+    n_units = len(unit_stratum)
+    unit_gaps = np.bincount(unit * n_bins + bins, weights=hit - conf, minlength=n_units * n_bins)
+    unit_gaps = unit_gaps.reshape(n_units, n_bins)  # per unit and bin: number correct - confidence sum
+    unit_rows = np.bincount(unit, minlength=n_units).astype(np.float64)
+    members = [np.flatnonzero(unit_stratum == s) for s in range(unit_stratum.max() + 1)]
+    chunk = max(1, _CHUNK_ELEMENTS // n_units)
+    eces = np.empty(n_bootstrap)
+    for start in range(0, n_bootstrap, chunk):
+        size = min(chunk, n_bootstrap - start)
+        counts = np.empty((size, n_units))  # times each unit is drawn, per resample
+        for units in members:
+            counts[:, units] = rng.multinomial(len(units), np.full(len(units), 1.0 / len(units)), size=size)
+        eces[start:start + size] = np.abs(counts @ unit_gaps).sum(axis=1) / (counts @ unit_rows)
+    return eces
+
+
+def bootstrap_ece_interval(
+    confidence, correct, n_bins: int = 10, n_bootstrap: int = 1000, level: float = 0.95, seed: int = 0,
+    units=None, strata=None,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the ECE, resampling independent units with replacement.
+
+    Rows sharing a label of `units` form one unit (a CLM document's tokens; default: every row its own
+    unit). With `strata` (a label per row, one per unit), every stratum's units are resampled separately,
+    as many as it has. A resample's ECE counts every row drawn, over all of them.
+
+    When every unit is one row, a resample's ECE depends only on, per (stratum, bin, correct) cell, how
+    many rows were drawn from it and the sum of their confidences. The cell counts are drawn exactly
+    (multinomial over a stratum's cells, the same as drawing its rows uniformly). Within a cell, the
+    confidences are drawn row by row when the cell holds at most `_EXACT_CELL_SIZE` rows; for a larger
+    cell the sum of its m drawn confidences is taken from its normal limit, with the exact mean m*mean
+    and variance m*var of that sum. Such a sum adds over 2000 bounded draws (CLT) and varies far less
+    than the counts do (the confidences of a bin span at most 1/n_bins), so the interval is unchanged in
+    practice, while 1e6 rows x 1000 resamples take a fraction of a second instead of tens of seconds.
+    Otherwise each unit is reduced to its row count and per-bin (number correct - confidence sum); a
+    resample is a multinomial count per unit, and resamples are processed `_CHUNK_ELEMENTS` counts at a time.
     """
     _check_n_bins(n_bins)
     if n_bootstrap < 1:
@@ -178,36 +283,47 @@ def bootstrap_ece_interval(
         raise ValueError(f"level must be within (0, 1), got {level}")
     conf, hit = _validated(confidence, correct)
     n = len(conf)
+    unit, unit_labels = (np.arange(n), None) if units is None else _codes(units, "units", n)
+    stratum, stratum_labels = (np.zeros(n, dtype=np.intp), None) if strata is None else _codes(strata, "strata", n)
+    unit_stratum = np.zeros(unit.max() + 1, dtype=np.intp)
+    unit_stratum[unit] = stratum
+    split = np.flatnonzero(unit_stratum[unit] != stratum)
+    if len(split):
+        row = split[0]
+        raise ValueError(f"a unit must lie in one stratum: unit {unit_labels[unit[row]]!r} has rows in strata "
+                         f"{stratum_labels[stratum[row]]!r} and {stratum_labels[unit_stratum[unit[row]]]!r}")
     rng = np.random.default_rng(seed)
-
-    cell = 2 * _width_bin_index(conf, n_bins) + hit.astype(np.intp)  # cell 2b: wrong in bin b, 2b+1: correct
-    sizes = np.bincount(cell, minlength=2 * n_bins)
-    starts = np.cumsum(sizes) - sizes
-    by_cell = conf[np.argsort(cell, kind="stable")]
-    drawn = rng.multinomial(n, sizes / n, size=n_bootstrap)  # (resample, cell) item counts
-    conf_sums = np.zeros(drawn.shape)
-    for c in np.flatnonzero(sizes):
-        values = by_cell[starts[c]:starts[c] + sizes[c]]
-        m = drawn[:, c]
-        if sizes[c] <= _EXACT_CELL_SIZE:
-            picks = values[rng.integers(0, sizes[c], m.sum())]
-            resample = np.repeat(np.arange(n_bootstrap), m)
-            conf_sums[:, c] = np.bincount(resample, weights=picks, minlength=n_bootstrap)
-        else:
-            conf_sums[:, c] = m * values.mean() + np.sqrt(m * values.var()) * rng.standard_normal(n_bootstrap)
-
-    gaps = drawn[:, 1::2] - conf_sums[:, 0::2] - conf_sums[:, 1::2]  # per bin: number correct - confidence sum
-    eces = np.abs(gaps).sum(axis=1) / n
+    bins = _width_bin_index(conf, n_bins)
+    if len(unit_stratum) == n:
+        eces = _row_bootstrap_eces(conf, hit, bins, stratum, n_bins, n_bootstrap, rng)
+    else:
+        eces = _unit_bootstrap_eces(conf, hit, bins, unit, unit_stratum, n_bins, n_bootstrap, rng)
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(eces, [tail, 1.0 - tail])
     return float(low), float(high)
 
 
-def calibration_metrics(confidence, correct, n_bins: int = 10, n_bootstrap: int = 1000, seed: int = 0) -> dict:
-    """All metrics of one set of items, keyed as METRIC_NAMES (no interval, NaN, when n_bootstrap == 0)."""
+def calibration_metrics(
+    confidence, correct, n_bins: int = 10, n_bootstrap: int = 1000, seed: int = 0, *,
+    units=None, strata=None, option_probs=None, gold=None,
+) -> dict:
+    """All metrics of one set of rows, keyed as METRIC_NAMES.
+
+    `units` and `strata` shape the bootstrap (bootstrap_ece_interval); no interval (NaN) when
+    n_bootstrap == 0. brier_multiclass needs `option_probs` and `gold` (NaN without them).
+    """
     conf, hit = _validated(confidence, correct)
+    if (option_probs is None) != (gold is None):
+        raise ValueError("option_probs and gold come together: give both or neither")
+    if option_probs is None:
+        brier_multiclass = float("nan")
+    elif len(option_probs) != len(conf):
+        raise ValueError(f"option_probs and confidence differ in length: {len(option_probs)} vs {len(conf)}")
+    else:
+        brier_multiclass = multiclass_brier_score(option_probs, gold)
     if n_bootstrap:
-        ci_low, ci_high = bootstrap_ece_interval(conf, hit, n_bins, n_bootstrap, seed=seed)
+        ci_low, ci_high = bootstrap_ece_interval(conf, hit, n_bins, n_bootstrap, seed=seed, units=units,
+                                                 strata=strata)
     else:
         ci_low = ci_high = float("nan")
     return {
@@ -218,10 +334,16 @@ def calibration_metrics(confidence, correct, n_bins: int = 10, n_bootstrap: int 
         "mce": maximum_calibration_error(conf, hit, n_bins),
         "ace": adaptive_calibration_error(conf, hit, n_bins),
         "brier": brier_score(conf, hit),
+        "brier_multiclass": brier_multiclass,
         "auroc": auroc(conf, hit),
         "ece_ci_low": ci_low,
         "ece_ci_high": ci_high,
     }
+
+
+def _filled(group: pd.DataFrame, column: str) -> pd.Series | None:
+    """`column` of a method's rows, or None where the table lacks it or it is empty for that method."""
+    return group[column] if column in group and group[column].notna().any() else None
 
 
 def score(
@@ -237,7 +359,11 @@ def score(
     seed: int = 0,
     labels: Mapping[str, str | int | float] | None = None,
 ) -> None:
-    """Score every method of one confidence table: a summary row and reliability bins per method."""
+    """Score every method of one confidence table: a summary row and reliability bins per method.
+
+    The ECE interval resamples the rows of an item_id together, stratified by the first of
+    STRATA_COLUMNS the method fills; brier_multiclass needs the columns option_probs and gold.
+    """
     labels = dict(labels or {})
     clashes = sorted(set(labels) & {*KEYS, *METRIC_NAMES, *MODEL_INFO})
     if clashes:
@@ -258,8 +384,11 @@ def score(
                   "epoch": parse_epoch(revision)}
     summary_rows, bin_tables = [], []
     for method, group in table.groupby("method", sort=True):
+        strata = next((group[column] for column in STRATA_COLUMNS if _filled(group, column) is not None), None)
         try:
-            metrics = calibration_metrics(group["confidence"], group["correct"], n_bins, n_bootstrap, seed)
+            metrics = calibration_metrics(group["confidence"], group["correct"], n_bins, n_bootstrap, seed,
+                                          units=group["item_id"], strata=strata,
+                                          option_probs=_filled(group, "option_probs"), gold=_filled(group, "gold"))
             bins = reliability_bins(group["confidence"], group["correct"], n_bins)
         except ValueError as error:
             raise ValueError(f"{confidence_path}, method {method!r}: {error}") from error
