@@ -69,6 +69,9 @@ def _config(**task_changes) -> dict:
     ({"limt": 5}, r"limt"),
     ({"limit": "five"}, r"'five' is not of type 'integer', 'null'|limit"),
     ({"kind": "cloze"}, r"'cloze' is not one of"),
+    ({"match": "fuzzy"}, r"'fuzzy' is not one of"),
+    ({"window_mode": {"stride": 64, "overlap": 8}}, r"window_mode"),
+    ({"window_mode": "sliding"}, r"window_mode"),
 ])
 def test_bad_config_stops_before_any_job_and_names_the_key(workdir, change, message):
     path = write_config(workdir, _config(**change), "bad.yaml")
@@ -84,6 +87,19 @@ def test_unknown_model_key_and_bad_source_are_named(workdir):
     proc = snakemake(workdir, write_config(workdir, config, "bad.yaml"), "--dry-run", check=False)
     assert proc.returncode != 0 and "revison" in proc.stdout
     config = _config()
+    config["models"]["smollm2-135m-instruct"]["inference"] = {"add_bos": "maybe"}
+    proc = snakemake(workdir, write_config(workdir, config, "bad.yaml"), "--dry-run", check=False)
+    assert proc.returncode != 0 and "maybe" in proc.stdout
+    config = _config()
     config["models"]["smollm2-135m-instruct"]["source"] = "s3://bucket"
     proc = snakemake(workdir, write_config(workdir, config, "bad.yaml"), "--dry-run", check=False)
     assert proc.returncode != 0 and "s3://bucket" in proc.stdout
+
+
+def test_the_harness_options_are_accepted(workdir):
+    config = _config(match="exact")
+    config["tasks"]["prose"]["window_mode"] = {"stride": 256}
+    config["inference"]["add_bos"] = False
+    config["models"]["smollm2-135m-instruct"]["inference"] = {"add_bos": True}
+    proc = snakemake(workdir, write_config(workdir, config, "harness.yaml"), "--dry-run", check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:]
