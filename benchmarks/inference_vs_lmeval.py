@@ -1,13 +1,29 @@
-"""Side by side, in one process: this workflow's multiple-choice inference and
-lm-evaluation-harness on the same local model and the same MMLU questions (5-shot); both
-against a bare batched forward pass; and the peak memory of CLM inference on a corpus and on
-the same corpus four times longer.
+"""Side by side, in one process, with lm-evaluation-harness on the same local model and the
+same data, for every request type of this workflow:
+
+- ``mc``: multiple choice, the harness's ``loglikelihood`` (its own ``mmlu`` template, 5-shot,
+  through ``simple_evaluate``) against ``score_options``, both also against bare batched
+  forward passes;
+- ``clm``: the harness's ``loglikelihood_rolling`` (HFLM ``max_length`` = the workflow's
+  window) against ``score_tokens`` (``window_mode="rolling"``), per-document log-likelihood
+  (the sum of ``target_logprob``) on WikiText-2 articles longer than the window; the harness
+  also with ``softmax_dtype="float64"``, the exact log-softmax of the same float32 logits, which
+  this workflow computes (the harness's default float32 log-softmax is off by about +7e-6 nats
+  per token on CPU);
+- ``generation``: the harness's ``generate_until`` (greedy, ``until`` = the stop strings,
+  ``max_gen_toks`` = ``max_new_tokens``) against ``generate_answers``, on the prompts of the
+  workflow's geonames task; the workflow's ``generated`` is cut at the stop strings as the
+  harness cuts its own;
+- ``memory``: the peak resident memory of CLM inference on a corpus and on the same corpus four
+  times longer (fresh processes).
 
     benchmarks/setup_lmeval.sh                                   # once: benchmarks/.venv-lmeval
-    benchmarks/.venv-lmeval/bin/python benchmarks/inference_vs_lmeval.py
+    benchmarks/.venv-lmeval/bin/python benchmarks/inference_vs_lmeval.py [--kinds mc clm generation memory]
 
-The harness runs its own ``mmlu`` template (its ``_default_template_yaml``, included by
-path) on the fixture CSVs written as JSON lines, since its ``cais/mmlu`` download is offline here.
+The harness's request methods are called directly with ``Instance`` objects for ``clm`` and
+``generation``; ``mc`` runs its ``mmlu`` template (``_default_template_yaml``, included by path)
+on the fixture CSVs written as JSON lines, since its ``cais/mmlu`` download is offline here.
+Times are the fastest of ``--repeats`` interleaved runs of each side.
 """
 from __future__ import annotations
 
@@ -27,7 +43,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from workflow_scripts.inference import encode_options, load_model, score_options, shared_prefix  # noqa: E402
+from workflow_scripts.inference import (encode_options, generate_answers, load_model, score_options,  # noqa: E402
+                                        score_tokens, shared_prefix)  # noqa: E402
 from workflow_scripts.tables import read_table, write_table  # noqa: E402
 from workflow_scripts.tasks import prepare_task, read_mmlu_csv  # noqa: E402
 
@@ -58,80 +75,260 @@ print(json.dumps({"rows": rows, "seconds": time.perf_counter() - started, "loade
 """
 
 
+KINDS = ("mc", "clm", "generation", "memory")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="what to run (default: all)")
     parser.add_argument("--model", default="/tmp/smollm2", help="a Hugging Face model folder")
-    parser.add_argument("--subjects", nargs="+", default=["marketing", "high_school_geography"])
-    parser.add_argument("--limit", type=int, default=20, help="questions per subject")
-    parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: robust to other jobs on a small machine)")
-    parser.add_argument("--clm-lines", type=int, default=16, help="WikiText-2 lines of the small CLM corpus")
-    parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each measurement (the best is kept)")
+    parser.add_argument("--subjects", nargs="+", default=["marketing", "high_school_geography"],
+                        help="mc: MMLU subjects")
+    parser.add_argument("--limit", type=int, default=20, help="mc: questions per subject")
+    parser.add_argument("--shots", type=int, default=5, help="mc: few-shot examples")
+    parser.add_argument("--window", type=int, default=256,
+                        help="clm, memory: the workflow's window and the harness's max_length")
+    parser.add_argument("--clm-docs", type=int, default=3, help="clm: WikiText-2 articles (documents)")
+    parser.add_argument("--clm-lines", type=int, default=16, help="memory: WikiText-2 lines of the small corpus")
+    parser.add_argument("--facts", type=int, default=10, help="generation: geonames facts per relation")
+    parser.add_argument("--max-new-tokens", type=int, default=12, help="generation: max_new_tokens = max_gen_toks")
+    parser.add_argument("--stop", nargs="+", default=["\n"], help="generation: stop strings = until")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    print(f"{args.model}, float32 on CPU, batch {args.batch_size}, {args.threads} threads, "
+          f"fastest of {args.repeats} interleaved runs", flush=True)
 
+    model, tok = load_model(args.model, device="cpu", dtype="float32")
+    _warm_up(model, tok)
+    table = []
+    for kind, compare in (("mc", _compare_mc), ("clm", _compare_clm), ("generation", _compare_generation)):
+        if kind in args.kinds:
+            table.append(compare(model, tok, args, work))
+    if table:
+        print(f"\n{'kind':<11} {'request type':<22} {'items':>9} {'workflow s':>10} {'harness s':>10} "
+              f"{'harness / workflow':>18}  largest difference")
+        for row in table:
+            print(f"{row['kind']:<11} {row['request']:<22} {row['items']:>9} {row['workflow']:10.1f} "
+                  f"{row['harness']:10.1f} {row['harness'] / row['workflow']:17.1f}x  {row['difference']}")
+        print(flush=True)
+    del model
+    if "memory" in args.kinds:
+        _report_memory(args, work)
+
+
+def _timed(function, *a, **k):
+    started = time.perf_counter()
+    result = function(*a, **k)
+    return result, time.perf_counter() - started
+
+
+# ----------------------------------------------------------------------------- multiple choice
+def _compare_mc(model, tok, args, work: Path) -> dict:
     data_path = work / "mmlu.parquet"
     prepare_task("mmlu", "multiple_choice", {"format": "mmlu_csv", "path": str(FIXTURES / "mmlu"),
                                              "subjects": args.subjects},
                  data_path, shots=args.shots, limit=args.limit)
     data = read_table(data_path)
-    model, tok = load_model(args.model, device="cpu", dtype="float32")
-    lm = _harness_model(args)
-    _warm_up(model, tok)
-    print(f"{len(data)} questions ({len(args.subjects)} subjects x {args.limit}), {args.shots}-shot, "
-          f"{args.model}, float32 on CPU, batch {args.batch_size}, {args.threads} threads", flush=True)
+    # The harness at its default max_length (the model's context): 5-shot prompts exceed the CLM window.
+    lm = _harness_model(args, max_length=None)
+    print(f"\nmultiple choice: {len(data)} questions ({len(args.subjects)} subjects x {args.limit}), "
+          f"{args.shots}-shot", flush=True)
 
     tasks = _harness_tasks(args, work)
     contexts = [encode_options(tok, p, [" " + o for o in opts])[0] for p, opts in zip(data["prompt"], data["options"])]
     seconds = {"workflow": [], "harness": [], "evaluate": [], "full": [], "cached": []}
     for _ in range(args.repeats):  # interleaved, the fastest of each kept: the machine may be busy
-        started = time.perf_counter()
-        ours = score_options(model, tok, data, batch_size=args.batch_size)
-        seconds["workflow"].append(time.perf_counter() - started)
+        ours, spent = _timed(score_options, model, tok, data, batch_size=args.batch_size)
+        seconds["workflow"].append(spent)
         theirs, harness_s, evaluate_s = _run_harness(lm, args, tasks, work)
         seconds["harness"].append(harness_s)
         seconds["evaluate"].append(evaluate_s)
         seconds["full"].append(_bare_forward_full(model, contexts, args.batch_size, tok.pad_token_id))
         seconds["cached"].append(_bare_forward_cached(model, contexts, list(data["subject"]), args.batch_size,
                                                       tok.pad_token_id))
+    del lm
     best = {k: min(v) for k, v in seconds.items()}
 
     ours_lp = np.array(ours["option_logprobs"].tolist())
     theirs_lp = np.array([theirs[i] for i in ours["item_id"]])
     gold = ours["gold"].to_numpy()
+    difference = np.abs(ours_lp - theirs_lp).max()
     print(f"  this workflow (score_options)             {best['workflow']:7.1f} s")
     print(f"  lm-evaluation-harness (loglikelihood)     {best['harness']:7.1f} s   "
           f"(simple_evaluate {best['evaluate']:.1f} s)")
     print(f"  speed-up over lm-evaluation-harness       {best['harness'] / best['workflow']:7.1f} x")
-    print(f"  max |difference| of per-option log-probs  {np.abs(ours_lp - theirs_lp).max():9.2e}")
+    print(f"  max |difference| of per-option log-probs  {difference:9.2e}")
     print(f"  accuracy: workflow {np.mean(ours_lp.argmax(1) == gold):.3f}, "
           f"lm-evaluation-harness {np.mean(theirs_lp.argmax(1) == gold):.3f} "
           f"(same choice on {np.sum(ours_lp.argmax(1) == theirs_lp.argmax(1))}/{len(gold)})")
     for key, what in (("full", "the full prompts"), ("cached", "prefixes + suffixes")):
         print(f"  bare forward over {what:<23} {best[key]:7.1f} s   workflow / it = "
               f"{best['workflow'] / best[key]:.2f}")
-    print(f"  (fastest of {args.repeats} interleaved runs; all runs: "
-          + ", ".join(f"{k} {' '.join(f'{x:.1f}' for x in v)}" for k, v in seconds.items()) + ")", flush=True)
-    del model, lm
-
-    small, large = _clm_memory(args, work)
-    print(f"CLM inference ({args.clm_lines} WikiText-2 lines, window {args.window}, batch {args.batch_size}), "
-          f"peak resident memory during inference:")
-    for name, run in (("corpus", small), ("corpus x 4", large)):
-        print(f"  {name:<11} {run['rows']:6d} tokens in {run['seconds']:5.1f} s: peak {run['peak'] / 2**20:5.0f} MiB "
-              f"(model loaded and run once: {run['loaded'] / 2**20:.0f} MiB; peaks of {args.repeats} runs: "
-              f"{', '.join(f'{peak / 2**20:.0f}' for peak in run['peaks'])})")
-    print(f"  peak growth for a 4x corpus: {100 * (large['peak'] / small['peak'] - 1):+.1f}%")
+    _print_runs(seconds)
+    return {"kind": "mc", "request": "loglikelihood", "items": f"{len(data)} q", "workflow": best["workflow"],
+            "harness": best["harness"], "difference": f"{difference:.1e} (per-option log-prob)"}
 
 
-def _harness_model(args):
+def _print_runs(seconds: dict) -> None:
+    print("  (all runs: " + ", ".join(f"{k} {' '.join(f'{x:.1f}' for x in v)}" for k, v in seconds.items()) + ")",
+          flush=True)
+
+
+# ----------------------------------------------------------------------------- language modelling
+def _wikitext_articles(count: int) -> list[str]:
+    """The first ``count`` WikiText-2 test articles, each its lines from one top-level heading
+    (`` = Title = ``) to the next, as in the raw file."""
+    articles = []
+    for line in (FIXTURES / "wikitext-2-raw" / "wiki.test.raw").read_text().splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("= ") and not stripped.startswith("= ="):
+            if len(articles) == count:
+                break
+            articles.append([])
+        if articles:
+            articles[-1].append(line)
+    return ["".join(lines).strip() for lines in articles]
+
+
+def _compare_clm(model, tok, args, work: Path) -> dict:
+    """Per-document log-likelihood against the harness as it runs by default (log-softmax in the
+    model's float32) and with its ``softmax_dtype="float64"`` (the exact log-softmax of the same
+    logits, as this workflow computes it): the same windows, inputs and model either way."""
+    from lm_eval.api.instance import Instance
+
+    texts = _wikitext_articles(args.clm_docs)
+    data = pd.DataFrame({"item_id": [f"wikitext/{n}" for n in range(len(texts))], "text": texts})
+    harnesses = {"float32": _harness_model(args, max_length=args.window),
+                 "float64": _harness_model(args, max_length=args.window, softmax_dtype="float64")}
+    lm = harnesses["float32"]
+    lengths = [len(lm.tok_encode(text)) for text in texts]
+    print(f"\nCLM: {len(texts)} WikiText-2 articles, {sum(lengths)} tokens ({min(lengths)} to {max(lengths)} "
+          f"per document), window {args.window} = harness max_length", flush=True)
+    requests = [Instance("loglikelihood_rolling", {}, (text,), n) for n, text in enumerate(texts)]
+    seconds = {"workflow": [], "harness": [], "harness float64 softmax": []}
+    theirs = {}
+    for _ in range(args.repeats):
+        ours, spent = _timed(score_tokens, model, tok, data, window=args.window, batch_size=args.batch_size,
+                             window_mode="rolling")
+        seconds["workflow"].append(spent)
+        for dtype, key in (("float32", "harness"), ("float64", "harness float64 softmax")):
+            theirs[dtype], spent = _timed(harnesses[dtype].loglikelihood_rolling, requests, disable_tqdm=True)
+            seconds[key].append(spent)
+    best = {k: min(v) for k, v in seconds.items()}
+    ours_ll = ours.groupby("item_id", sort=False)["target_logprob"].sum().reindex(data["item_id"]).to_numpy()
+    counts = ours.groupby("item_id", sort=False).size().reindex(data["item_id"]).to_numpy()
+    delta = {dtype: np.abs(ours_ll - np.array(ll, dtype=float)) for dtype, ll in theirs.items()}
+    print(f"  this workflow (score_tokens, rolling)                    {best['workflow']:7.1f} s")
+    print(f"  lm-evaluation-harness (loglikelihood_rolling)            {best['harness']:7.1f} s")
+    print(f"  lm-evaluation-harness, softmax_dtype float64             {best['harness float64 softmax']:7.1f} s")
+    print(f"  speed-up over lm-evaluation-harness                      {best['harness'] / best['workflow']:7.1f} x")
+    for n, item in enumerate(data["item_id"]):
+        print(f"  {item:<12} tokens {counts[n]:5d} (harness {lengths[n]:5d})  log-likelihood {ours_ll[n]:12.4f}, "
+              f"harness {theirs['float32'][n]:12.4f} (|Δ| {delta['float32'][n]:.1e}; "
+              f"{(theirs['float32'][n] - ours_ll[n]) / lengths[n]:+.1e} per token), float64 softmax "
+              f"{theirs['float64'][n]:12.4f} (|Δ| {delta['float64'][n]:.1e})")
+    for dtype in delta:
+        print(f"  max |difference| of per-document log-likelihood, harness log-softmax in {dtype}: "
+              f"{delta[dtype].max():.1e} nats")
+    _print_runs(seconds)
+    if delta["float64"].max() > 1e-3 or list(counts) != lengths:
+        _diagnose_clm(model, lm, ours, data, int(delta["float64"].argmax()), args.window)
+    del lm, harnesses
+    return {"kind": "clm", "request": "loglikelihood_rolling", "items": f"{len(texts)} docs",
+            "workflow": best["workflow"], "harness": best["harness"],
+            "difference": f"{delta['float32'].max():.1e} nats per document; {delta['float64'].max():.1e} "
+                          f"with the harness's softmax_dtype float64"}
+
+
+def _diagnose_clm(model, lm, ours: pd.DataFrame, data: pd.DataFrame, index: int, window: int) -> None:
+    """The harness's per-token log-probabilities of one document (its rolling windows, each in a
+    forward pass of its own) against the workflow's: where they differ, and the windows."""
+    from lm_eval import utils
+
+    item, text = data["item_id"][index], data["text"][index]
+    tokens = lm.tok_encode(text)
+    mine = ours[ours["item_id"] == item].sort_values("position")
+    reference, bounds = [], []
+    with torch.inference_mode():
+        for context, continuation in map(utils.make_disjoint_window, utils.get_rolling_token_windows(
+                token_list=tokens, prefix_token=lm.prefix_token_id, max_seq_len=window, context_len=1)):
+            inputs = (context + continuation)[-(window + 1):][:-1]
+            logprobs = torch.log_softmax(model(input_ids=torch.tensor([inputs])).logits[0].double(), -1)
+            logprobs = logprobs[-len(continuation):].gather(1, torch.tensor(continuation)[:, None])[:, 0]
+            bounds.append((len(reference), len(inputs), len(continuation)))
+            reference.extend(logprobs.tolist())
+    print(f"  DIAGNOSIS {item}: harness prefix token {lm.prefix_token_id}, {len(tokens)} tokens; "
+          f"workflow {len(mine)} rows, positions {mine['position'].min()}..{mine['position'].max()}, "
+          f"first target ids {mine['target_id'].head(3).tolist()} vs harness {tokens[:3]}")
+    print("  harness windows (first predicted token, inputs, predicted): " + ", ".join(map(str, bounds)))
+    if len(mine) == len(tokens) and mine["target_id"].tolist() == tokens:
+        diff = np.abs(mine["target_logprob"].to_numpy() - np.array(reference))
+        bad = np.flatnonzero(diff > 1e-4)
+        print(f"  per-token |Δ| max {diff.max():.1e}; {len(bad)} tokens over 1e-4, first at "
+              f"{bad[:10].tolist()}; sum over the document {np.sum(mine['target_logprob']) - np.sum(reference):+.4f}")
+        if "context_len" in mine:
+            print(f"  workflow context_len at those tokens: {mine['context_len'].to_numpy()[bad[:10]].tolist()}")
+
+
+# ----------------------------------------------------------------------------- generation
+def _compare_generation(model, tok, args, work: Path) -> dict:
+    from lm_eval.api.instance import Instance
+
+    data_path = work / "geonames.parquet"
+    prepare_task("geonames", "generation", {"format": "geonames", "relations": ["capital", "continent", "currency"]},
+                 data_path, limit=args.facts)
+    data = read_table(data_path)
+    lm = _harness_model(args, max_length=args.window)
+    print(f"\ngeneration: {len(data)} geonames prompts (capital, continent, currency x {args.facts}), greedy, "
+          f"max_new_tokens {args.max_new_tokens}, stop {args.stop!r}", flush=True)
+    options = {"until": list(args.stop), "max_gen_toks": args.max_new_tokens, "do_sample": False}
+    requests = [Instance("generate_until", {}, (prompt, dict(options)), n) for n, prompt in enumerate(data["prompt"])]
+    seconds = {"workflow": [], "harness": []}
+    for _ in range(args.repeats):
+        ours, spent = _timed(generate_answers, model, tok, data, max_new_tokens=args.max_new_tokens,
+                             stop=list(args.stop), batch_size=args.batch_size)
+        seconds["workflow"].append(spent)
+        theirs, spent = _timed(lm.generate_until, requests, disable_tqdm=True)
+        seconds["harness"].append(spent)
+    del lm
+    best = {k: min(v) for k, v in seconds.items()}
+    ours = ours.set_index("item_id").loc[data["item_id"]]
+    cut = [_cut_like_harness(text, args.stop) for text in ours["generated"]]
+    same = [a == b for a, b in zip(cut, theirs)]
+    print(f"  this workflow (generate_answers)        {best['workflow']:7.1f} s")
+    print(f"  lm-evaluation-harness (generate_until)  {best['harness']:7.1f} s")
+    print(f"  speed-up over lm-evaluation-harness     {best['harness'] / best['workflow']:7.1f} x")
+    print(f"  identical texts: {sum(same)}/{len(same)}")
+    for item, prompt, a, b, ok in zip(data["item_id"], data["prompt"], cut, theirs, same):
+        if not ok:
+            print(f"  DIFFERENT {item}: {prompt!r} -> workflow {a!r}, harness {b!r}")
+    for item, prompt, a in list(zip(data["item_id"], data["prompt"], cut))[::max(1, len(cut) // 6)]:
+        print(f"  e.g. {prompt!r} -> {a!r}")
+    _print_runs(seconds)
+    return {"kind": "generation", "request": "generate_until", "items": f"{len(data)} facts",
+            "workflow": best["workflow"], "harness": best["harness"],
+            "difference": f"identical texts {sum(same)}/{len(same)}"}
+
+
+def _cut_like_harness(text: str, until: list[str]) -> str:
+    """The text before each stop string in turn (lm_eval.models.utils.postprocess_generated_text)."""
+    for term in until:
+        if term:
+            text = text.split(term)[0]
+    return text
+
+
+# ----------------------------------------------------------------------------- the harness
+def _harness_model(args, max_length: int | None, softmax_dtype: str | None = None):
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=args.model, dtype="float32", device="cpu", batch_size=args.batch_size)
+    return HFLM(pretrained=args.model, dtype="float32", device="cpu", batch_size=args.batch_size,
+                max_length=max_length, softmax_dtype=softmax_dtype)
 
 
 def _harness_tasks(args, work: Path) -> dict[str, str]:
@@ -231,6 +428,17 @@ def _bare_forward_cached(model, contexts, subjects, batch_size, pad_id) -> float
                 model(input_ids=ids, attention_mask=mask, position_ids=positions + len(prefix), cache=batch_cache,
                       use_cache=True, logits_to_keep=1)
     return time.perf_counter() - started
+
+
+def _report_memory(args, work: Path) -> None:
+    small, large = _clm_memory(args, work)
+    print(f"CLM inference ({args.clm_lines} WikiText-2 lines, window {args.window}, batch {args.batch_size}), "
+          f"peak resident memory during inference:")
+    for name, run in (("corpus", small), ("corpus x 4", large)):
+        print(f"  {name:<11} {run['rows']:6d} tokens in {run['seconds']:5.1f} s: peak {run['peak'] / 2**20:5.0f} MiB "
+              f"(model loaded and run once: {run['loaded'] / 2**20:.0f} MiB; peaks of {args.repeats} runs: "
+              f"{', '.join(f'{peak / 2**20:.0f}' for peak in run['peaks'])})")
+    print(f"  peak growth for a 4x corpus: {100 * (large['peak'] / small['peak'] - 1):+.1f}%")
 
 
 def _clm_memory(args, work: Path) -> list[dict]:
