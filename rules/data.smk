@@ -1,18 +1,32 @@
 # Stage 1: model-independent task data, and every model source as a Hugging Face folder.
 
+# Task keys that shape a multiple-choice table's prompts and options (see workflow_scripts/tasks.py
+# MC_OPTIONS); only those set are passed, so an unset one is the format's default.
+PROMPT_KEYS = ("scoring", "prompt", "description", "target_delimiter", "fewshot_delimiter", "chat")
+
+
+def held_out_files(wildcards):
+    """A dataset's held-out `val` files (read and checked by prepare_task, recorded in its provenance)."""
+    dataset = TASKS[wildcards.task]["dataset"]
+    if "hub" in dataset or not isinstance(dataset.get("val"), str):
+        return []
+    return sorted(glob.glob(dataset["val"]))
+
 
 rule prepare_task:
     input:
         code=code("tasks"),
         files=dataset_files,
+        held_out=held_out_files,
     output:
         "results/data/{task}.parquet",
     params:
         kind=lambda wc: TASKS[wc.task]["kind"],
         dataset=lambda wc: canonical(TASKS[wc.task]["dataset"]),
-        shots=lambda wc: TASKS[wc.task]["shots"],
+        shots=lambda wc: TASKS[wc.task].get("shots"),
         limit=lambda wc: TASKS[wc.task]["limit"],
         seed=config["seed"],
+        prompting=lambda wc: {k: TASKS[wc.task][k] for k in PROMPT_KEYS if k in TASKS[wc.task]},
     log:
         "results/logs/prepare_task/{task}.log",
     benchmark:

@@ -72,6 +72,8 @@ def _config(**task_changes) -> dict:
     ({"match": "fuzzy"}, r"'fuzzy' is not one of"),
     ({"window_mode": {"stride": 64, "overlap": 8}}, r"window_mode"),
     ({"window_mode": "sliding"}, r"window_mode"),
+    ({"scoring": "continuation"}, r"tasks\.facts\.scoring: .*multiple_choice tasks only"),  # facts: a generation task
+    ({"chat": True}, r"tasks\.facts\.chat: .*multiple_choice tasks only"),
 ])
 def test_bad_config_stops_before_any_job_and_names_the_key(workdir, change, message):
     path = write_config(workdir, _config(**change), "bad.yaml")
@@ -101,5 +103,10 @@ def test_the_harness_options_are_accepted(workdir):
     config["tasks"]["prose"]["window_mode"] = {"stride": 256}
     config["inference"]["add_bos"] = False
     config["models"]["smollm2-135m-instruct"]["inference"] = {"add_bos": True}
+    config["tasks"]["geography"].update(scoring="letters", chat=True, prompt="Q: {question}\n{choices}\nA:",
+                                        description="", target_delimiter=" ", fewshot_delimiter="\n\n")
     proc = snakemake(workdir, write_config(workdir, config, "harness.yaml"), "--dry-run", check=False)
     assert proc.returncode == 0, proc.stdout[-3000:]
+    config["tasks"]["geography"]["scoring"] = "options"
+    proc = snakemake(workdir, write_config(workdir, config, "harness.yaml"), "--dry-run", check=False)
+    assert proc.returncode != 0 and "tasks.geography.scoring" in proc.stdout, proc.stdout[-3000:]

@@ -60,6 +60,13 @@ class Format(NamedTuple):
     bad_cells: dict  # key -> values that make a row malformed
     options: dict = {}
     row_level: bool = True  # a non-object row or a broken JSON line is also a malformed row
+    optional: tuple = ()  # keys of bad_cells a row may lack
+
+
+def _valid_mc1(value) -> bool:
+    """TruthfulQA MC1 targets: {answer: 0 or 1} with 2 to 26 answers, exactly one true."""
+    return (isinstance(value, dict) and 2 <= len(value) <= 26
+            and all(type(v) is int and v in (0, 1) for v in value.values()) and sum(value.values()) == 1)
 
 
 FORMATS = {
@@ -69,7 +76,8 @@ FORMATS = {
                    "template": "[X] is located in [Y] .", "aliases": [f"Land {i}"]},
         {"sub_label": BAD_TEXT, "obj_label": BAD_TEXT, "predicate_id": BAD_TEXT, "template": NOT_TEXT,
          "aliases": JSON.filter(lambda v: v is not None and not isinstance(v, str) and not (
-             isinstance(v, list) and all(isinstance(x, str) for x in v)))}),
+             isinstance(v, list) and all(isinstance(x, str) for x in v)))},
+        optional=("aliases", "template")),
     "rome_knowns": Format(
         "generation", "knowns.json", _json_array, lambda p: {"format": "rome_knowns", "path": str(p)},
         lambda i: {"known_id": i, "subject": f"Subject {i}", "attribute": f"Object {i}",
@@ -81,9 +89,31 @@ FORMATS = {
         "multiple_choice", "test.jsonl", _json_lines, lambda p: {"format": "mmlu_parquet", "test": str(p)},
         lambda i: {"question": f"Question {i}?", "subject": "toy", "choices": ["a", "b", "c", "d"], "answer": i % 4},
         {"question": NOT_TEXT, "subject": BAD_TEXT,
-         "choices": JSON.filter(lambda v: not (isinstance(v, list) and len(v) == 4 and all(isinstance(c, str) for c in v))),
+         "choices": JSON.filter(lambda v: not (isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str) for c in v))),
          "answer": JSON.filter(lambda v: isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 4)},
         options={"shots": 0}),
+    "choices_jsonl": Format(  # any number of options; id and subject optional
+        "multiple_choice", "items.jsonl", _json_lines, lambda p: {"format": "choices_jsonl", "path": str(p)},
+        lambda i: {"question": f"Question {i}?", "choices": ["a", "b", "c"], "answer": i % 3, "subject": "toy"},
+        {"question": NOT_TEXT,
+         "choices": JSON.filter(lambda v: not (isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str) for c in v))),
+         "answer": JSON.filter(lambda v: isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 3),
+         "subject": JSON.filter(lambda v: v is not None and not (isinstance(v, str) and v.strip()))},
+        optional=("subject",)),
+    "arc": Format(  # allenai/ai2_arc's columns, here as JSON lines
+        "multiple_choice", "arc.jsonl", _json_lines, lambda p: {"format": "arc", "path": str(p)},
+        lambda i: {"id": f"ARC_{i}", "question": f"Question {i}?",
+                   "choices": {"text": ["a", "b", "c"], "label": ["A", "B", "C"]}, "answerKey": "ABC"[i % 3]},
+        {"question": NOT_TEXT, "choices": JSON.filter(lambda v: not (isinstance(v, dict) and {"text", "label"} <= set(v))),
+         "answerKey": JSON.filter(lambda v: v not in ("A", "B", "C")),
+         "id": JSON.filter(lambda v: not (v is None or type(v) is int or isinstance(v, str) and v.strip()))},
+        optional=("id",)),
+    "truthfulqa_mc": Format(  # TruthfulQA's mc_task.json: a JSON array
+        "multiple_choice", "mc_task.json", _json_array, lambda p: {"format": "truthfulqa_mc", "path": str(p)},
+        lambda i: {"question": f"Question {i}?", "mc1_targets": {f"true {i}": 1, f"false {i}": 0},
+                   "mc2_targets": {f"true {i}": 1, f"also true {i}": 1, f"false {i}": 0}},
+        {"question": NOT_TEXT, "mc1_targets": JSON.filter(lambda v: not _valid_mc1(v))},
+        row_level=False),
     "jsonl": Format(
         "clm", "docs.jsonl", _json_lines, lambda p: {"format": "jsonl", "path": str(p)},
         lambda i: {"text": f"Document number {i}.", "meta": i},
@@ -105,7 +135,7 @@ def malformed(draw, fmt: Format):
         key = draw(st.sampled_from(sorted(fmt.bad_cells)))
         row[key] = draw(fmt.bad_cells[key])
     elif way == "missing":
-        row.pop(draw(st.sampled_from(sorted(k for k in fmt.bad_cells if k not in ("aliases", "template")))))
+        row.pop(draw(st.sampled_from(sorted(k for k in fmt.bad_cells if k not in fmt.optional))))
     elif way == "not an object":
         row = draw(NOT_OBJECT)
     elif way == "broken JSON":
