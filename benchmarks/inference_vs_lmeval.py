@@ -14,15 +14,26 @@ same data, for every request type of this workflow:
   ``max_gen_toks`` = ``max_new_tokens``) against ``generate_answers``, on the prompts of the
   workflow's geonames task; the workflow's ``generated`` is cut at the stop strings as the
   harness cuts its own;
+- ``continuation``: multiple choice scored by option text (the harness's ``mmlu_continuation``
+  template, 3-shot: each choice's continuation is " " + its text), the harness's
+  ``loglikelihood`` against ``score_options`` fed the harness's own contexts and continuations
+  (its logged ``arguments``);
+- ``truthfulqa``: TruthfulQA MC1, the harness's ``truthfulqa_mc1`` on the fixture
+  ``mc_task.json`` (written in the ``truthful_qa`` "multiple_choice" layout), its per-sample
+  ``acc`` against the workflow's ``continuation_sum`` rule (argmax of ``option_logprobs``) on the
+  harness's own contexts and continuations; and, where ``prepare_task`` has the
+  ``truthfulqa_mc`` format, the workflow's own prompts and options against the harness's;
 - ``memory``: the peak resident memory of CLM inference on a corpus and on the same corpus four
   times longer (fresh processes).
 
     benchmarks/setup_lmeval.sh                                   # once: benchmarks/.venv-lmeval
-    benchmarks/.venv-lmeval/bin/python benchmarks/inference_vs_lmeval.py [--kinds mc clm generation memory]
+    benchmarks/.venv-lmeval/bin/python benchmarks/inference_vs_lmeval.py [--kinds mc continuation truthfulqa clm generation memory]
 
 The harness's request methods are called directly with ``Instance`` objects for ``clm`` and
 ``generation``; ``mc`` runs its ``mmlu`` template (``_default_template_yaml``, included by path)
-on the fixture CSVs written as JSON lines, since its ``cais/mmlu`` download is offline here.
+on the fixture CSVs written as JSON lines, since its ``cais/mmlu`` download is offline here, and
+``continuation`` its ``_continuation_template_yaml`` the same way; ``truthfulqa`` includes its
+``truthfulqa_mc1.yaml`` by path on the fixture written as JSON lines.
 Times are the fastest of ``--repeats`` interleaved runs of each side.
 """
 from __future__ import annotations
@@ -75,7 +86,7 @@ print(json.dumps({"rows": rows, "seconds": time.perf_counter() - started, "loade
 """
 
 
-KINDS = ("mc", "clm", "generation", "memory")
+KINDS = ("mc", "continuation", "truthfulqa", "clm", "generation", "memory")
 
 
 def main() -> None:
@@ -87,9 +98,14 @@ def main() -> None:
                         help="torch threads (1: robust to other jobs on a small machine)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each measurement (the best is kept)")
     parser.add_argument("--subjects", nargs="+", default=["marketing", "high_school_geography"],
-                        help="mc: MMLU subjects")
-    parser.add_argument("--limit", type=int, default=20, help="mc: questions per subject")
+                        help="mc, continuation: MMLU subjects")
+    parser.add_argument("--limit", type=int, default=20, help="mc, continuation: questions per subject")
     parser.add_argument("--shots", type=int, default=5, help="mc: few-shot examples")
+    parser.add_argument("--continuation-shots", type=int, default=3, help="continuation: few-shot examples")
+    parser.add_argument("--truthfulqa-limit", type=int, default=100,
+                        help="truthfulqa: the first N questions of mc_task.json (0: all 817)")
+    parser.add_argument("--truthfulqa-repeats", type=int, default=1,
+                        help="truthfulqa: runs of each side (its timing is secondary; each harness run takes minutes)")
     parser.add_argument("--window", type=int, default=256,
                         help="clm, memory: the workflow's window and the harness's max_length")
     parser.add_argument("--clm-docs", type=int, default=3, help="clm: WikiText-2 articles (documents)")
@@ -106,14 +122,16 @@ def main() -> None:
     model, tok = load_model(args.model, device="cpu", dtype="float32")
     _warm_up(model, tok)
     table = []
-    for kind, compare in (("mc", _compare_mc), ("clm", _compare_clm), ("generation", _compare_generation)):
+    for kind, compare in (("mc", _compare_mc), ("continuation", _compare_continuation),
+                          ("truthfulqa", _compare_truthfulqa), ("clm", _compare_clm),
+                          ("generation", _compare_generation)):
         if kind in args.kinds:
             table.append(compare(model, tok, args, work))
     if table:
-        print(f"\n{'kind':<11} {'request type':<22} {'items':>9} {'workflow s':>10} {'harness s':>10} "
+        print(f"\n{'kind':<12} {'request type':<22} {'items':>9} {'workflow s':>10} {'harness s':>10} "
               f"{'harness / workflow':>18}  largest difference")
         for row in table:
-            print(f"{row['kind']:<11} {row['request']:<22} {row['items']:>9} {row['workflow']:10.1f} "
+            print(f"{row['kind']:<12} {row['request']:<22} {row['items']:>9} {row['workflow']:10.1f} "
                   f"{row['harness']:10.1f} {row['harness'] / row['workflow']:17.1f}x  {row['difference']}")
         print(flush=True)
     del model
@@ -140,7 +158,7 @@ def _compare_mc(model, tok, args, work: Path) -> dict:
           f"{args.shots}-shot", flush=True)
 
     tasks = _harness_tasks(args, work)
-    contexts = [encode_options(tok, p, [" " + o for o in opts])[0] for p, opts in zip(data["prompt"], data["options"])]
+    contexts = [encode_options(tok, p, list(opts))[0] for p, opts in zip(data["prompt"], data["options"])]
     seconds = {"workflow": [], "harness": [], "evaluate": [], "full": [], "cached": []}
     for _ in range(args.repeats):  # interleaved, the fastest of each kept: the machine may be busy
         ours, spent = _timed(score_options, model, tok, data, batch_size=args.batch_size)
@@ -177,6 +195,260 @@ def _compare_mc(model, tok, args, work: Path) -> dict:
 def _print_runs(seconds: dict) -> None:
     print("  (all runs: " + ", ".join(f"{k} {' '.join(f'{x:.1f}' for x in v)}" for k, v in seconds.items()) + ")",
           flush=True)
+
+
+# ----------------------------------------------------------------------------- option texts
+def _table_from_samples(samples: list[dict], subject: str, delimiter: str = " ") -> pd.DataFrame:
+    """The workflow's multiple-choice table on exactly the harness's inputs: per logged sample its
+    one context (the prompt) and its continuations (the options, as the harness passed them)."""
+    rows = []
+    for s in samples:
+        contexts = {context for context, _ in s["arguments"]}
+        if len(contexts) != 1:
+            raise SystemExit(f"{subject}/{s['doc_id']}: {len(contexts)} contexts, expected one")
+        options = [continuation for _, continuation in s["arguments"]]
+        rows.append({"item_id": f"{subject}/{s['doc_id']}", "subject": subject,
+                     "question": s["doc"].get("question", ""), "prompt": contexts.pop(),
+                     "choices": [o[len(delimiter):] if o.startswith(delimiter) else o for o in options],
+                     "options": options, "gold": int(s["target"]), "scoring": "continuation"})
+    return pd.DataFrame(rows)
+
+
+def _harness_option_logprobs(samples: list[dict], subject: str) -> dict[str, list[float]]:
+    return {f"{subject}/{s['doc_id']}": [float(r[0]) for r in s["filtered_resps"]] for s in samples}
+
+
+def _continuation_tasks(args, work: Path) -> dict[str, str]:
+    """Task YAMLs (name -> subject) that include the harness's own mmlu_continuation template, on the fixture data."""
+    import lm_eval
+
+    template = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "continuation" / "_continuation_template_yaml"
+    tasks = {}
+    for subject in args.subjects:
+        files = {}
+        for split, rows in (("dev", None), ("test", args.limit)):
+            questions = read_mmlu_csv(FIXTURES / "mmlu" / split / f"{subject}_{split}.csv", subject)[:rows]
+            files[split] = str(work / f"{subject}_{split}.jsonl")
+            Path(files[split]).write_text("".join(json.dumps({"question": q.question, "choices": q.choices,
+                                                              "answer": q.gold}) + "\n" for q in questions))
+        name = f"bench_mmlu_{subject}_continuation"
+        config = {"include": str(template), "task": name, "dataset_path": "json",
+                  "dataset_kwargs": {"data_files": files},
+                  "description": f"The following are questions (with answers) about "
+                                 f"{subject.replace('_', ' ')}.\n\n"}
+        (work / f"{name}.yaml").write_text(json.dumps(config))  # JSON is YAML
+        tasks[name] = subject
+    return tasks
+
+
+def _truthfulqa_task(args, work: Path) -> str:
+    """A task YAML that includes the harness's truthfulqa_mc1.yaml, on the fixture mc_task.json
+    in the layout of the hub's truthful_qa "multiple_choice" config (one validation split)."""
+    import lm_eval
+
+    rows = json.loads((FIXTURES / "truthfulqa" / "mc_task.json").read_text())
+    rows = rows[:args.truthfulqa_limit] if args.truthfulqa_limit else rows
+    path = work / "truthfulqa_mc.jsonl"
+    path.write_text("".join(json.dumps({"question": row["question"], **{
+        key: {"choices": list(row[key]), "labels": list(row[key].values())} for key in ("mc1_targets", "mc2_targets")}})
+        + "\n" for row in rows))
+    name = "bench_truthfulqa_mc1"
+    config = {"include": str(Path(lm_eval.__file__).parent / "tasks" / "truthfulqa" / "truthfulqa_mc1.yaml"),
+              "task": name, "tag": [], "dataset_path": "json", "dataset_name": None,
+              "dataset_kwargs": {"data_files": {"validation": str(path)}}}
+    (work / f"{name}.yaml").write_text(json.dumps(config))
+    return name
+
+
+def _score_like_harness(model, tok, args, tasks: dict[str, str], shots: int | None, work: Path, repeats: int):
+    """Interleaved runs of the harness (its loglikelihood timed) and of score_options on the
+    table built from the harness's first run, then the harness once more with
+    ``softmax_dtype="float64"``. Returns the harness's samples by task (default, float64), the
+    table, the workflow's scores and the seconds."""
+    lm = _harness_model(args, max_length=None)
+    seconds = {"workflow": [], "harness": [], "evaluate": []}
+    samples = table = None
+    for _ in range(repeats):
+        results, harness_s, evaluate_s = _simple_evaluate(lm, list(tasks), shots, work)
+        seconds["harness"].append(harness_s)
+        seconds["evaluate"].append(evaluate_s)
+        if samples is None:
+            samples = {name: results["samples"][name] for name in tasks}
+            table = pd.concat([_table_from_samples(samples[name], subject) for name, subject in tasks.items()],
+                              ignore_index=True)
+        ours, spent = _timed(score_options, model, tok, table, batch_size=args.batch_size)
+        seconds["workflow"].append(spent)
+    del lm
+    lm = _harness_model(args, max_length=None, softmax_dtype="float64")
+    results, harness_s, _ = _simple_evaluate(lm, list(tasks), shots, work)
+    seconds["harness float64 softmax"] = [harness_s]
+    samples64 = {name: results["samples"][name] for name in tasks}
+    for name, subject in tasks.items():  # the same requests either way
+        if list(_table_from_samples(samples64[name], subject)["prompt"]) != list(
+                table[table["subject"] == subject]["prompt"]):
+            raise SystemExit(f"{name}: the float64 run got other contexts")
+    return samples, samples64, table, ours, seconds
+
+
+def _option_differences(model, tok, table: pd.DataFrame, ours: pd.DataFrame, theirs: dict,
+                        diagnose: bool = True) -> np.ndarray:
+    """Per option |workflow - harness| (flattened); the largest one located, and (``diagnose``)
+    the first few over 1e-4 against a plain forward pass of context + option."""
+    ours = ours.set_index("item_id").loc[table["item_id"]]
+    located = []
+    for item, mine, counts in zip(table["item_id"], ours["option_logprobs"], ours["option_token_counts"]):
+        for k, (a, b) in enumerate(zip(mine, theirs[item])):
+            located.append((abs(a - b), item, k, a, b, counts[k]))
+    located.sort(reverse=True)
+    worst = located[0]
+    print(f"  largest |Δ| {worst[0]:.2e} at {worst[1]} option {worst[2]} ({worst[5]} tokens): "
+          f"workflow {worst[3]:.6f}, harness {worst[4]:.6f}")
+    bad = [x for x in located if x[0] > 1e-4]
+    if bad and diagnose:
+        print(f"  {len(bad)} option(s) over 1e-4; the first few against a plain forward pass of context + option "
+              f"(its float32 logits: log_softmax in float32 as the harness, logits - logsumexp in float32 as the "
+              f"workflow, and exact in float64):")
+        rows = table.set_index("item_id")
+        for delta, item, k, a, b, count in bad[:5]:
+            context, options = encode_options(tok, rows.loc[item, "prompt"], list(rows.loc[item, "options"]))
+            plain = _plain_option_logprobs(model, context, options[k])
+            print(f"  DIFFERENT {item} option {k} ({count} tokens, context {len(context)}): workflow {a:.6f}, "
+                  f"harness {b:.6f}; plain: log_softmax {plain['log_softmax'].sum():.6f}, logits - logsumexp "
+                  f"{plain['logsumexp'].sum():.6f}, float64 {plain['float64'].sum():.6f}; per token "
+                  f"log_softmax - float64 {np.mean(plain['log_softmax'] - plain['float64']):+.1e} (mean), "
+                  f"logsumexp - float64 {np.mean(plain['logsumexp'] - plain['float64']):+.1e}")
+    return np.array([x[0] for x in located])
+
+
+def _plain_option_logprobs(model, context: list[int], option: list[int]) -> dict[str, np.ndarray]:
+    """Per option token, its log-probability from one forward pass of context + option, three ways."""
+    ids = torch.tensor([(context + option)[:-1]])
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits[0, len(context) - 1:].float()
+    targets = torch.tensor(option)[:, None]
+    ways = {"log_softmax": torch.log_softmax(logits, -1),
+            "logsumexp": logits - torch.logsumexp(logits, -1, keepdim=True),
+            "float64": torch.log_softmax(logits.double(), -1)}
+    return {key: values.gather(1, targets)[:, 0].double().numpy() for key, values in ways.items()}
+
+
+def _compare_continuation(model, tok, args, work: Path) -> dict:
+    tasks = _continuation_tasks(args, work)
+    print(f"\ncontinuation (option text): {len(args.subjects) * args.limit} MMLU questions ({len(args.subjects)} "
+          f"subjects x {args.limit}), {args.continuation_shots}-shot, the harness's mmlu_continuation template",
+          flush=True)
+    samples, samples64, table, ours, seconds = _score_like_harness(model, tok, args, tasks, args.continuation_shots,
+                                                                   work, args.repeats)
+    best = {k: min(v) for k, v in seconds.items()}
+    theirs, theirs64 = {}, {}
+    for name, subject in tasks.items():
+        theirs |= _harness_option_logprobs(samples[name], subject)
+        theirs64 |= _harness_option_logprobs(samples64[name], subject)
+    counts = np.concatenate(ours["option_token_counts"].map(np.array).to_numpy())
+    print(f"  {len(table)} questions, {len(counts)} options of {counts.min()} to {counts.max()} tokens "
+          f"(mean {counts.mean():.1f}); e.g. prompt ...{table['prompt'][0][-80:]!r}, options {list(table['options'][0])}")
+    difference, difference64 = _report_differences(model, tok, table, ours, theirs, theirs64)
+    ours_lp = ours.set_index("item_id").loc[table["item_id"], "option_logprobs"].tolist()
+    ours_pick = np.array([int(np.argmax(x)) for x in ours_lp])
+    theirs_pick = np.array([int(np.argmax(theirs[item])) for item in table["item_id"]])
+    gold = table["gold"].to_numpy()
+    print(f"  this workflow (score_options)             {best['workflow']:7.1f} s")
+    print(f"  lm-evaluation-harness (loglikelihood)     {best['harness']:7.1f} s   "
+          f"(simple_evaluate {best['evaluate']:.1f} s)")
+    print(f"  speed-up over lm-evaluation-harness       {best['harness'] / best['workflow']:7.1f} x")
+    print(f"  accuracy: workflow {np.mean(ours_pick == gold):.3f}, lm-evaluation-harness "
+          f"{np.mean(theirs_pick == gold):.3f} (same choice on {np.sum(ours_pick == theirs_pick)}/{len(gold)})")
+    _print_runs(seconds)
+    return {"kind": "continuation", "request": "loglikelihood", "items": f"{len(table)} q",
+            "workflow": best["workflow"], "harness": best["harness"],
+            "difference": f"{difference.max():.1e} per option log-prob; {difference64.max():.1e} with the "
+                          f"harness's softmax_dtype float64"}
+
+
+def _report_differences(model, tok, table, ours, theirs, theirs64):
+    """max |Δ| per option against the harness as it runs by default and with softmax_dtype float64,
+    and the harness's mean excess per option token (its float32 log-softmax)."""
+    print("  against the harness (default, log-softmax in float32):")
+    difference = _option_differences(model, tok, table, ours, theirs)
+    print("  against the harness with softmax_dtype float64:")
+    difference64 = _option_differences(model, tok, table, ours, theirs64, diagnose=False)
+    ours = ours.set_index("item_id").loc[table["item_id"]]
+    excess = np.concatenate([(np.array(theirs[item]) - np.array(lp)) / np.array(n) for item, lp, n in
+                             zip(table["item_id"], ours["option_logprobs"], ours["option_token_counts"])])
+    excess64 = np.concatenate([(np.array(theirs[item]) - np.array(theirs64[item])) / np.array(n) for item, n in
+                               zip(table["item_id"], ours["option_token_counts"])])
+    print(f"  harness - workflow per option token: mean {excess.mean():+.1e} (range {excess.min():+.1e} to "
+          f"{excess.max():+.1e}); harness - its own float64-softmax run: mean {excess64.mean():+.1e}")
+    print(f"  max |difference| of per-option log-probs  {difference.max():9.2e}; with the harness's softmax_dtype "
+          f"float64 {difference64.max():9.2e}")
+    return difference, difference64
+
+
+def _compare_truthfulqa(model, tok, args, work: Path) -> dict:
+    name = _truthfulqa_task(args, work)
+    print(f"\nTruthfulQA MC1: the first {args.truthfulqa_limit or 'all'} questions of mc_task.json, "
+          f"the harness's truthfulqa_mc1 (0-shot, its 6 QA pairs in the prompt); fastest of "
+          f"{args.truthfulqa_repeats} run(s)", flush=True)
+    samples, samples64, table, ours, seconds = _score_like_harness(model, tok, args, {name: "truthfulqa"}, None, work,
+                                                                   args.truthfulqa_repeats)
+    best = {k: min(v) for k, v in seconds.items()}
+    samples = samples[name]
+    theirs = _harness_option_logprobs(samples, "truthfulqa")
+    theirs64 = _harness_option_logprobs(samples64[name], "truthfulqa")
+    difference, difference64 = _report_differences(model, tok, table, ours, theirs, theirs64)
+    ours_lp = ours.set_index("item_id").loc[table["item_id"], "option_logprobs"].tolist()
+    ours_pick = np.array([int(np.argmax(x)) for x in ours_lp])  # continuation_sum: ties to the first index
+    theirs_pick = np.array([int(np.argmax(theirs[item])) for item in table["item_id"]])
+    gold = table["gold"].to_numpy()
+    harness_acc = np.array([s["acc"] for s in samples])
+    theirs64_pick = np.array([int(np.argmax(theirs64[item])) for item in table["item_id"]])
+    differ = np.flatnonzero(ours_pick != theirs_pick)
+    n_options = table["options"].map(len)
+    counts = np.concatenate(ours["option_token_counts"].map(np.array).to_numpy())
+    print(f"  {len(table)} questions, {n_options.sum()} options ({n_options.min()} to {n_options.max()} per question, "
+          f"{counts.min()} to {counts.max()} tokens, mean {counts.mean():.1f})")
+    print(f"  accuracy: lm-evaluation-harness acc {harness_acc.mean():.3f}, workflow continuation_sum "
+          f"{np.mean(ours_pick == gold):.3f}; chosen index differs on {len(differ)} of {len(table)}"
+          + (f" ({', '.join(table['item_id'][differ][:10])})" if len(differ) else "")
+          + f"; against the harness's float64-softmax run on {np.sum(ours_pick != theirs64_pick)}")
+    if not np.array_equal(harness_acc == 1, theirs_pick == gold):
+        print("  NOTE: the harness's acc disagrees with the argmax of its own filtered_resps")
+    print(f"  this workflow (score_options)             {best['workflow']:7.1f} s")
+    print(f"  lm-evaluation-harness (loglikelihood)     {best['harness']:7.1f} s   "
+          f"(simple_evaluate {best['evaluate']:.1f} s)")
+    print(f"  speed-up over lm-evaluation-harness       {best['harness'] / best['workflow']:7.1f} x")
+    _print_runs(seconds)
+    _compare_truthfulqa_table(args, work, table)
+    return {"kind": "truthfulqa", "request": "loglikelihood", "items": f"{len(table)} q",
+            "workflow": best["workflow"], "harness": best["harness"],
+            "difference": f"{difference.max():.1e} per option log-prob ({difference64.max():.1e} with softmax "
+                          f"float64); chosen index differs {len(differ)}/{len(table)}"}
+
+
+def _compare_truthfulqa_table(args, work: Path, harness: pd.DataFrame) -> None:
+    """The workflow's own TruthfulQA table (prepare_task, format truthfulqa_mc) against the
+    harness's contexts and continuations, where that loader exists."""
+    path = work / "truthfulqa_workflow.parquet"
+    try:
+        prepare_task("truthfulqa", "multiple_choice",
+                     {"format": "truthfulqa_mc", "path": str(FIXTURES / "truthfulqa" / "mc_task.json")}, path, shots=0)
+    except Exception as exc:  # noqa: BLE001 - the loader may not exist yet
+        print(f"  workflow's own table: prepare_task(format truthfulqa_mc) not available ({type(exc).__name__}: {exc})")
+        return
+    ours = read_table(path)
+    print(f"  workflow's own table: {len(ours)} rows, columns {list(ours.columns)}")
+    ours = ours.iloc[:len(harness)].reset_index(drop=True)
+    same_prompt = sum(a == b for a, b in zip(ours["prompt"], harness["prompt"]))
+    same_options = sum(list(a) == list(b) for a, b in zip(ours["options"], harness["options"]))
+    same_gold = sum(int(a) == int(b) for a, b in zip(ours["gold"], harness["gold"]))
+    print(f"  workflow's own table (prepare_task format truthfulqa_mc), first {len(harness)} rows: identical prompts "
+          f"{same_prompt}/{len(harness)}, identical option lists {same_options}/{len(harness)}, same gold "
+          f"{same_gold}/{len(harness)}")
+    for a, b, item in zip(ours.itertuples(), harness.itertuples(), harness["item_id"]):
+        if a.prompt != b.prompt or list(a.options) != list(b.options):
+            print(f"  e.g. DIFFERENT {item}: workflow prompt ...{a.prompt[-60:]!r} options {list(a.options)[:3]}; "
+                  f"harness ...{b.prompt[-60:]!r} options {list(b.options)[:3]}")
+            break
 
 
 # ----------------------------------------------------------------------------- language modelling
@@ -356,6 +628,15 @@ def _harness_tasks(args, work: Path) -> dict[str, str]:
 
 def _run_harness(lm, args, tasks: dict[str, str], work: Path):
     """Per-option log-probabilities by item id, the time in loglikelihood and in simple_evaluate."""
+    results, loglikelihood_s, evaluate_s = _simple_evaluate(lm, list(tasks), args.shots, work)
+    logprobs = {f"{subject}/{s['doc_id']}": [float(r[0]) for r in s["filtered_resps"]]
+                for name, subject in tasks.items() for s in results["samples"][name]}
+    return logprobs, loglikelihood_s, evaluate_s
+
+
+def _simple_evaluate(lm, tasks: list[str], shots: int | None, work: Path):
+    """The harness's results (with its samples) for task YAMLs under ``work``, the seconds spent
+    in ``lm.loglikelihood`` and in ``simple_evaluate``."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -369,13 +650,14 @@ def _run_harness(lm, args, tasks: dict[str, str], work: Path):
         return result
 
     lm.loglikelihood = timed
-    started = time.perf_counter()
-    results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=args.shots, log_samples=True,
-                                      bootstrap_iters=0, task_manager=TaskManager(include_path=str(work)))
-    evaluate_s = time.perf_counter() - started
-    logprobs = {f"{subject}/{s['doc_id']}": [float(r[0]) for r in s["filtered_resps"]]
-                for name, subject in tasks.items() for s in results["samples"][name]}
-    return logprobs, sum(spent), evaluate_s
+    try:
+        started = time.perf_counter()
+        results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=shots, log_samples=True,
+                                          bootstrap_iters=0, task_manager=TaskManager(include_path=str(work)))
+        evaluate_s = time.perf_counter() - started
+    finally:
+        lm.loglikelihood = loglikelihood
+    return results, sum(spent), evaluate_s
 
 
 def _warm_up(model, tok) -> None:

@@ -48,16 +48,22 @@ def inference_settings(task, model):
     """Everything that shapes the raw log-probabilities of a model on a task (global, then per
     task, then per model)."""
     settings = {k: v for k, v in config["inference"].items() if k != "threads"}  # threads: the rule's
-    settings.update({k: TASKS[task][k] for k in ("window", "window_mode", "max_new_tokens", "stop") if k in TASKS[task]})
+    settings.update({k: TASKS[task][k] for k in ("window", "window_mode", "max_new_tokens", "stop", "chat")
+                     if k in TASKS[task]})
     settings.update(MODELS[model].get("inference", {}))
     return canonical(settings)
 
 
-def task_methods(wildcards):
-    from workflow_scripts.confidence import METHODS
+def methods_of(task):
+    """The confidence methods of a task: its `methods`, else those that apply to its kind and scoring."""
+    from workflow_scripts.confidence import default_methods
+    from workflow_scripts.tasks import task_scoring
 
-    task = TASKS[wildcards.task]
-    return task.get("methods") or list(METHODS[task["kind"]])
+    return TASKS[task].get("methods") or default_methods(TASKS[task]["kind"], task_scoring(TASKS[task]))
+
+
+def task_methods(wildcards):
+    return methods_of(wildcards.task)
 
 
 def dataset_files(wildcards):
@@ -185,9 +191,7 @@ def align_resources():
 
 def primary_methods():
     """The first configured confidence method of every task: the one the study's figures use."""
-    from workflow_scripts.confidence import METHODS
-
-    return {t: (TASKS[t].get("methods") or list(METHODS[TASKS[t]["kind"]]))[0] for t in TASKS}
+    return {t: methods_of(t)[0] for t in TASKS}
 
 
 def study_figures():

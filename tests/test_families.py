@@ -137,8 +137,8 @@ def _long_mc_items(tok, context: int) -> pd.DataFrame:
     for n, text in enumerate(["What is the capital of France?", "Where is Lima?", "Is Oslo in Norway?"]):
         question = Question(f"geo/{n}", text, ["one", "two", "three", "four"], n % 4)
         rows.append({"item_id": question.item_id, "subject": "geo", "question": text,
-                     "prompt": mmlu_prompt("geo", shots[:n], question), "options": ["A", "B", "C", "D"],
-                     "gold": question.gold})
+                     "prompt": mmlu_prompt("geo", shots[:n], question), "choices": question.choices,
+                     "options": [" A", " B", " C", " D"], "gold": question.gold, "scoring": "letters"})
     items = pd.DataFrame(rows)
     lengths = [len(tok(p)["input_ids"]) for p in items["prompt"]]
     assert max(lengths) > context > min(lengths)  # some prompts are truncated, at least one is not
@@ -152,10 +152,10 @@ def test_multiple_choice_prompts_past_the_context_keep_their_last_tokens_as_the_
     bos = resolve_add_bos(tok)
     for scoring_options in (None, ["Paris", "Lima", "Rome", "Oslo"]):  # one-token letters; several-token texts
         if scoring_options:
-            items = items.assign(options=[scoring_options] * len(items))
+            items = items.assign(options=[[" " + o for o in scoring_options]] * len(items), scoring="continuation")
         raw = score_options(model, tok, items, batch_size=2, bos=bos)
         for it, got, truncated in zip(items.itertuples(), raw["option_logprobs"], raw["truncated"]):
-            context, continuations = encode_options(tok, it.prompt, [" " + o for o in it.options], bos)
+            context, continuations = encode_options(tok, it.prompt, list(it.options), bos)
             expected = []
             for continuation in continuations:  # the harness: (context + continuation)[-(max_length + 1):][:-1]
                 whole = (context + continuation)[-(limit + 1):]

@@ -48,10 +48,10 @@ def test_clm_statistics_a_few_positions_at_a_time_equal_those_of_a_whole_batch(m
 
 def test_clm_window_is_capped_by_the_model_context(tiny_model):
     model, tok = tiny_model
-    long_doc = pd.DataFrame({"item_id": ["x"], "text": ["word " * 400]})
-    raw = score_tokens(model, tok, long_doc, window=10_000, batch_size=1)  # context is 128
+    long_doc = pd.DataFrame({"item_id": ["x"], "text": ["word " * 1200]})
+    raw = score_tokens(model, tok, long_doc, window=10_000, batch_size=1)  # context is 512
     assert len(raw) == len(tok(long_doc["text"][0])["input_ids"])
-    assert raw["context_len"].max() == 128
+    assert raw["context_len"].max() == 512
 
 
 def test_clm_inference_streams_row_groups_with_provenance(tiny_model, tiny_model_dir, tmp_path, monkeypatch):
@@ -97,9 +97,16 @@ def _mc_items():
         for n, text in enumerate(questions):
             question = Question(f"{subject}/{n}", text, ["one", "two", "three", "four"], n % 4)
             rows.append({"item_id": question.item_id, "subject": subject, "question": text,
-                         "prompt": mmlu_prompt(subject, SHOTS, question), "options": ["A", "B", "C", "D"],
-                         "gold": question.gold})
+                         "prompt": mmlu_prompt(subject, SHOTS, question), "choices": question.choices,
+                         "options": [" A", " B", " C", " D"], "gold": question.gold, "scoring": "letters"})
     return pd.DataFrame(rows)
+
+
+def _plain_option_logprobs(model, tok, prompt: str, options: list[str]) -> list[list[float]]:
+    """Per option, its tokens' log-probabilities from a sequence of its own (the harness's way)."""
+    context, continuations = inference.encode_options(tok, prompt, options)
+    limit = inference.context_length(model, tok)
+    return [inference._continuation_token_logprobs(model, context, c, limit) for c in continuations]
 
 
 def test_prefix_cache_and_one_pass_equal_scoring_each_option_separately(model):
@@ -109,12 +116,15 @@ def test_prefix_cache_and_one_pass_equal_scoring_each_option_separately(model):
         if len(prompts) > 1:  # the subject's shots are cached: a long shared prefix
             assert len(shared_prefix([encode_pair(tok, p, " A")[0] for p in prompts])) > 40
     cached = score_options(model, tok, items, batch_size=3)
+    assert not cached["truncated"].any()
     plain = score_options(model, tok, items, batch_size=1, prefix_cache=False)
-    for it, got, without_cache in zip(items.itertuples(), cached["option_logprobs"], plain["option_logprobs"]):
-        expected = [inference._continuation_logprob(model, *encode_pair(tok, it.prompt, " " + letter), 128)
-                    for letter in it.options]
+    for it, got, without_cache, mass in zip(items.itertuples(), cached["option_logprobs"], plain["option_logprobs"],
+                                            cached["letter_mass"]):
+        expected = [sum(t) for t in _plain_option_logprobs(model, tok, it.prompt, it.options)]
         np.testing.assert_allclose(got, expected, atol=1e-5)
         np.testing.assert_allclose(without_cache, expected, atol=1e-5)
+        np.testing.assert_allclose(mass, np.exp(expected).sum(), rtol=1e-5)  # the letters' share of the vocabulary
+    assert cached["option_token_counts"].map(list).tolist() == [[1] * 4] * len(items)
     assert cached["item_id"].tolist() == items["item_id"].tolist()
     assert cached["gold"].tolist() == items["gold"].tolist()
 
@@ -122,12 +132,52 @@ def test_prefix_cache_and_one_pass_equal_scoring_each_option_separately(model):
 def test_multi_token_options_fall_back_to_scoring_each_option(tiny_model):
     model, tok = tiny_model
     items = _mc_items()
-    items["options"] = [["Paris", "Lyon", "Nice", "Lille"]] * len(items)
+    items["options"] = [[" Paris", " Lyon", " Nice", " Lille"]] * len(items)
     assert len(encode_pair(tok, items["prompt"][0], " Lille")[1]) > 1  # not one token
     raw = score_options(model, tok, items, batch_size=2)
     for it, got in zip(items.itertuples(), raw["option_logprobs"]):
-        expected = [inference._continuation_logprob(model, *encode_pair(tok, it.prompt, " " + o), 128) for o in it.options]
+        expected = [sum(t) for t in _plain_option_logprobs(model, tok, it.prompt, it.options)]
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_option_texts_as_continuations_of_one_cached_context_equal_one_sequence_per_option(model, prefix_cache):
+    """Continuation scoring, N = 2 to 7 options of their own count per question: the context once,
+    then all options as a batch continuing its cache, against each context + option run alone."""
+    model, tok = model
+    items = _mc_items()
+    texts = ["Paris", "the Nile river", "Lima, Peru", "Asia", "a very long answer with many words", "Rome", "x"]
+    items["options"] = [[" " + t for t in texts[:2 + n % 6]] for n in range(len(items))]
+    items["choices"] = [[o[1:] for o in options] for options in items["options"]]
+    items["gold"] = [n % len(options) for n, options in enumerate(items["options"])]
+    items["scoring"] = "continuation"
+    raw = score_options(model, tok, items, batch_size=3, prefix_cache=prefix_cache)
+    assert sorted({len(o) for o in raw["option_logprobs"]}) == [2, 3, 4, 5, 6, 7] and not raw["truncated"].any()
+    for it, row in zip(items.itertuples(), raw.itertuples()):
+        plain = _plain_option_logprobs(model, tok, it.prompt, it.options)
+        np.testing.assert_allclose(row.option_logprobs, [sum(t) for t in plain], atol=2e-5)
+        np.testing.assert_allclose(row.option_min_logprobs, [min(t) for t in plain], atol=2e-5)
+        assert list(row.option_token_counts) == [len(t) for t in plain]
+        assert np.isnan(row.letter_mass) and row.gold == it.gold
+
+
+def test_chat_prompts_are_the_user_turn_of_the_chat_template(tiny_model):
+    model, tok = tiny_model
+    items = _mc_items().head(3).assign(options=[[" Paris", " Lima"]] * 3, choices=[["Paris", "Lima"]] * 3,
+                                       gold=0, scoring="continuation")
+    with pytest.raises(ValueError, match="no chat template"):
+        score_options(model, tok, items, batch_size=2, chat=True)
+    tok.chat_template = ("{% for m in messages %}<|endoftext|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|endoftext|>assistant\n{% endif %}")
+    try:
+        raw = score_options(model, tok, items, batch_size=2, chat=True)
+        for it, got in zip(items.itertuples(), raw["option_logprobs"]):
+            templated = f"<|endoftext|>user\n{it.prompt}\n<|endoftext|>assistant\n"
+            assert inference.chat_prompt(tok, it.prompt) == templated
+            np.testing.assert_allclose(got, [sum(t) for t in _plain_option_logprobs(model, tok, templated, it.options)],
+                                       atol=2e-5)
+    finally:
+        tok.chat_template = None
 
 
 # ----------------------------------------------------------------------------- facts generation

@@ -277,6 +277,7 @@ def test_option_letters_of_two_tokens_are_scored_whole(tables, tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="workflow_scripts.inference"):
         run_inference("multiple_choice", tables / "multiple_choice.parquet", tmp_path, out, batch_size=4)
     assert caplog.text.count("of several tokens after the prompt") == 1  # said once, not per question
+    assert read_table(out)["letter_mass"].isna().all()
     assert f"{len(data)} of {len(data)} questions" in caplog.text
     raw = read_table(out)
     model, tokenizer = inference.load_model(tmp_path, device="cpu")
@@ -298,6 +299,6 @@ def test_an_option_merged_into_the_prompt_is_a_clear_error(tables, tmp_path):
     tokenizer = _char_tokenizer(tmp_path, data["prompt"], merges=[(":", " "), (": ", "A")])
     _model_for(tokenizer, tmp_path)
     out = tmp_path / "out" / "raw.parquet"
-    with pytest.raises(InferenceError, match=r"item \S+: option\(s\) \['A'\] add no token after the prompt"):
+    with pytest.raises(InferenceError, match=r"item \S+: option\(s\) \[' A'\] add no token after the prompt"):
         run_inference("multiple_choice", tables / "multiple_choice.parquet", tmp_path, out, batch_size=4)
     assert not out.parent.exists() or list(out.parent.iterdir()) == []

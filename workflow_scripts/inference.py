@@ -74,8 +74,10 @@ TOKEN_SCHEMA = pa.schema([("item_id", pa.string()), ("position", pa.int64()), ("
                           ("target_logprob", pa.float64()), ("max_logprob", pa.float64()),
                           ("argmax_id", pa.int64()), ("entropy", pa.float64()), ("context_len", pa.int64())])
 OPTION_SCHEMA = pa.schema([("item_id", pa.string()), ("subject", pa.string()),
-                           ("option_logprobs", pa.list_(pa.float64())), ("gold", pa.int64()),
-                           ("truncated", pa.bool_())])
+                           ("option_logprobs", pa.list_(pa.float64())),
+                           ("option_token_counts", pa.list_(pa.int64())),
+                           ("option_min_logprobs", pa.list_(pa.float64())), ("letter_mass", pa.float64()),
+                           ("gold", pa.int64()), ("truncated", pa.bool_())])
 ANSWER_SCHEMA = pa.schema([("item_id", pa.string()), ("token_ids", pa.list_(pa.int64())),
                            ("token_logprobs", pa.list_(pa.float64())), ("generated", pa.string()),
                            ("answer_text", pa.string()), ("gold_first_ids", pa.list_(pa.int64())),
@@ -137,17 +139,19 @@ def run_inference(kind: str, data_path, checkpoint_dir, out_path, *, threads: in
 
 def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path, *, batch_size: int = 8,
                 window: int = 1024, window_mode: str | dict = "rolling", max_new_tokens: int = 12,
-                stop: list[str] | None = None, add_bos: str | bool = "auto", threads: int = 1,
+                stop: list[str] | None = None, add_bos: str | bool = "auto", chat: bool = False, threads: int = 1,
                 provenance: dict | None = None) -> None:
     """Write the table of one task at ``out_path``."""
     if kind not in SCHEMAS:
         raise ValueError(f"unknown task kind {kind!r}")
+    if chat and kind != "multiple_choice":
+        raise ValueError(f"chat: true applies to multiple-choice tasks, not to {kind}")
     checkpoint = _read_json(Path(checkpoint_dir) / "provenance.json")
     stop = stop if stop is not None else ["\n"]
     bos = resolve_add_bos(tokenizer, add_bos)
     shards = Shards(out_path, {
         "kind": kind, "batch_size": batch_size, "window": window, "window_mode": window_mode,
-        "max_new_tokens": max_new_tokens, "stop": stop, "bos": bos, "device": str(model.device),
+        "max_new_tokens": max_new_tokens, "stop": stop, "bos": bos, "chat": chat, "device": str(model.device),
         "dtype": str(model.dtype), "threads": threads, "checkpoint": checkpoint,
         "data": _file_hash(data_path), "code": _file_hash(__file__), "packages": package_versions(),
         "provenance": provenance})
@@ -157,7 +161,7 @@ def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path
     data = read_table(data_path)
     info = {"stage": "infer", "kind": kind, **(provenance or {}), "checkpoint": checkpoint,
             "data": read_provenance(data_path), "device": str(model.device), "dtype": str(model.dtype),
-            "params": model.num_parameters(), "add_bos": add_bos, "bos": bos,
+            "params": model.num_parameters(), "add_bos": add_bos, "bos": bos, "chat": chat,
             "context": context_length(model, tokenizer)}
     batches = Batches(shards.batch_size or batch_size)
     started = time.perf_counter()
@@ -172,7 +176,7 @@ def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path
                 frames = iter_answers(model, tokenizer, data, max_new_tokens=max_new_tokens, stop=stop,
                                       batch_size=batch_size, bos=bos, skip=shards.item_ids(), batches=batches)
             else:
-                frames = iter_option_scores(model, tokenizer, data, batch_size=batch_size, bos=bos,
+                frames = iter_option_scores(model, tokenizer, data, batch_size=batch_size, bos=bos, chat=chat,
                                             skip=shards.item_ids(), batches=batches)
             pending = []
             for frame in frames:
@@ -596,34 +600,39 @@ def encode_pair(tokenizer, context: str, continuation: str, bos: bool = False) -
 
 
 def score_options(model, tokenizer, data: pd.DataFrame, *, batch_size: int, bos: bool = False,
-                  prefix_cache: bool = True) -> pd.DataFrame:
-    """Log-probability of each option continuation " A", " B", ... after every prompt.
+                  chat: bool = False, prefix_cache: bool = True) -> pd.DataFrame:
+    """Log-probabilities of each option's continuation (the table's ``options``: " A", " B", ... for
+    letters, " " + the option text for continuation scoring) after every prompt (in the tokenizer's
+    chat template where ``chat``): per option the sum over its tokens, its token count and its
+    least likely token, and for letters the probability mass the model puts on the option letters.
 
-    Where every option is one token, one forward pass per question reads all options at the
-    answer position. The questions of a subject share a prefix (the description and the shots):
-    with ``prefix_cache`` its key/value cache is computed once and continued by each question.
-    Where an option is several tokens after the prompt (a tokenizer without " A" ... " D" as
-    single tokens), the whole continuation of each option is scored, token by token. A prompt
-    and option longer than the model's context keep their last tokens, as in the harness."""
-    frames = list(iter_option_scores(model, tokenizer, data, batch_size=batch_size, bos=bos,
+    The questions of a subject share a prefix (the description and the shots): with
+    ``prefix_cache`` its key/value cache is computed once and continued by each question. Where
+    every option is one token, one forward pass per question reads all options at the answer
+    position, in batches of questions. Otherwise the question's context runs once, continuing the
+    prefix's cache, and all its options run as one batch continuing the context's cache (where
+    lm-evaluation-harness runs every context + option as a sequence of its own). A prompt and
+    option longer than the model's context keep their last tokens, as in the harness (each option
+    then runs as a sequence of its own)."""
+    frames = list(iter_option_scores(model, tokenizer, data, batch_size=batch_size, bos=bos, chat=chat,
                                      prefix_cache=prefix_cache))
-    result = _in_table_order("multiple_choice", frames, data)
-    result["option_logprobs"] = [list(map(float, lps)) for lps in result["option_logprobs"]]
-    return result
+    return _in_table_order("multiple_choice", frames, data)
 
 
 def iter_option_scores(model, tokenizer, data: pd.DataFrame, *, batch_size: int, bos: bool = False,
-                       prefix_cache: bool = True, skip=frozenset(), batches: Batches | None = None):
+                       chat: bool = False, prefix_cache: bool = True, skip=frozenset(),
+                       batches: Batches | None = None):
     """``score_options`` one DataFrame per batch, in the order computed, leaving out the items of
     ``skip`` (done before: the first ones of that order, so the batches are those of a whole run)."""
     items = list(data.itertuples(index=False))
     limit = context_length(model, tokenizer)
-    encoded = [encode_options(tokenizer, it.prompt, [" " + letter for letter in it.options], bos) for it in items]
+    contexts = [chat_prompt(tokenizer, it.prompt) if chat else it.prompt for it in items]
+    encoded = [encode_options(tokenizer, context, list(it.options), bos and not chat)
+               for context, it in zip(contexts, items)]
     truncated = [len(context) + max(map(len, options)) - 1 > limit for context, options in encoded]
-    by_subject: dict = {}
-    several = []
+    one_token, several, plain = {}, {}, []  # by subject: one-token options; options of several tokens; truncated
     for i, (context, options) in enumerate(encoded):
-        empty = [letter for letter, option in zip(items[i].options, options) if not option]
+        empty = [text for text, option in zip(items[i].options, options) if not option]
         if empty:
             raise InferenceError(f"item {items[i].item_id}: option(s) {empty} add no token after the prompt "
                                  "(the tokenizer merges them into the prompt's last token); cannot score them")
@@ -631,22 +640,38 @@ def iter_option_scores(model, tokenizer, data: pd.DataFrame, *, batch_size: int,
             raise InferenceError(f"item {items[i].item_id}: an option is longer than the model's context ({limit})")
         if all(len(option) == 1 for option in options):
             encoded[i] = (context[-limit:], options)  # the harness's (context + option)[-(limit + 1):][:-1]
-            by_subject.setdefault(items[i].subject, []).append(i)
+            one_token.setdefault(items[i].subject, []).append(i)
+        elif truncated[i]:
+            plain.append(i)  # each option keeps its own last tokens: no shared context to cache
         else:
-            several.append(i)
+            several.setdefault(items[i].subject, []).append(i)
+    multi_letters = [i for i in [*plain, *(i for group in several.values() for i in group)]
+                     if items[i].scoring == "letters"]
+    if multi_letters:
+        i = multi_letters[0]
+        log.warning("%d of %d questions have an option letter of several tokens after the prompt (e.g. %s: %s); "
+                    "scoring each option's tokens after the context (no letter_mass)", len(multi_letters), len(items),
+                    items[i].item_id, dict(zip(items[i].options, encoded[i][1])))
     batches = batches or Batches(batch_size)
     progress = Progress("questions", len(items))
     progress.update(sum(it.item_id in skip for it in items))
 
-    def rows(indices, scores):
+    def rows(indices, token_logprobs, letter_mass):
         return pd.DataFrame({"item_id": [items[i].item_id for i in indices],
                              "subject": [items[i].subject for i in indices],
-                             "option_logprobs": scores, "gold": [int(items[i].gold) for i in indices],
+                             "option_logprobs": [[math.fsum(t) for t in options] for options in token_logprobs],
+                             "option_token_counts": [[len(t) for t in options] for options in token_logprobs],
+                             "option_min_logprobs": [[min(t) for t in options] for options in token_logprobs],
+                             "letter_mass": letter_mass, "gold": [int(items[i].gold) for i in indices],
                              "truncated": [truncated[i] for i in indices]})
 
-    for indices in by_subject.values():
-        prefix = shared_prefix([encoded[i][0] for i in indices]) if prefix_cache else []  # of all, done or not
-        indices = [i for i in indices if items[i].item_id not in skip]
+    def todo(groups):
+        """Per subject: its prefix (of all its questions, done or not) and the questions not done."""
+        for indices in groups.values():
+            prefix = shared_prefix([encoded[i][0] for i in indices]) if prefix_cache else []
+            yield prefix, [i for i in indices if items[i].item_id not in skip]
+
+    for prefix, indices in todo(one_token):
         if not indices:
             continue
         cache = _prefix_cache(model, prefix)
@@ -654,18 +679,32 @@ def iter_option_scores(model, tokenizer, data: pd.DataFrame, *, batch_size: int,
                 indices, key=lambda i: len(encoded[i][0]),
                 step=lambda b: _next_token_logprobs(model, cache, len(prefix),
                                                     [encoded[i][0][len(prefix):] for i in b], tokenizer.pad_token_id)):
-            yield rows(batch, [logprobs[row, [option[0] for option in encoded[i][1]]].tolist()
-                               for row, i in enumerate(batch)])
+            firsts = [[option[0] for option in encoded[i][1]] for i in batch]
+            mass = [logprobs[row, sorted(set(ids))].exp().sum().item() if items[i].scoring == "letters" else math.nan
+                    for row, (i, ids) in enumerate(zip(batch, firsts))]
+            yield rows(batch, [[[x] for x in logprobs[row, ids].tolist()] for row, ids in enumerate(firsts)], mass)
             progress.update(len(batch))
-    if several:
-        i = several[0]
-        log.warning("%d of %d questions have an option of several tokens after the prompt (e.g. %s: %s); "
-                    "scoring each option's tokens in turn, one question at a time", len(several), len(items),
-                    items[i].item_id, {letter: option for letter, option in zip(items[i].options, encoded[i][1])})
-    for i in several:
-        if items[i].item_id not in skip:
-            yield rows([i], [[_continuation_logprob(model, encoded[i][0], option, limit) for option in encoded[i][1]]])
+    for prefix, indices in todo(several):
+        cache = _prefix_cache(model, prefix) if indices else []
+        for i in indices:  # the context once, then every option as its continuation
+            context, options = encoded[i]
+            context_cache, first = _context_cache(model, cache, len(prefix), context[len(prefix):])
+            yield rows([i], [_option_token_logprobs(model, context_cache, len(context), first, options,
+                                                    tokenizer.pad_token_id)], [math.nan])
             progress.update(1)
+    for i in plain:
+        if items[i].item_id not in skip:
+            yield rows([i], [[_continuation_token_logprobs(model, encoded[i][0], option, limit)
+                              for option in encoded[i][1]]], [math.nan])
+            progress.update(1)
+
+
+def chat_prompt(tokenizer, prompt: str) -> str:
+    """The prompt as the user turn of the tokenizer's chat template, then the start of the assistant turn."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat: true, but the tokenizer has no chat template")
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
 
 
 def shared_prefix(sequences: list[list[int]]) -> list[int]:
@@ -697,17 +736,12 @@ def _next_token_logprobs(model, prefix_cache: list, prefix_length: int, suffixes
                          pad_id: int) -> torch.Tensor:
     """Log-softmax of the next-token logits after prefix + each suffix (left-padded suffixes that
     continue the prefix's cache; only the last position goes through the output layer)."""
-    from transformers import DynamicCache
-
     input_ids, mask = _pad(suffixes, pad_id, side="left")
     position_ids = prefix_length + (mask.cumsum(-1) - 1).clamp(min=0)
     mask = torch.cat([torch.ones(len(suffixes), prefix_length, dtype=mask.dtype), mask], dim=1)
     kwargs = {"use_cache": False}
     if prefix_cache:
-        cache = DynamicCache(config=model.config)
-        for layer, (keys, values) in enumerate(prefix_cache):
-            cache.update(keys.expand(len(suffixes), -1, -1, -1), values.expand(len(suffixes), -1, -1, -1), layer)
-        kwargs = {_cache_argument(model): cache, "use_cache": True}
+        kwargs = {_cache_argument(model): _loaded_cache(model, prefix_cache, len(suffixes)), "use_cache": True}
     with torch.inference_mode():
         logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
                        position_ids=position_ids.to(model.device), logits_to_keep=1, **kwargs).logits[:, -1]
@@ -716,23 +750,70 @@ def _next_token_logprobs(model, prefix_cache: list, prefix_length: int, suffixes
     return logprobs.cpu()
 
 
+def _loaded_cache(model, layers: list, rows: int):
+    """A DynamicCache holding ``layers`` (keys and values of a batch of one) for ``rows`` sequences."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    for layer, (keys, values) in enumerate(layers):
+        cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), layer)
+    return cache
+
+
+def _context_cache(model, prefix_cache: list, prefix_length: int, suffix: list[int]):
+    """Keys and values after prefix + suffix (continuing the prefix's cache), and the log-softmax
+    of the next token after it."""
+    from transformers import DynamicCache
+
+    cache = _loaded_cache(model, prefix_cache, 1) if prefix_cache else DynamicCache(config=model.config)
+    positions = torch.arange(prefix_length, prefix_length + len(suffix), device=model.device)[None]
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([suffix], device=model.device), position_ids=positions,
+                       attention_mask=torch.ones(1, prefix_length + len(suffix), dtype=torch.long, device=model.device),
+                       use_cache=True, logits_to_keep=1, **{_cache_argument(model): cache}).logits[0, -1].float()
+    return [(keys, values) for keys, values, *_ in cache], (logits - _log_normaliser(logits)).cpu()
+
+
+def _option_token_logprobs(model, context_cache: list, context_length: int, first: torch.Tensor,
+                           options: list[list[int]], pad_id: int) -> list[list[float]]:
+    """Per option, the log-probability of each of its tokens after the context: the first from
+    ``first`` (the next-token log-softmax after the context), the others from one batched pass
+    of all options (right-padded) continuing the context's cache."""
+    longer = [k for k, option in enumerate(options) if len(option) > 1]
+    result = [[first[option[0]].item()] for option in options]
+    if not longer:
+        return result
+    input_ids, mask = _pad([options[k][:-1] for k in longer], pad_id, side="right")
+    positions = context_length + torch.arange(input_ids.shape[1])[None].expand(len(longer), -1)
+    mask = torch.cat([torch.ones(len(longer), context_length, dtype=mask.dtype), mask], dim=1)
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
+                       position_ids=positions.to(model.device), use_cache=True,
+                       **{_cache_argument(model): _loaded_cache(model, context_cache, len(longer))}).logits.float()
+        logprobs = (logits - _log_normaliser(logits)[..., None]).cpu()
+    for row, k in enumerate(longer):
+        targets = options[k][1:]
+        result[k] += logprobs[row, torch.arange(len(targets)), torch.tensor(targets)].tolist()
+    return result
+
+
 def _cache_argument(model) -> str:
     """The forward argument that takes a key/value cache (``past_key_values`` before transformers renamed it)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _continuation_logprob(model, context: list[int], continuation: list[int], limit: int) -> float:
-    """Sum of log-probabilities of the continuation tokens after the context, of which only the
-    last ``limit`` tokens of context + continuation but the last are read (the harness's truncation)."""
+def _continuation_token_logprobs(model, context: list[int], continuation: list[int], limit: int) -> list[float]:
+    """Log-probability of each continuation token after the context, of which only the last
+    ``limit`` tokens of context + continuation but the last are read (the harness's truncation)."""
     whole = (context + continuation)[-(limit + 1):]
     ids = torch.tensor([whole[:-1]], device=model.device)
     with torch.inference_mode():
         logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
     positions = torch.arange(len(whole) - 1 - len(continuation), len(whole) - 1, device=ids.device)
-    value = logprobs[positions, torch.tensor(continuation, device=ids.device)].sum().item()
-    if not math.isfinite(value):
-        raise InferenceError(f"non-finite log-probability {value} for continuation {continuation}")
-    return value
+    values = logprobs[positions, torch.tensor(continuation, device=ids.device)]
+    if not torch.isfinite(values).all():
+        raise InferenceError(f"non-finite log-probabilities {values.tolist()} for continuation {continuation}")
+    return values.tolist()
 
 
 # ----------------------------------------------------------------------------- shared helpers
