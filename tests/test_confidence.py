@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts.confidence import METHODS, answer_matches, extract_confidence, normalize_answer
-from workflow_scripts.metrics import multiclass_brier_score
+from workflow_scripts.confidence import (METHODS, answer_matches, default_methods, extract_confidence,
+                                         normalize_answer)
+from workflow_scripts.metrics import multiclass_brier_score, score
 from workflow_scripts.tables import read_provenance, read_table, write_table
 
 
@@ -127,16 +128,20 @@ def test_extract_confidence_writes_one_row_per_item_and_method(tmp_path):
 
 
 def test_extract_confidence_keeps_option_probabilities(tmp_path):
+    # A task table without a scoring column predates continuation scoring: it is scored by letters.
     raw = pd.DataFrame({"item_id": ["q1"], "subject": ["s"], "option_logprobs": [np.log([0.6, 0.2, 0.2])],
                         "gold": np.array([1], dtype=np.int64)})
     write_table(raw, tmp_path / "raw.parquet")
-    write_table(pd.DataFrame({"item_id": ["q1"]}), tmp_path / "data.parquet")
+    write_table(pd.DataFrame({"item_id": ["q1"], "scoring": ["letters"]}), tmp_path / "data.parquet")
     extract_confidence("multiple_choice", tmp_path / "raw.parquet", tmp_path / "data.parquet",
                        tmp_path / "c.parquet", methods=["option_softmax"])
     out = read_table(tmp_path / "c.parquet")
-    assert list(out.columns) == ["item_id", "method", "confidence", "correct", "subject", "option_probs", "gold"]
+    assert list(out.columns) == ["item_id", "method", "confidence", "correct", "subject", "option_probs", "gold",
+                                 "pred", "letter_mass"]
     np.testing.assert_allclose(out["option_probs"].iloc[0], [0.6, 0.2, 0.2])
     assert out["gold"].dtype == np.int64 and out["gold"].iloc[0] == 1
+    assert out["pred"].iloc[0] == 0 and np.isnan(out["letter_mass"].iloc[0])  # no letter_mass in this table
+    assert read_provenance(tmp_path / "c.parquet")["scoring"] == "letters"
 
 
 def test_unknown_method_names_the_known_ones(tmp_path):
@@ -164,4 +169,226 @@ def test_extract_confidence_errors_name_the_file(tmp_path):
                                          r"are not in the task table \(e\.g\. 'f2'\)"):
         extract_confidence("generation", tmp_path / "raw.parquet", tmp_path / "part.parquet", tmp_path / "o",
                            methods=["seq_prob"])
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- multiple choice: letters and continuations
+#
+# Letters (option_softmax), two items of different option counts in one table:
+#   x, 2 options: ln 0.3, ln 0.1 -> 0.75, 0.25; top A (0.75), gold A: right.
+#   y, 7 options: ln 0.02, 0.04, 0.02, 0.04, 0.02, 0.04, 0.02 (sum 0.2) -> 0.1, 0.2, 0.1, 0.2, 0.1, 0.2, 0.1;
+#      a three-way tie at 0.2: the first (B, index 1) is chosen; gold 3 (also 0.2): wrong, confidence 0.2.
+RAW_LETTERS = pd.DataFrame({
+    "item_id": ["x", "y"], "subject": ["geo", "law"],
+    "option_logprobs": [np.log([0.3, 0.1]), np.log([0.02, 0.04, 0.02, 0.04, 0.02, 0.04, 0.02])],
+    "option_token_counts": [[1, 1], [1] * 7],
+    "option_min_logprobs": [np.log([0.3, 0.1]), np.log([0.02, 0.04, 0.02, 0.04, 0.02, 0.04, 0.02])],
+    "letter_mass": [0.4, 0.2], "gold": [0, 3], "truncated": [False, False]})
+DATA_LETTERS = pd.DataFrame({"item_id": ["x", "y"], "subject": ["geo", "law"], "question": ["?", "?"],
+                             "prompt": ["...", "..."], "choices": [["yes", "no"], list("abcdefg")],
+                             "options": [[" A", " B"], [f" {c}" for c in "ABCDEFG"]], "gold": [0, 3],
+                             "scoring": "letters"})
+
+
+def test_option_softmax_ragged_items_ties_and_letter_mass():
+    out = METHODS["multiple_choice"]["option_softmax"](RAW_LETTERS, DATA_LETTERS)
+    np.testing.assert_allclose(out["confidence"], [0.75, 0.2])
+    assert out["correct"].tolist() == [True, False] and out["pred"].tolist() == [0, 1]
+    np.testing.assert_allclose(out["option_probs"].iloc[0], [0.75, 0.25])
+    np.testing.assert_allclose(out["option_probs"].iloc[1], [0.1, 0.2, 0.1, 0.2, 0.1, 0.2, 0.1])
+    np.testing.assert_allclose(out["letter_mass"], [0.4, 0.2])
+    assert out["subject"].tolist() == ["geo", "law"] and out["gold"].tolist() == [0, 3]
+    # Multi-class Brier over ragged items: x 2 * 0.25^2 = 0.125; y 4 * 0.01 + 2 * 0.04 + 0.8^2 = 0.76
+    assert multiclass_brier_score(out["option_probs"], out["gold"]) == pytest.approx((0.125 + 0.76) / 2)
+
+
+# Continuation scoring, items of 2, 7 and 3 options in one table (p: the option's likelihood, exp of the sum):
+#   a, 2 options, texts "ab" (2 chars), "abcd" (4 chars); p 1/4, 1/16; tokens 1, 4 (0.8, 0.5, 0.5, 0.3125); gold 0
+#     sum:    1/4 : 1/16               -> 0.8, 0.2;  pred 0, right
+#     chars:  (1/4)^(1/2) : (1/16)^(1/4) = 1/2 : 1/2, a tie -> 0.5, 0.5; pred 0 (the first), right
+#     tokens: (1/4)^1 : (1/16)^(1/4) = 1/4 : 1/2 -> 1/3, 2/3; pred 1, wrong
+#     min:    1/4 : 0.3125 = 4 : 5        -> 4/9, 5/9; pred 1, wrong
+#   b, 7 options; chars 2, 1, 3, 2, 1, 4, 1; tokens 1, 1, 3, 1, 1, 4, 1; gold 3
+#     p     0.01, 0.2, 0.008, 0.25, 0.4, 0.0016, 0.1 (sum 0.9696)           -> pred 4, conf 0.4 / 0.9696, wrong
+#     chars p^(1/chars)  0.1, 0.2, 0.2, 0.5, 0.4, 0.2, 0.1 (sum 1.7)         -> pred 3, conf 0.5 / 1.7, right
+#     tokens p^(1/tokens) 0.01, 0.2, 0.2, 0.25, 0.4, 0.2, 0.1 (sum 1.36)     -> pred 4, conf 0.4 / 1.36, wrong
+#     min   0.01, 0.2, 0.1 (of 0.1, 0.4, 0.2), 0.25, 0.4, 0.05 (of 0.05, 0.2, 0.4, 0.4), 0.1 (sum 1.11)
+#                                                                           -> pred 4, conf 0.4 / 1.11, wrong
+#   c, 3 options of one char and one token, p 0.2, 0.4, 0.4: every method 0.2, 0.4, 0.4, a tie: pred 1; gold 2, wrong
+P_B = [0.01, 0.2, 0.008, 0.25, 0.4, 0.0016, 0.1]
+RAW_CONT = pd.DataFrame({
+    "item_id": ["a", "b", "c"], "subject": ["s1", "s2", "s1"],
+    "option_logprobs": [np.log([1 / 4, 1 / 16]), np.log(P_B), np.log([0.2, 0.4, 0.4])],
+    "option_token_counts": [[1, 4], [1, 1, 3, 1, 1, 4, 1], [1, 1, 1]],
+    "option_min_logprobs": [np.log([0.25, 0.3125]), np.log([0.01, 0.2, 0.1, 0.25, 0.4, 0.05, 0.1]),
+                            np.log([0.2, 0.4, 0.4])],
+    "letter_mass": np.nan, "gold": [0, 3, 2], "truncated": False})
+DATA_CONT = pd.DataFrame({
+    "item_id": ["c", "b", "a"], "subject": ["s1", "s2", "s1"], "question": ["?"] * 3, "prompt": ["..."] * 3,
+    "choices": [["x", "y", "z"], ["ab", "c", "def", "gh", "i", "jklm", "n"], ["ab", "abcd"]],
+    "options": [[" x", " y", " z"], [" ab", " c", " def", " gh", " i", " jklm", " n"], [" ab", " abcd"]],
+    "gold": [2, 3, 0], "scoring": "continuation"})
+EXPECTED_CONT = {  # method: (confidence, pred, option_probs of a, b, c)
+    "continuation_sum": ([0.8, 0.4 / 0.9696, 0.4], [0, 4, 1],
+                         [[0.8, 0.2], np.array(P_B) / 0.9696, [0.2, 0.4, 0.4]]),
+    "continuation_norm_chars": ([0.5, 0.5 / 1.7, 0.4], [0, 3, 1],
+                                [[0.5, 0.5], np.array([0.1, 0.2, 0.2, 0.5, 0.4, 0.2, 0.1]) / 1.7, [0.2, 0.4, 0.4]]),
+    "continuation_norm_tokens": ([2 / 3, 0.4 / 1.36, 0.4], [1, 4, 1],
+                                 [[1 / 3, 2 / 3], np.array([0.01, 0.2, 0.2, 0.25, 0.4, 0.2, 0.1]) / 1.36,
+                                  [0.2, 0.4, 0.4]]),
+    "continuation_min": ([5 / 9, 0.4 / 1.11, 0.4], [1, 4, 1],
+                         [[4 / 9, 5 / 9], np.array([0.01, 0.2, 0.1, 0.25, 0.4, 0.05, 0.1]) / 1.11, [0.2, 0.4, 0.4]]),
+}
+
+
+@pytest.mark.parametrize("method", list(EXPECTED_CONT))
+def test_continuation_methods_hand_worked(method):
+    confidence, pred, probs = EXPECTED_CONT[method]
+    out = METHODS["multiple_choice"][method](RAW_CONT, DATA_CONT)
+    np.testing.assert_allclose(out["confidence"], confidence)
+    assert out["pred"].tolist() == pred
+    assert out["correct"].tolist() == [p == g for p, g in zip(pred, [0, 3, 2])]
+    for got, want in zip(out["option_probs"], probs):
+        np.testing.assert_allclose(got, want)
+    assert out["gold"].tolist() == [0, 3, 2] and out["subject"].tolist() == ["s1", "s2", "s1"]
+    assert "letter_mass" not in out
+
+
+def _harness_predictions(lls, choices):
+    """lm-evaluation-harness's ConfigurableTask.process_results, output_type multiple_choice: pred (acc) and
+    pred_norm (acc_norm)."""
+    lls = tuple(float(x) for x in lls)
+    completion_len = np.array([float(len(i)) for i in choices])
+    return np.argmax(lls), np.argmax(lls / completion_len)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_continuation_sum_and_norm_chars_choose_as_the_harness_acc_and_acc_norm(seed):
+    rng = np.random.default_rng(seed)
+    rows, data = [], []
+    for i in range(200):
+        n = int(rng.integers(2, 27))
+        chars = rng.integers(1, 6, n)
+        if i % 3 == 0:  # integer log-likelihoods: ties in the sum
+            lls = -rng.integers(1, 4, n).astype(float)
+        elif i % 3 == 1:  # log-likelihood a multiple of the length: ties per character
+            lls = -rng.integers(1, 3, n) * chars * 0.7
+        else:
+            lls = -rng.exponential(5.0, n)
+        choices = ["".join(rng.choice(list("abc xyz"), size=c)) for c in chars]
+        rows.append({"item_id": f"q{i}", "subject": "s", "option_logprobs": lls, "gold": int(rng.integers(0, n))})
+        data.append({"item_id": f"q{i}", "choices": choices})
+    raw, data = pd.DataFrame(rows), pd.DataFrame(data)
+    acc = METHODS["multiple_choice"]["continuation_sum"](raw, data)
+    acc_norm = METHODS["multiple_choice"]["continuation_norm_chars"](raw, data)
+    expected = [_harness_predictions(lls, ch) for lls, ch in zip(raw["option_logprobs"], data["choices"])]
+    assert acc["pred"].tolist() == [int(p) for p, _ in expected]
+    assert acc_norm["pred"].tolist() == [int(p) for _, p in expected]
+    assert acc["correct"].tolist() == [int(p) == g for (p, _), g in zip(expected, raw["gold"])]
+    assert acc_norm["correct"].tolist() == [int(p) == g for (_, p), g in zip(expected, raw["gold"])]
+    ties = [len(set(lls)) < len(lls) for lls in raw["option_logprobs"]]
+    norm_ties = [len(set(lls / np.array([len(c) for c in ch]))) < len(lls)
+                 for lls, ch in zip(raw["option_logprobs"], data["choices"])]
+    assert sum(ties) > 50 and sum(norm_ties) > 50  # ties were tried
+
+
+def test_default_methods():
+    assert default_methods("multiple_choice", "letters") == ["option_softmax"]
+    assert default_methods("multiple_choice", None) == ["option_softmax"]
+    assert default_methods("multiple_choice", "continuation") == [
+        "continuation_sum", "continuation_norm_chars", "continuation_norm_tokens", "continuation_min"]
+    assert default_methods("generation", None) == ["first_token_prob", "seq_prob", "mean_token_prob"]
+    assert default_methods("clm", None) == ["max_prob"]
+    assert set(default_methods("multiple_choice", "letters") + default_methods("multiple_choice", "continuation")) \
+        == set(METHODS["multiple_choice"])
+    with pytest.raises(ValueError, match=r"scoring must be one of \['letters', 'continuation'\], got 'bytes'"):
+        default_methods("multiple_choice", "bytes")
+    with pytest.raises(ValueError, match="unknown task kind 'mc'"):
+        default_methods("mc", None)
+
+
+def test_extract_confidence_continuation_methods_then_score(tmp_path):
+    write_table(RAW_CONT, tmp_path / "raw.parquet", {"stage": "infer"})
+    write_table(DATA_CONT, tmp_path / "data.parquet")
+    methods = default_methods("multiple_choice", "continuation")
+    extract_confidence("multiple_choice", tmp_path / "raw.parquet", tmp_path / "data.parquet", tmp_path / "c.parquet",
+                       methods=methods)
+    out = read_table(tmp_path / "c.parquet")
+    assert list(out.columns) == ["item_id", "method", "confidence", "correct", "subject", "option_probs", "gold",
+                                 "pred"]
+    assert read_provenance(tmp_path / "c.parquet")["scoring"] == "continuation"
+    for method, (confidence, _, probs) in EXPECTED_CONT.items():
+        rows = out[out["method"] == method]
+        np.testing.assert_allclose(rows["confidence"], confidence)
+        assert [len(p) for p in rows["option_probs"]] == [2, 7, 3]
+    score(tmp_path / "c.parquet", tmp_path / "s.parquet", tmp_path / "b.parquet", task="t", model="m", revision="r",
+          n_bootstrap=20)
+    summary = read_table(tmp_path / "s.parquet").set_index("method")
+    for method, (_, pred, probs) in EXPECTED_CONT.items():
+        assert summary.loc[method, "brier_multiclass"] == pytest.approx(multiclass_brier_score(probs, [0, 3, 2]))
+        assert summary.loc[method, "accuracy"] == pytest.approx(np.mean(np.array(pred) == [0, 3, 2]))
+    assert summary["letter_mass"].isna().all()
+
+
+@pytest.mark.parametrize("methods,scoring,message", [
+    (["option_softmax"], "continuation",
+     r"method\(s\) \['option_softmax'\] do not apply to .*data\.parquet: its scoring is 'continuation', whose "
+     r"methods are \['continuation_sum', "),
+    (["option_softmax", "continuation_min"], "letters",
+     r"method\(s\) \['continuation_min'\] do not apply to .*: its scoring is 'letters', whose methods are "
+     r"\['option_softmax'\]"),
+    (["continuation_sum"], ["letters", "continuation"], r"scoring column must hold one value for all rows"),
+    (["continuation_sum"], "bytes", r"data\.parquet: multiple-choice scoring must be one of"),
+])
+def test_method_that_does_not_apply_is_a_clear_error(tmp_path, methods, scoring, message):
+    write_table(RAW_LETTERS, tmp_path / "raw.parquet")
+    write_table(DATA_LETTERS.assign(scoring=scoring), tmp_path / "data.parquet")
+    with pytest.raises(ValueError, match=message):
+        extract_confidence("multiple_choice", tmp_path / "raw.parquet", tmp_path / "data.parquet",
+                           tmp_path / "o", methods=methods)
+    assert not (tmp_path / "o").exists()
+
+
+def test_extract_confidence_option_softmax_keeps_letter_mass(tmp_path):
+    write_table(RAW_LETTERS, tmp_path / "raw.parquet")
+    write_table(DATA_LETTERS, tmp_path / "data.parquet")
+    extract_confidence("multiple_choice", tmp_path / "raw.parquet", tmp_path / "data.parquet", tmp_path / "c.parquet",
+                       methods=default_methods("multiple_choice", "letters"))
+    out = read_table(tmp_path / "c.parquet")
+    np.testing.assert_allclose(out["letter_mass"], [0.4, 0.2])
+    score(tmp_path / "c.parquet", tmp_path / "s.parquet", tmp_path / "b.parquet", task="t", model="m", revision="r",
+          n_bootstrap=0)
+    summary = read_table(tmp_path / "s.parquet")
+    assert summary["letter_mass"].tolist() == pytest.approx([0.3])
+    assert summary["brier_multiclass"].tolist() == pytest.approx([(0.125 + 0.76) / 2])
+
+
+@pytest.mark.parametrize("method,raw_change,data_change,message", [
+    ("continuation_norm_tokens", {"option_token_counts": None}, {},
+     r"raw\.parquet: missing columns \['option_token_counts'\] \(needed by the multiple_choice"),
+    ("continuation_norm_chars", {}, {"choices": None}, r"data\.parquet: missing columns \['choices'\]"),
+    ("continuation_min", {"option_min_logprobs": None}, {}, r"missing columns \['option_min_logprobs'\]"),
+    ("continuation_norm_chars", {}, {"choices": [["x", "y"], list("abcdefg"), ["ab", "abcd"]]},
+     r"method 'continuation_norm_chars': item 'c': option_logprobs holds 3 values for 2 options"),
+    ("continuation_norm_chars", {}, {"choices": [["x", "", "z"], list("abcdefg"), ["ab", "abcd"]]},
+     r"item 'c': an option text is empty"),
+    ("continuation_norm_tokens", {"option_token_counts": [[1, 0], [1] * 7, [1, 1, 1]]}, {},
+     r"item 'a': option_token_counts must be whole numbers >= 1, got \[1\.0, 0\.0\]"),
+    ("continuation_min", {"option_min_logprobs": [[-1.0], [-1.0] * 7, [-1.0] * 3]}, {},
+     r"item 'a': option_min_logprobs holds 1 values for 2 options"),
+    ("continuation_sum", {"gold": [0, 7, 2]}, {}, r"item 'b': gold must be an option index within \[0, 7\), got 7"),
+    ("continuation_sum", {"option_logprobs": [[np.nan, -1.0], P_B, [-1.0] * 3]}, {},
+     r"item 'a': option scores must be log-probabilities, not NaN"),
+    ("continuation_sum", {"option_logprobs": [[], P_B, [-1.0] * 3]}, {},
+     r"item 'a': option_logprobs must hold one value per option, at least one"),
+])
+def test_continuation_methods_reject_bad_tables(tmp_path, method, raw_change, data_change, message):
+    def changed(table, change):
+        table = table.drop(columns=[c for c, v in change.items() if v is None])
+        return table.assign(**{c: v for c, v in change.items() if v is not None})
+    write_table(changed(RAW_CONT, raw_change), tmp_path / "raw.parquet")
+    write_table(changed(DATA_CONT, data_change), tmp_path / "data.parquet")
+    with pytest.raises(ValueError, match=message):
+        extract_confidence("multiple_choice", tmp_path / "raw.parquet", tmp_path / "data.parquet",
+                           tmp_path / "o", methods=[method])
     assert not (tmp_path / "o").exists()

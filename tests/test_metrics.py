@@ -123,12 +123,23 @@ def test_multiclass_brier_matches_sklearn(n_options):
     assert M.multiclass_brier_score(list(probs), gold) == pytest.approx(expected, abs=1e-12)
 
 
+def test_multiclass_brier_items_of_different_option_counts():
+    # 2, 7 and 3 options: (0.2^2 + 0.2^2) + (6 * (1/7)^2 + (6/7)^2) + (0.5^2 + 0.5^2 + 0) = 0.08 + 6/7 + 0.5
+    probs = [[0.8, 0.2], np.full(7, 1 / 7), [0.5, 0.0, 0.5]]
+    assert M.multiclass_brier_score(probs, [0, 6, 2]) == pytest.approx((0.08 + 6 / 7 + 0.5) / 3)
+    # the same as padding every item with options of probability 0 that are never gold
+    padded = [np.pad(p, (0, 7 - len(p))) for p in probs]
+    assert M.multiclass_brier_score(probs, [0, 6, 2]) == pytest.approx(M.multiclass_brier_score(padded, [0, 6, 2]))
+
+
 @pytest.mark.parametrize("probs, gold, message", [
-    ([[0.5, 0.5], [1.0]], [0, 0], r"all of one length: 1 of 2 items .*shape \(1,\) at position 1"),
+    ([[0.5, 0.5], []], [0, 0], r"a non-empty list per item: 1 of 2 items do not \(e\.g\. shape \(0,\) at position 1"),
     ([[0.5, 0.5], None], [0, 0], r"shape \(\) at position 1"),
+    ([[0.5, 0.5], [1.0]], [0, 1], r"gold must be an option index within \[0, 1\) \(its item's number of options\): "
+                                  r"1 of 2 values are not \(e\.g\. 1 at position 1\)"),
     ([[0.5, 0.5], [0.5, 0.6]], [0, 0], r"summing to 1: 1 of 2 items are not \(e\.g\. \[0\.5, 0\.6\] at position 1\)"),
     ([[0.5, 0.5], [np.nan, 1.0]], [0, 0], r"within \[0, 1\] summing to 1: 1 of 2"),
-    ([[0.5, 0.5]], [2], r"gold must be an option index within \[0, 2\): 1 of 1 .*2 at position 0"),
+    ([[0.5, 0.5]], [2], r"gold must be an option index within \[0, 2\) .*: 1 of 1 .*2 at position 0"),
     ([[0.5, 0.5], [0.5, 0.5]], [0, 0.5], r"gold must be .*0\.5 at position 1"),
     ([[0.5, 0.5]], [0, 1], r"option_probs and gold differ in length: 1 vs 2"),
     ([], [], r"no items"),
@@ -412,12 +423,23 @@ def test_bootstrap_is_fast_on_a_million_tokens():
 def test_calibration_metrics_keys_and_values():
     result = M.calibration_metrics(CONF, CORRECT, n_bootstrap=200)
     assert list(result) == ["n", "accuracy", "mean_confidence", "ece", "mce", "ace", "brier", "brier_multiclass",
-                            "auroc", "ece_ci_low", "ece_ci_high"]
+                            "letter_mass", "auroc", "ece_ci_low", "ece_ci_high"]
     assert result["n"] == 6 and result["accuracy"] == pytest.approx(0.5)
     assert result["mean_confidence"] == pytest.approx(2.95 / 6)
     assert result["ece"] == pytest.approx(1.85 / 6) and result["ace"] == pytest.approx(2.25 / 6)
     assert result["ece_ci_low"] <= result["ece_ci_high"] and np.isnan(result["brier_multiclass"])
+    assert np.isnan(result["letter_mass"])
     assert np.isnan(M.calibration_metrics(CONF, CORRECT, n_bootstrap=0)["ece_ci_low"])
+
+
+def test_letter_mass_is_the_mean_over_rows_that_have_one():
+    result = M.calibration_metrics(CONF, CORRECT, n_bootstrap=0, letter_mass=[0.9, 0.5, np.nan, 0.4, 1.0, 0.2])
+    assert result["letter_mass"] == pytest.approx(3.0 / 5)
+    assert np.isnan(M.mean_letter_mass([np.nan, np.nan])) and M.mean_letter_mass([0.25]) == 0.25
+    with pytest.raises(ValueError, match=r"letter_mass must be a probability within \[0, 1\]: 1 of 2 .*1\.5"):
+        M.mean_letter_mass([0.5, 1.5])
+    with pytest.raises(ValueError, match="letter_mass and confidence differ in length: 2 vs 6"):
+        M.calibration_metrics(CONF, CORRECT, n_bootstrap=0, letter_mass=[0.5, 0.5])
 
 
 # ---------------------------------------------------------------- errors
@@ -455,7 +477,7 @@ def _confidence_table(path, rng, n_questions, n_tokens):
         pd.DataFrame({"item_id": [f"q{i}" for i in range(n_questions)], "method": "softmax",
                       "confidence": probs.max(axis=1), "correct": probs.argmax(axis=1) == gold,
                       "subject": rng.choice(["algebra", "law", "virology"], n_questions),
-                      "option_probs": list(probs), "gold": gold}),
+                      "option_probs": list(probs), "gold": gold, "letter_mass": rng.uniform(0.2, 1.0, n_questions)}),
         pd.DataFrame({"item_id": [f"d{i // 4}" for i in range(n_tokens)], "method": "max_prob",
                       "confidence": conf, "correct": rng.uniform(size=n_tokens) < conf,
                       "position": np.arange(n_tokens) % 4}),
@@ -515,7 +537,8 @@ def test_score_matches_calibration_metrics(scored, tmp_path):
     expected = {
         "softmax": M.calibration_metrics(softmax["confidence"], softmax["correct"], n_bootstrap=100, seed=0,
                                          units=softmax["item_id"], strata=softmax["subject"],
-                                         option_probs=softmax["option_probs"], gold=softmax["gold"]),
+                                         option_probs=softmax["option_probs"], gold=softmax["gold"],
+                                         letter_mass=softmax["letter_mass"]),
         "max_prob": M.calibration_metrics(max_prob["confidence"], max_prob["correct"], n_bootstrap=100, seed=0,
                                           units=max_prob["item_id"]),
     }
@@ -524,6 +547,8 @@ def test_score_matches_calibration_metrics(scored, tmp_path):
     assert summary.loc["softmax", "brier_multiclass"] == pytest.approx(
         M.multiclass_brier_score(softmax["option_probs"], softmax["gold"]))
     assert np.isnan(summary.loc["max_prob", "brier_multiclass"])
+    assert summary.loc["softmax", "letter_mass"] == pytest.approx(softmax["letter_mass"].mean())
+    assert np.isnan(summary.loc["max_prob", "letter_mass"])
 
 
 def test_summarize_concatenates_sorted_with_union_of_labels(scored):
@@ -545,6 +570,8 @@ def test_summarize_concatenates_sorted_with_union_of_labels(scored):
     softmax = summary["method"] == "softmax"  # methods without option probabilities have no multi-class Brier
     assert summary.loc[softmax, "brier_multiclass"].notna().all()
     assert summary.loc[~softmax, "brier_multiclass"].isna().all()
+    assert summary.loc[softmax, "letter_mass"].between(0.2, 1.0).all()  # and so do they lack letter_mass
+    assert summary.loc[~softmax, "letter_mass"].isna().all()
 
     csv = pd.read_csv(out / "summary.csv")
     pd.testing.assert_frame_equal(csv, summary, check_dtype=False)
@@ -578,7 +605,7 @@ def test_score_errors_name_the_method(tmp_path):
                                          r"must not be missing: 1 of 2 values are \(e\.g\. at position 1\)"):
         M.score(source, tmp_path / "s.parquet", tmp_path / "b.parquet", task="t", model="m", revision="r")
     write_table(pd.DataFrame({**rows, "option_probs": [[0.5, 0.5], [0.4, 0.6]], "gold": [0, 2]}), source)
-    with pytest.raises(ValueError, match=r"method 'softmax': gold must be an option index within \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"method 'softmax': gold must be an option index within \[0, 2\) \(its item"):
         M.score(source, tmp_path / "s.parquet", tmp_path / "b.parquet", task="t", model="m", revision="r")
     write_table(pd.DataFrame({"method": ["softmax"], "confidence": [0.5]}), source)
     with pytest.raises(ValueError, match=r"missing columns \['item_id', 'correct'\]"):

@@ -24,6 +24,16 @@ RAW_COLUMNS = {
     "multiple_choice": ["item_id", "subject", "option_logprobs", "gold"],
 }
 DATA_COLUMNS = {"clm": [], "generation": ["item_id", "relation", "aliases"], "multiple_choice": []}
+SCORINGS = ("letters", "continuation")
+# Which multiple-choice methods apply to a task of each scoring (the first: the primary one, the figures' method).
+MC_METHODS_BY_SCORING = {
+    "letters": ("option_softmax",),
+    "continuation": ("continuation_sum", "continuation_norm_chars", "continuation_norm_tokens", "continuation_min"),
+}
+# Columns a multiple-choice method reads beyond RAW_COLUMNS / DATA_COLUMNS of its kind.
+METHOD_RAW_COLUMNS = {"continuation_norm_tokens": ["option_token_counts"],
+                      "continuation_min": ["option_min_logprobs"]}
+METHOD_DATA_COLUMNS = {"continuation_norm_chars": ["item_id", "choices"]}
 
 
 def clm_max_prob(raw: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
@@ -88,26 +98,153 @@ def facts_mean_token_prob(raw: pd.DataFrame, data: pd.DataFrame, *, match: str) 
     return _facts_table(raw, data, confidence, _answer_correct(raw, data, match))
 
 
-def mc_option_softmax(raw: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
-    """Softmax over the option log-probabilities; confidence = top option's share, correct = it is gold.
+def _per_item(raw: pd.DataFrame, column: str, lengths=None) -> list[np.ndarray]:
+    """`column` of the inference table as one float64 vector per item (items keep their own option count)."""
+    vectors = []
+    for i, (item, value) in enumerate(zip(raw["item_id"], raw[column])):
+        vector = np.asarray(value if value is not None else [], dtype=np.float64)
+        if vector.ndim != 1 or len(vector) == 0:
+            raise ValueError(f"item {item!r}: {column} must hold one value per option, at least one; "
+                             f"got shape {vector.shape}")
+        if lengths is not None and len(vector) != lengths[i]:
+            raise ValueError(f"item {item!r}: {column} holds {len(vector)} values for {lengths[i]} options")
+        vectors.append(vector)
+    return vectors
 
-    Keeps every option's probability (``option_probs``) and the ``gold`` index for the multi-class Brier score.
+
+def _option_softmax_table(raw: pd.DataFrame, scores: list[np.ndarray], **extra) -> pd.DataFrame:
+    """Softmax over each item's option scores; confidence = the top option's share, correct = it is gold.
+
+    The prediction (``pred``) is the argmax of the scores themselves, the first on ties (numpy's rule, as the
+    harness's ``acc``/``acc_norm``), so near-equal scores that the softmax rounds together stay apart. Items
+    with the same number of options are computed together; ``option_probs`` keeps each item's own length.
     """
-    logprobs = np.stack(raw["option_logprobs"].to_numpy())
-    probs = np.exp(logprobs - logprobs.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    gold = raw["gold"].to_numpy(dtype=np.int64)
-    return pd.DataFrame({"item_id": raw["item_id"], "subject": raw["subject"],
-                         "confidence": probs.max(axis=1), "correct": probs.argmax(axis=1) == gold,
-                         "option_probs": list(probs), "gold": gold})
+    n = len(scores)
+    gold = raw["gold"].to_numpy()
+    confidence, pred, probs = np.empty(n), np.empty(n, dtype=np.int64), [None] * n
+    lengths = np.array([len(s) for s in scores], dtype=np.int64)
+    for length in np.unique(lengths):
+        rows = np.flatnonzero(lengths == length)
+        block = np.stack([scores[i] for i in rows])
+        bad = np.isnan(block).any(axis=1) | (block == np.inf).any(axis=1) | ~np.isfinite(block).any(axis=1)
+        if bad.any():
+            i = rows[np.flatnonzero(bad)[0]]
+            raise ValueError(f"item {raw['item_id'].iloc[i]!r}: option scores must be log-probabilities, not NaN "
+                             f"or +inf, at least one finite; got {scores[i].tolist()}")
+        top = block.argmax(axis=1)
+        p = np.exp(block - block[np.arange(len(rows)), top][:, None])
+        p /= p.sum(axis=1, keepdims=True)
+        confidence[rows], pred[rows] = p[np.arange(len(rows)), top], top
+        for j, i in enumerate(rows):
+            probs[i] = p[j]
+    try:
+        gold = gold.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"gold must be integer option indices, got dtype {gold.dtype}") from None
+    invalid = ~(np.isfinite(gold) & (gold == np.round(gold)) & (gold >= 0) & (gold < lengths))
+    if invalid.any():
+        i = int(np.flatnonzero(invalid)[0])
+        raise ValueError(f"item {raw['item_id'].iloc[i]!r}: gold must be an option index within "
+                         f"[0, {lengths[i]}), got {raw['gold'].iloc[i:i + 1].tolist()[0]!r}")
+    gold = gold.astype(np.int64)
+    table = pd.DataFrame({"item_id": raw["item_id"].to_numpy(), "subject": raw["subject"].to_numpy(),
+                          "confidence": confidence, "correct": pred == gold, "option_probs": probs, "gold": gold,
+                          "pred": pred})
+    for name, values in extra.items():
+        table[name] = values
+    return table
+
+
+def mc_option_softmax(raw: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
+    """Letters scoring: softmax over the option letters' log-probabilities; confidence = the top option's share,
+    correct = it is gold.
+
+    Keeps every option's probability (``option_probs``), the ``gold`` index (for the multi-class Brier score),
+    the chosen option (``pred``) and ``letter_mass``, the full-vocabulary probability of the option letters at
+    the answer position (NaN where the inference table has none).
+    """
+    letter_mass = (raw["letter_mass"].to_numpy(dtype=np.float64) if "letter_mass" in raw
+                   else np.full(len(raw), np.nan))
+    return _option_softmax_table(raw, _per_item(raw, "option_logprobs"), letter_mass=letter_mass)
+
+
+def mc_continuation_sum(raw: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
+    """Continuation scoring: softmax over the options' summed log-likelihoods (argmax: the harness's ``acc``)."""
+    return _option_softmax_table(raw, _per_item(raw, "option_logprobs"))
+
+
+def mc_continuation_norm_chars(raw: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
+    """Softmax over log-likelihood / characters of the option text (``len(choices[k])``, the delimiter
+    excluded): the harness's ``acc_norm`` (``np.argmax(lls / completion_len)``)."""
+    choices = _task_values(raw, data, "choices")
+    lengths = [len(c) for c in choices]
+    logprobs = _per_item(raw, "option_logprobs", lengths)
+    scores = []
+    for item, lp, texts in zip(raw["item_id"], logprobs, choices):
+        chars = np.array([float(len(text)) for text in texts])
+        if (chars == 0).any():
+            raise ValueError(f"item {item!r}: an option text is empty, so it has no length to normalise by")
+        scores.append(lp / chars)
+    return _option_softmax_table(raw, scores)
+
+
+def mc_continuation_norm_tokens(raw: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
+    """Softmax over the per-token log-likelihood: option_logprobs / option_token_counts."""
+    logprobs = _per_item(raw, "option_logprobs")
+    counts = _per_item(raw, "option_token_counts", [len(lp) for lp in logprobs])
+    for item, count in zip(raw["item_id"], counts):
+        if not ((count >= 1) & (count == np.round(count))).all():
+            raise ValueError(f"item {item!r}: option_token_counts must be whole numbers >= 1, got {count.tolist()}")
+    return _option_softmax_table(raw, [lp / count for lp, count in zip(logprobs, counts)])
+
+
+def mc_continuation_min(raw: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
+    """Oh & Hwang (2024)'s continuation-min: each option is scored by its least likely token's log-probability
+    (``option_min_logprobs``); softmax over those scores."""
+    lengths = [len(lp) for lp in _per_item(raw, "option_logprobs")]
+    return _option_softmax_table(raw, _per_item(raw, "option_min_logprobs", lengths))
 
 
 METHODS = {
     "clm": {"max_prob": clm_max_prob},
     "generation": {"first_token_prob": facts_first_token_prob, "seq_prob": facts_seq_prob,
                    "mean_token_prob": facts_mean_token_prob},
-    "multiple_choice": {"option_softmax": mc_option_softmax},
+    "multiple_choice": {"option_softmax": mc_option_softmax, "continuation_sum": mc_continuation_sum,
+                        "continuation_norm_chars": mc_continuation_norm_chars,
+                        "continuation_norm_tokens": mc_continuation_norm_tokens,
+                        "continuation_min": mc_continuation_min},
 }
+
+
+def default_methods(kind: str, scoring: str | None = None) -> list[str]:
+    """The confidence methods that apply to a task: for multiple choice those of its scoring (``letters``,
+    also when None: ``["option_softmax"]``; ``continuation``: the four continuation_* methods,
+    ``continuation_sum`` first as the primary); for the other kinds all of theirs (scoring is not read)."""
+    if kind not in METHODS:
+        raise ValueError(f"unknown task kind {kind!r}; known: {sorted(METHODS)}")
+    if kind != "multiple_choice":
+        return list(METHODS[kind])
+    return list(MC_METHODS_BY_SCORING[_check_scoring(scoring or "letters")])
+
+
+def _check_scoring(scoring) -> str:
+    if scoring not in SCORINGS:
+        raise ValueError(f"multiple-choice scoring must be one of {list(SCORINGS)}, got {scoring!r}")
+    return scoring
+
+
+def table_scoring(data: pd.DataFrame, data_path="the task table") -> str:
+    """The scoring of a multiple-choice task table (its ``scoring`` column, one value for all rows)."""
+    if "scoring" not in data.columns:
+        raise ValueError(f"{data_path}: no scoring column (a multiple-choice task table of an older version: "
+                         "rerun its prepare_task)")
+    values = pd.unique(data["scoring"])
+    if len(values) != 1:
+        raise ValueError(f"{data_path}: the scoring column must hold one value for all rows, got {list(values)}")
+    try:
+        return _check_scoring(values[0])
+    except ValueError as error:
+        raise ValueError(f"{data_path}: {error}") from None
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -140,15 +277,25 @@ def answer_matches(answer: str, aliases, match: str) -> bool:
 def extract_confidence(kind: str, inference_path, data_path, out_path, *, methods: list[str],
                        match: str = "prefix") -> None:
     """Apply each configured method to one inference table; write ``item_id, method, confidence, correct``
-    and the methods' other columns. Methods taking a ``match`` keyword get the alias rule."""
+    and the methods' other columns. Methods taking a ``match`` keyword get the alias rule. A multiple-choice
+    method must apply to the task table's ``scoring`` (MC_METHODS_BY_SCORING, default_methods)."""
     known = METHODS.get(kind, {})
     unknown = [m for m in methods if m not in known]
     if unknown:
         raise ValueError(f"unknown confidence method(s) {unknown} for task kind {kind!r}; known: {sorted(known)}")
     _check_match(match)
     raw, data = read_table(inference_path), read_table(data_path)
-    for path, table, columns in ((inference_path, raw, RAW_COLUMNS[kind]), (data_path, data, DATA_COLUMNS[kind])):
-        missing = [column for column in columns if column not in table.columns]
+    scoring = None
+    if kind == "multiple_choice":
+        scoring = table_scoring(data, data_path)
+        misfits = [m for m in methods if m not in MC_METHODS_BY_SCORING[scoring]]
+        if misfits:
+            raise ValueError(f"confidence method(s) {misfits} do not apply to {data_path}: its scoring is "
+                             f"{scoring!r}, whose methods are {list(MC_METHODS_BY_SCORING[scoring])}")
+    raw_columns = RAW_COLUMNS[kind] + [c for m in methods for c in METHOD_RAW_COLUMNS.get(m, [])]
+    data_columns = DATA_COLUMNS[kind] + [c for m in methods for c in METHOD_DATA_COLUMNS.get(m, [])]
+    for path, table, columns in ((inference_path, raw, raw_columns), (data_path, data, data_columns)):
+        missing = [column for column in dict.fromkeys(columns) if column not in table.columns]
         if missing:
             raise ValueError(f"{path}: missing columns {missing} (needed by the {kind} confidence methods)")
     frames = []
@@ -165,4 +312,5 @@ def extract_confidence(kind: str, inference_path, data_path, out_path, *, method
     first = ["item_id", "method", "confidence", "correct"]
     result = result[first + [c for c in result.columns if c not in first]]
     write_table(result, out_path, provenance={"stage": "extract_confidence", "kind": kind, "methods": methods,
-                                              "match": match, "inference": read_provenance(inference_path)})
+                                              "scoring": scoring, "match": match,
+                                              "inference": read_provenance(inference_path)})

@@ -12,8 +12,8 @@ from .sources import parse_step
 from .tables import atomic_path, read_provenance, read_table, write_table
 
 KEYS = ("task", "model", "revision", "method")
-METRIC_NAMES = ("n", "accuracy", "mean_confidence", "ece", "mce", "ace", "brier", "brier_multiclass", "auroc",
-                "ece_ci_low", "ece_ci_high")
+METRIC_NAMES = ("n", "accuracy", "mean_confidence", "ece", "mce", "ace", "brier", "brier_multiclass", "letter_mass",
+                "auroc", "ece_ci_low", "ece_ci_high")
 BIN_COLUMNS = ("bin", "bin_lower", "bin_upper", "count", "mean_confidence", "accuracy")
 INPUT_COLUMNS = ("item_id", "method", "confidence", "correct")
 STRATA_COLUMNS = ("subject", "relation")  # the bootstrap stratifies by the first of these a method's rows fill
@@ -147,8 +147,8 @@ def brier_score(confidence, correct) -> float:
 def multiclass_brier_score(option_probs, gold) -> float:
     """Brier score over all options: mean over items of sum_k (p_k - 1[k == gold])^2, within [0, 2].
 
-    `option_probs` holds one probability vector per item (all of the same length, each summing to 1),
-    `gold` the index of the right option.
+    `option_probs` holds one probability vector per item (each summing to 1; items may differ in their
+    number of options), `gold` the index of the right option of each item.
     """
     rows = [np.asarray(p, dtype=np.float64) for p in option_probs]
     labels = np.asarray(gold)
@@ -156,31 +156,47 @@ def multiclass_brier_score(option_probs, gold) -> float:
         raise ValueError(f"option_probs and gold differ in length: {len(rows)} vs {labels.size}")
     if not rows:
         raise ValueError("no items: option_probs and gold are empty")
-    shapes = [p.shape for p in rows]
-    odd = [i for i, shape in enumerate(shapes) if shape != shapes[0] or len(shape) != 1 or shape[0] < 1]
+    odd = [i for i, p in enumerate(rows) if p.ndim != 1 or len(p) < 1]
     if odd:
-        raise ValueError(f"option_probs must hold a non-empty list per item, all of one length: {len(odd)} of "
-                         f"{len(rows)} items differ from the first, of shape {shapes[0]} (e.g. shape "
-                         f"{shapes[odd[0]]} at position {odd[0]})")
-    probs = np.stack(rows)
+        raise ValueError(f"option_probs must hold a non-empty list per item: {len(odd)} of {len(rows)} items do "
+                         f"not (e.g. shape {rows[odd[0]].shape} at position {odd[0]})")
+    lengths = np.array([len(p) for p in rows])
+    probs = np.zeros((len(rows), lengths.max()))  # padded with zeros: a missing option adds (0 - 0)^2
+    for i, p in enumerate(rows):
+        probs[i, :len(p)] = p
     bad = ~(np.isfinite(probs) & (probs >= 0.0) & (probs <= 1.0)).all(axis=1)
     bad |= ~np.isclose(probs.sum(axis=1), 1.0, rtol=0.0, atol=1e-6)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise ValueError(f"option_probs must be probabilities within [0, 1] summing to 1: {int(bad.sum())} of "
-                         f"{len(rows)} items are not (e.g. {probs[first].tolist()} at position {first})")
+                         f"{len(rows)} items are not (e.g. {rows[first].tolist()} at position {first})")
     try:
         numeric = labels.astype(np.float64)
     except (TypeError, ValueError):
         raise ValueError(f"gold must be integer option indices, got dtype {labels.dtype}") from None
-    invalid = ~(np.isfinite(numeric) & (numeric == np.round(numeric)) & (numeric >= 0) & (numeric < probs.shape[1]))
+    invalid = ~(np.isfinite(numeric) & (numeric == np.round(numeric)) & (numeric >= 0) & (numeric < lengths))
     if invalid.any():
         first = int(np.flatnonzero(invalid)[0])
-        raise ValueError(f"gold must be an option index within [0, {probs.shape[1]}): {int(invalid.sum())} of "
-                         f"{len(rows)} values are not "
+        raise ValueError(f"gold must be an option index within [0, {lengths[first]}) (its item's number of "
+                         f"options): {int(invalid.sum())} of {len(rows)} values are not "
                          f"(e.g. {labels[first:first + 1].tolist()[0]!r} at position {first})")
-    truth = np.eye(probs.shape[1])[numeric.astype(np.intp)]
+    truth = np.zeros_like(probs)
+    truth[np.arange(len(rows)), numeric.astype(np.intp)] = 1.0
     return float(np.mean(np.sum((probs - truth) ** 2, axis=1)))
+
+
+def mean_letter_mass(letter_mass) -> float:
+    """Mean over the rows that have one (NaN elsewhere) of the probability the model puts on the option
+    letters at the answer position, out of its whole vocabulary; NaN when no row has one."""
+    mass = np.asarray(letter_mass, dtype=np.float64)
+    mass = mass[~np.isnan(mass)]
+    if len(mass) == 0:
+        return float("nan")
+    bad = ~(np.isfinite(mass) & (mass >= 0.0) & (mass <= 1.0 + 1e-6))
+    if bad.any():
+        raise ValueError(f"letter_mass must be a probability within [0, 1]: {int(bad.sum())} of {len(mass)} "
+                         f"values are not (e.g. {mass[bad][0].item()!r})")
+    return float(mass.mean())
 
 
 def auroc(confidence, correct) -> float:
@@ -305,12 +321,13 @@ def bootstrap_ece_interval(
 
 def calibration_metrics(
     confidence, correct, n_bins: int = 10, n_bootstrap: int = 1000, seed: int = 0, *,
-    units=None, strata=None, option_probs=None, gold=None,
+    units=None, strata=None, option_probs=None, gold=None, letter_mass=None,
 ) -> dict:
     """All metrics of one set of rows, keyed as METRIC_NAMES.
 
     `units` and `strata` shape the bootstrap (bootstrap_ece_interval); no interval (NaN) when
-    n_bootstrap == 0. brier_multiclass needs `option_probs` and `gold` (NaN without them).
+    n_bootstrap == 0. brier_multiclass needs `option_probs` and `gold` (NaN without them); letter_mass is
+    the mean of `letter_mass` (mean_letter_mass; NaN without it).
     """
     conf, hit = _validated(confidence, correct)
     if (option_probs is None) != (gold is None):
@@ -321,6 +338,9 @@ def calibration_metrics(
         raise ValueError(f"option_probs and confidence differ in length: {len(option_probs)} vs {len(conf)}")
     else:
         brier_multiclass = multiclass_brier_score(option_probs, gold)
+    if letter_mass is not None and len(letter_mass) != len(conf):
+        raise ValueError(f"letter_mass and confidence differ in length: {len(letter_mass)} vs {len(conf)}")
+    mass = float("nan") if letter_mass is None else mean_letter_mass(letter_mass)
     if n_bootstrap:
         ci_low, ci_high = bootstrap_ece_interval(conf, hit, n_bins, n_bootstrap, seed=seed, units=units,
                                                  strata=strata)
@@ -335,6 +355,7 @@ def calibration_metrics(
         "ace": adaptive_calibration_error(conf, hit, n_bins),
         "brier": brier_score(conf, hit),
         "brier_multiclass": brier_multiclass,
+        "letter_mass": mass,
         "auroc": auroc(conf, hit),
         "ece_ci_low": ci_low,
         "ece_ci_high": ci_high,
@@ -362,7 +383,8 @@ def score(
     """Score every method of one confidence table: a summary row and reliability bins per method.
 
     The ECE interval resamples the rows of an item_id together, stratified by the first of
-    STRATA_COLUMNS the method fills; brier_multiclass needs the columns option_probs and gold.
+    STRATA_COLUMNS the method fills; brier_multiclass needs the columns option_probs and gold, letter_mass
+    the column letter_mass (both NaN for a method whose rows leave them empty).
     """
     labels = dict(labels or {})
     clashes = sorted(set(labels) & {*KEYS, *METRIC_NAMES, *MODEL_INFO})
@@ -388,7 +410,8 @@ def score(
         try:
             metrics = calibration_metrics(group["confidence"], group["correct"], n_bins, n_bootstrap, seed,
                                           units=group["item_id"], strata=strata,
-                                          option_probs=_filled(group, "option_probs"), gold=_filled(group, "gold"))
+                                          option_probs=_filled(group, "option_probs"), gold=_filled(group, "gold"),
+                                          letter_mass=_filled(group, "letter_mass"))
             bins = reliability_bins(group["confidence"], group["correct"], n_bins)
         except ValueError as error:
             raise ValueError(f"{confidence_path}, method {method!r}: {error}") from error
