@@ -220,25 +220,8 @@ def _harness_option_logprobs(samples: list[dict], subject: str) -> dict[str, lis
 
 def _continuation_tasks(args, work: Path) -> dict[str, str]:
     """Task YAMLs (name -> subject) that include the harness's own mmlu_continuation template, on the fixture data."""
-    import lm_eval
-
-    template = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "continuation" / "_continuation_template_yaml"
-    tasks = {}
-    for subject in args.subjects:
-        files = {}
-        for split, rows in (("dev", None), ("test", args.limit)):
-            questions = read_mmlu_csv(FIXTURES / "mmlu" / split / f"{subject}_{split}.csv", subject)[:rows]
-            files[split] = str(work / f"{subject}_{split}.jsonl")
-            Path(files[split]).write_text("".join(json.dumps({"question": q.question, "choices": q.choices,
-                                                              "answer": q.gold}) + "\n" for q in questions))
-        name = f"bench_mmlu_{subject}_continuation"
-        config = {"include": str(template), "task": name, "dataset_path": "json",
-                  "dataset_kwargs": {"data_files": files},
-                  "description": f"The following are questions (with answers) about "
-                                 f"{subject.replace('_', ' ')}.\n\n"}
-        (work / f"{name}.yaml").write_text(json.dumps(config))  # JSON is YAML
-        tasks[name] = subject
-    return tasks
+    return _mmlu_tasks(args, work, "continuation/_continuation_template_yaml", "_continuation",
+                       "The following are questions (with answers) about")
 
 
 def _truthfulqa_task(args, work: Path) -> str:
@@ -605,9 +588,16 @@ def _harness_model(args, max_length: int | None, softmax_dtype: str | None = Non
 
 def _harness_tasks(args, work: Path) -> dict[str, str]:
     """Task YAMLs (name -> subject) that include the harness's own mmlu template, on the fixture data."""
+    return _mmlu_tasks(args, work, "default/_default_template_yaml", "",
+                       "The following are multiple choice questions (with answers) about")
+
+
+def _mmlu_tasks(args, work: Path, template: str, suffix: str, description: str) -> dict[str, str]:
+    """Task YAMLs (name -> subject) that include one of the harness's mmlu templates (a path under
+    tasks/mmlu), on the fixture CSVs written as JSON lines."""
     import lm_eval
 
-    template = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default" / "_default_template_yaml"
+    template_path = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / template
     tasks = {}
     for subject in args.subjects:
         files = {}
@@ -616,11 +606,10 @@ def _harness_tasks(args, work: Path) -> dict[str, str]:
             files[split] = str(work / f"{subject}_{split}.jsonl")
             Path(files[split]).write_text("".join(json.dumps({"question": q.question, "choices": q.choices,
                                                               "answer": q.gold}) + "\n" for q in questions))
-        name = f"bench_mmlu_{subject}"
-        config = {"include": str(template), "task": name, "dataset_path": "json",
+        name = f"bench_mmlu_{subject}{suffix}"
+        config = {"include": str(template_path), "task": name, "dataset_path": "json",
                   "dataset_kwargs": {"data_files": files},
-                  "description": f"The following are multiple choice questions (with answers) about "
-                                 f"{subject.replace('_', ' ')}.\n\n"}
+                  "description": f"{description} {subject.replace('_', ' ')}.\n\n"}
         (work / f"{name}.yaml").write_text(json.dumps(config))  # JSON is YAML
         tasks[name] = subject
     return tasks
