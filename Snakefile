@@ -37,12 +37,13 @@ if config.get("align"):
     include: "rules/align.smk"
 
 include: "rules/inference.smk"
+include: "rules/imports.smk"
 include: "rules/scoring.smk"
 include: "rules/figures.smk"
 
 
 # Seconds of pandas each: on a cluster they run where snakemake runs, not as cluster jobs.
-localrules: all, extract_confidence, score, summarize, plot_reliability, plot_summary, plot_scale, plot_dynamics,
+localrules: all, import_task_table, import_lm_eval, extract_confidence, score, summarize, plot_reliability, plot_summary, plot_scale, plot_dynamics,
     plot_reliability_scale, plot_pretrain_loss
 
 

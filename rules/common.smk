@@ -1,9 +1,11 @@
 # Path and config helpers shared by the rules.
 import glob
 import re
+import sys
 from pathlib import Path
 
-TASKS = config["tasks"]
+TASKS = dict(config["tasks"])  # and, below, the tasks of imported lm-evaluation-harness runs
+REGULAR_TASKS = sorted(config["tasks"])  # the tasks this workflow builds and runs models on
 CODE = Path(workflow.basedir) / "workflow_scripts"
 LABELS = ("family", "data", "stage", "size", "tuning")
 ALIGN = config.get("align", {})
@@ -59,6 +61,10 @@ def methods_of(task):
     from workflow_scripts.confidence import default_methods
     from workflow_scripts.tasks import task_scoring
 
+    if TASKS[task].get("imported"):
+        from workflow_scripts.imports import METHODS as IMPORTED_METHODS
+
+        return IMPORTED_METHODS
     return TASKS[task].get("methods") or default_methods(TASKS[task]["kind"], task_scoring(TASKS[task]))
 
 
@@ -145,17 +151,55 @@ def aligned_models(models):
     return tuned, names, entries
 
 
+def first_import(task):
+    """The samples file of an imported task that its task table is built from (the first model's)."""
+    return next(IMPORTS[model][task] for model in IMPORTS if task in IMPORTS[model])
+
+
+def imported_runs():
+    """The lm-evaluation-harness runs of config `imports`: model -> {task: samples file} of their
+    multiple-choice tasks; every other task is skipped with a line saying why."""
+    if not config["imports"]:
+        return {}
+    from workflow_scripts.imports import find_samples, output_type
+
+    runs = {}
+    for model, run in config["imports"].items():
+        runs[model] = {}
+        for task, samples in find_samples(run["lm_eval"], run.get("tasks")).items():
+            if (kind := output_type(samples)) == "multiple_choice":
+                runs[model][task] = str(samples)
+            else:
+                print(f"imports: {model}: task {task} skipped: a {kind} task's samples hold no per-item "
+                      "confidence", file=sys.stderr)
+    return runs
+
+
 PRETRAINED = pretrained_models()
 TUNED, ALIGNED_NAMES, ALIGNED = aligned_models({**config["models"], **PRETRAINED})
 MODELS = {**config["models"], **PRETRAINED, **ALIGNED}
-if not MODELS:
-    raise ValueError("config: no models to evaluate: add one under `models` (or a `pretrain` suite)")
-RUNS = [(task, model, revision) for task in TASKS for model in MODELS for revision in MODELS[model]["revisions"]]
+IMPORTS = imported_runs()
+for clash, what in ((set(IMPORTS) & set(MODELS), "models"), ({t for r in IMPORTS.values() for t in r} & set(TASKS), "tasks")):
+    if clash:
+        raise ValueError(f"config: imports: {sorted(clash)} are also names of {what}; rename them")
+RUNS = [(task, model, revision) for task in REGULAR_TASKS for model in MODELS for revision in MODELS[model]["revisions"]]
+RUNS += [(task, model, "lm_eval") for model in IMPORTS for task in sorted(IMPORTS[model])]
+MODELS.update({model: {"source": f"lm_eval:{run['lm_eval']}", "revisions": ["lm_eval"], **run.get("labels", {})}
+               for model, run in config["imports"].items()})
+TASKS.update({task: {"kind": "multiple_choice", "scoring": "continuation", "imported": True}
+              for task in sorted({t for r in IMPORTS.values() for t in r})})
+if not RUNS:
+    raise ValueError("config: nothing to evaluate: add models and tasks (or a `pretrain` suite, or `imports`)")
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (nothing where there are none)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
 
 
 wildcard_constraints:
-    task="|".join(map(re.escape, TASKS)),
-    model="|".join(map(re.escape, MODELS)),
+    task=one_of(TASKS),
+    model=one_of(MODELS),
     revision="[^/]+",
 
 

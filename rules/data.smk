@@ -14,6 +14,8 @@ def held_out_files(wildcards):
 
 
 rule prepare_task:
+    wildcard_constraints:
+        task=one_of(REGULAR_TASKS),  # imported tasks get their tables from the harness's samples
     input:
         code=code("tasks"),
         files=dataset_files,

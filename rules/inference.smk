@@ -5,14 +5,14 @@
 rule infer:
     input:
         code=code("inference"),
-        data=[f"results/data/{task}.parquet" for task in sorted(TASKS)],
+        data=[f"results/data/{task}.parquet" for task in REGULAR_TASKS],
         checkpoint="results/checkpoints/{model}/{revision}",
     output:
-        [f"results/inference/{task}/{{model}}/{{revision}}.parquet" for task in sorted(TASKS)],
+        [f"results/inference/{task}/{{model}}/{{revision}}.parquet" for task in REGULAR_TASKS],
     params:
         # by name, as are the inputs and outputs (the order of the config's tasks changes nothing)
         tasks=lambda wc: canonical({task: {"kind": TASKS[task]["kind"], "settings": inference_settings(task, wc.model)}
-                                    for task in TASKS}),
+                                    for task in REGULAR_TASKS}),
         source=lambda wc: MODELS[wc.model]["source"],
     threads: config["inference"]["threads"]
     log:

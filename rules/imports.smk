@@ -1,0 +1,36 @@
+# Existing lm-evaluation-harness runs (config `imports`): their multiple-choice samples become the
+# task and inference tables of this workflow, without running a model.
+
+
+rule import_task_table:
+    wildcard_constraints:
+        task=one_of(sorted(t for tasks in IMPORTS.values() for t in tasks)),
+    input:
+        code=code("imports"),
+        samples=lambda wc: first_import(wc.task),
+    output:
+        "results/data/{task}.parquet",
+    log:
+        "results/logs/import_task_table/{task}.log",
+    benchmark:
+        "results/benchmarks/import_task_table/{task}.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "scripts/import_task_table.py"
+
+
+rule import_lm_eval:
+    input:
+        code=code("imports"),
+        samples=lambda wc: IMPORTS[wc.model][wc.task],
+    output:
+        "results/inference/{task}/{model}/lm_eval.parquet",
+    log:
+        "results/logs/import_lm_eval/{task}/{model}.log",
+    benchmark:
+        "results/benchmarks/import_lm_eval/{task}/{model}.tsv"
+    resources:
+        mem_mb=2000,
+    script:
+        "scripts/import_lm_eval.py"
