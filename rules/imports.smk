@@ -2,9 +2,12 @@
 # task and inference tables of this workflow, without running a model.
 
 
+IMPORTED_TASKS = sorted({task for tasks in IMPORTS.values() for task in tasks})
+
+
 rule import_task_table:
     wildcard_constraints:
-        task=one_of(sorted(t for tasks in IMPORTS.values() for t in tasks)),
+        task=one_of(IMPORTED_TASKS),
     input:
         code=code("imports"),
         samples=lambda wc: first_import(wc.task),
@@ -21,6 +24,9 @@ rule import_task_table:
 
 
 rule import_lm_eval:
+    wildcard_constraints:
+        task=one_of(IMPORTED_TASKS),
+        model=one_of(IMPORTS),
     input:
         code=code("imports"),
         samples=lambda wc: IMPORTS[wc.model][wc.task],
