@@ -14,6 +14,7 @@ import string
 import numpy as np
 import pandas as pd
 
+from .metrics import option_indices
 from .tables import read_provenance, read_table, write_table
 
 MATCH_RULES = ("exact", "prefix")
@@ -24,12 +25,12 @@ RAW_COLUMNS = {
     "multiple_choice": ["item_id", "subject", "option_logprobs", "gold"],
 }
 DATA_COLUMNS = {"clm": [], "generation": ["item_id", "relation", "aliases"], "multiple_choice": []}
-SCORINGS = ("letters", "continuation")
 # Which multiple-choice methods apply to a task of each scoring (the first: the primary one, the figures' method).
 MC_METHODS_BY_SCORING = {
     "letters": ("option_softmax",),
     "continuation": ("continuation_sum", "continuation_norm_chars", "continuation_norm_tokens", "continuation_min"),
 }
+SCORINGS = tuple(MC_METHODS_BY_SCORING)
 # Columns a multiple-choice method reads beyond RAW_COLUMNS / DATA_COLUMNS of its kind.
 METHOD_RAW_COLUMNS = {"continuation_norm_tokens": ["option_token_counts"],
                       "continuation_min": ["option_min_logprobs"]}
@@ -137,16 +138,11 @@ def _option_softmax_table(raw: pd.DataFrame, scores: list[np.ndarray], **extra) 
         confidence[rows], pred[rows] = p[np.arange(len(rows)), top], top
         for j, i in enumerate(rows):
             probs[i] = p[j]
-    try:
-        gold = gold.astype(np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"gold must be integer option indices, got dtype {gold.dtype}") from None
-    invalid = ~(np.isfinite(gold) & (gold == np.round(gold)) & (gold >= 0) & (gold < lengths))
+    gold, invalid = option_indices(gold, lengths)
     if invalid.any():
         i = int(np.flatnonzero(invalid)[0])
         raise ValueError(f"item {raw['item_id'].iloc[i]!r}: gold must be an option index within "
                          f"[0, {lengths[i]}), got {raw['gold'].iloc[i:i + 1].tolist()[0]!r}")
-    gold = gold.astype(np.int64)
     table = pd.DataFrame({"item_id": raw["item_id"].to_numpy(), "subject": raw["subject"].to_numpy(),
                           "confidence": confidence, "correct": pred == gold, "option_probs": probs, "gold": gold,
                           "pred": pred})

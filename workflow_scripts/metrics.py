@@ -170,19 +170,27 @@ def multiclass_brier_score(option_probs, gold) -> float:
         first = int(np.flatnonzero(bad)[0])
         raise ValueError(f"option_probs must be probabilities within [0, 1] summing to 1: {int(bad.sum())} of "
                          f"{len(rows)} items are not (e.g. {rows[first].tolist()} at position {first})")
-    try:
-        numeric = labels.astype(np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"gold must be integer option indices, got dtype {labels.dtype}") from None
-    invalid = ~(np.isfinite(numeric) & (numeric == np.round(numeric)) & (numeric >= 0) & (numeric < lengths))
+    indices, invalid = option_indices(labels, lengths)
     if invalid.any():
         first = int(np.flatnonzero(invalid)[0])
         raise ValueError(f"gold must be an option index within [0, {lengths[first]}) (its item's number of "
                          f"options): {int(invalid.sum())} of {len(rows)} values are not "
                          f"(e.g. {labels[first:first + 1].tolist()[0]!r} at position {first})")
     truth = np.zeros_like(probs)
-    truth[np.arange(len(rows)), numeric.astype(np.intp)] = 1.0
+    truth[np.arange(len(rows)), indices] = 1.0
     return float(np.mean(np.sum((probs - truth) ** 2, axis=1)))
+
+
+def option_indices(gold, lengths) -> tuple[np.ndarray, np.ndarray]:
+    """`gold` as integer option indices, and where it is no index of its item's `lengths` options
+    (those positions hold 0); ValueError for values that are not numbers."""
+    values = np.asarray(gold)
+    try:
+        numeric = values.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"gold must be integer option indices, got dtype {values.dtype}") from None
+    invalid = ~(np.isfinite(numeric) & (numeric == np.round(numeric)) & (numeric >= 0) & (numeric < lengths))
+    return np.where(invalid, 0, numeric).astype(np.int64), invalid
 
 
 def mean_letter_mass(letter_mass) -> float:
