@@ -61,10 +61,6 @@ def methods_of(task):
     from workflow_scripts.confidence import default_methods
     from workflow_scripts.tasks import task_scoring
 
-    if TASKS[task].get("imported"):
-        from workflow_scripts.imports import METHODS as IMPORTED_METHODS
-
-        return IMPORTED_METHODS
     return TASKS[task].get("methods") or default_methods(TASKS[task]["kind"], task_scoring(TASKS[task]))
 
 
@@ -186,8 +182,11 @@ RUNS = [(task, model, revision) for task in REGULAR_TASKS for model in MODELS fo
 RUNS += [(task, model, "lm_eval") for model in IMPORTS for task in sorted(IMPORTS[model])]
 MODELS.update({model: {"source": f"lm_eval:{run['lm_eval']}", "revisions": ["lm_eval"], **run.get("labels", {})}
                for model, run in config["imports"].items()})
-TASKS.update({task: {"kind": "multiple_choice", "scoring": "continuation", "imported": True}
-              for task in sorted({t for r in IMPORTS.values() for t in r})})
+if IMPORTS:
+    from workflow_scripts.imports import METHODS as IMPORTED_METHODS
+
+    TASKS.update({task: {"kind": "multiple_choice", "scoring": "continuation", "methods": IMPORTED_METHODS}
+                  for task in sorted({t for r in IMPORTS.values() for t in r})})
 if not RUNS:
     raise ValueError("config: nothing to evaluate: add models and tasks (or a `pretrain` suite, or `imports`)")
 
