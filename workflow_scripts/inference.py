@@ -588,8 +588,7 @@ def encode_options(tokenizer, context: str, continuations: list[str], bos: bool 
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuations = context[:-spaces], [context[-spaces:] + c for c in continuations]
-    context_ids = encode(tokenizer, context, bos)
-    wholes = [encode(tokenizer, context + c, bos) for c in continuations]
+    context_ids, *wholes = encode_all(tokenizer, [context] + [context + c for c in continuations], bos)
     return context_ids, [whole[len(context_ids):] for whole in wholes]
 
 
@@ -774,7 +773,7 @@ def _context_cache(model, prefix_cache: list, prefix_length: int, suffix: list[i
     return [(keys, values) for keys, values, *_ in cache], (logits - _log_normaliser(logits)).cpu()
 
 
-def _option_token_logprobs(model, context_cache: list, context_length: int, first: torch.Tensor,
+def _option_token_logprobs(model, context_cache: list, context_len: int, first: torch.Tensor,
                            options: list[list[int]], pad_id: int) -> list[list[float]]:
     """Per option, the log-probability of each of its tokens after the context: the first from
     ``first`` (the next-token log-softmax after the context), the others from one batched pass
@@ -784,8 +783,8 @@ def _option_token_logprobs(model, context_cache: list, context_length: int, firs
     if not longer:
         return result
     input_ids, mask = _pad([options[k][:-1] for k in longer], pad_id, side="right")
-    positions = context_length + torch.arange(input_ids.shape[1])[None].expand(len(longer), -1)
-    mask = torch.cat([torch.ones(len(longer), context_length, dtype=mask.dtype), mask], dim=1)
+    positions = context_len + torch.arange(input_ids.shape[1])[None].expand(len(longer), -1)
+    mask = torch.cat([torch.ones(len(longer), context_len, dtype=mask.dtype), mask], dim=1)
     with torch.inference_mode():
         logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
                        position_ids=positions.to(model.device), use_cache=True,
@@ -846,8 +845,13 @@ def resolve_add_bos(tokenizer, add_bos: str | bool = "auto") -> bool:
 def encode(tokenizer, text: str, bos: bool) -> list[int]:
     """Token ids of ``text`` with no special token but a BOS first where ``bos`` (an EOS that a
     tokenizer appends by default is never added: it would be scored as part of a continuation)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return [tokenizer.bos_token_id, *ids] if bos else ids
+    return encode_all(tokenizer, [text], bos)[0]
+
+
+def encode_all(tokenizer, texts: list[str], bos: bool) -> list[list[int]]:
+    """``encode`` of each text, in one call of the tokenizer."""
+    first = [tokenizer.bos_token_id] if bos else []
+    return [first + ids for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 class Batches:
