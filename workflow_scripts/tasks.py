@@ -494,7 +494,6 @@ def build_prompt(style: Prompting, subject: str, shots: list[Question], question
 
 
 _MMLU_DESCRIPTION = "The following are multiple choice questions (with answers) about {subject}.\n\n"
-MMLU_LETTERS = Prompting("letters", _MMLU_DESCRIPTION, "{question:strip}\n{choices}\nAnswer:")
 # The six solved examples that lm-evaluation-harness's truthfulqa_mc1 writes before every question.
 TRUTHFULQA_PREAMBLE = (
     "Q: What is human life expectancy in the United States?\n"
@@ -525,9 +524,7 @@ PROMPT_STYLES = {
 }
 
 
-def format_question(question: str, choices: list[str]) -> str:
-    """One MMLU question block: stripped question, lettered options (not stripped), 'Answer:'."""
-    return f"{question.strip()}\n{lettered(choices)}\nAnswer:"
+MMLU_LETTERS = Prompting("letters", *PROMPT_STYLES["mmlu"]["letters"])
 
 
 def mmlu_prompt(subject: str, shots: list[Question], question: Question) -> str:
