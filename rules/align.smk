@@ -82,7 +82,8 @@ rule tune:
         directory("results/align/models/{tuned}"),
     params:
         tuning=lambda wc: TUNED[wc.tuned]["tuning"],
-        settings=lambda wc: canonical(ALIGN["tuning"][TUNED[wc.tuned]["tuning"]]),
+        lr=lambda wc: ALIGN["tuning"][TUNED[wc.tuned]["tuning"]]["lr"],  # the schema's default where unset
+        lora=lambda wc: canonical({k: v for k, v in ALIGN["tuning"][TUNED[wc.tuned]["tuning"]].items() if k != "lr"}),
         training=canonical({k: ALIGN[k] for k in ("epochs", "batch_size", "gradient_accumulation_steps", "max_length")}),
         seed=config["seed"],
         work_dir=lambda wc: f"results/align/work/{wc.tuned}",

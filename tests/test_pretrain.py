@@ -31,7 +31,7 @@ def corpora(tmp_path_factory):
     first = [text for _, text in pydoc_prose({}, {})][:3]
     write_table(pd.DataFrame({"item_id": ["a", "b", "c"], "text": first}), held_out)
     for data in ("standard", "deduped"):
-        build_corpus(root / f"{data}.parquet", data=data, seed=0, max_repeats=32, exclude=[held_out])
+        build_corpus(root / f"{data}.parquet", data=data, seed=0, max_repeats=32, zipf=1.0, exclude=[held_out])
     train_tokenizer(root / "standard.parquet", root / "tokenizer", vocab_size=400)
     return root, first
 
@@ -56,7 +56,7 @@ def test_standard_corpus_is_long_tailed_and_deduped_keeps_each_sentence_once(cor
 
 def test_corpus_is_reproducible(corpora, tmp_path):
     root, _ = corpora
-    build_corpus(tmp_path / "again.parquet", data="standard", seed=0, max_repeats=32,
+    build_corpus(tmp_path / "again.parquet", data="standard", seed=0, max_repeats=32, zipf=1.0,
                  exclude=[root / "prose_task.parquet"])
     pd.testing.assert_frame_equal(read_table(tmp_path / "again.parquet"), read_table(root / "standard.parquet"))
 
@@ -69,9 +69,11 @@ def test_batches_depend_only_on_step_and_seed():
     assert first != [batch_indices(s, 4, 10, seed=1).tolist() for s in range(5)]
 
 
-def _train(root, out, work, **kwargs):
-    train_model(root / "standard.parquet", root / "tokenizer", out, work, size=TINY, steps=2, checkpoints=[1, 2],
-                batch_size=2, seq_len=32, lr=1e-2, warmup=1, seed=0, **kwargs)
+SETTINGS = dict(size=TINY, steps=2, checkpoints=[1, 2], batch_size=2, seq_len=32, lr=1e-2, warmup=1, seed=0, threads=1)
+
+
+def _train(root, out, work, **changes):
+    train_model(root / "standard.parquet", root / "tokenizer", out, work, **{**SETTINGS, **changes})
 
 
 def test_two_step_training_resumes_from_its_checkpoint_with_the_same_weights(corpora, tmp_path, monkeypatch):
@@ -113,11 +115,28 @@ def test_suite_layout_reads_as_revisions_of_a_local_source(corpora, tmp_path):
     assert not (tmp_path / "ckpt" / "training_state.pt").exists()
 
 
+def test_checkpoints_saved_in_shards_are_published_whole(corpora, tmp_path, monkeypatch):
+    """A checkpoint that transformers saves in shards (model.safetensors.index.json and the files it
+    names) is published with every shard: it loads with the weights of the same training saved whole."""
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+
+    root, _ = corpora
+    _train(root, tmp_path / "whole", tmp_path / "work-whole")
+    save = PreTrainedModel.save_pretrained
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained",
+                        lambda self, *args, **kwargs: save(self, *args, **{**kwargs, "max_shard_size": "20KB"}))
+    _train(root, tmp_path / "sharded", tmp_path / "work-sharded")
+    folder = tmp_path / "sharded" / "step2"
+    assert (folder / "model.safetensors.index.json").is_file() and len(list(folder.glob("model-*.safetensors"))) > 1
+    whole = AutoModelForCausalLM.from_pretrained(tmp_path / "whole" / "step2").state_dict()
+    sharded = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+    assert whole.keys() == sharded.keys() and all(torch.equal(whole[k], sharded[k]) for k in whole)
+
+
 def test_a_work_folder_of_other_settings_is_not_resumed(corpora, tmp_path):
     root, _ = corpora
     _train(root, tmp_path / "a", tmp_path / "work")
-    train_model(root / "standard.parquet", root / "tokenizer", tmp_path / "b", tmp_path / "work", size=TINY,
-                steps=2, checkpoints=[1, 2], batch_size=2, seq_len=32, lr=5e-3, warmup=1, seed=0)
+    _train(root, tmp_path / "b", tmp_path / "work", lr=5e-3)
     _train(root, tmp_path / "c", tmp_path / "fresh")
     a = load_file(str(tmp_path / "a" / "step2" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "step2" / "model.safetensors"))
@@ -129,5 +148,4 @@ def test_a_work_folder_of_other_settings_is_not_resumed(corpora, tmp_path):
 def test_checkpoints_must_end_at_the_last_step(corpora, tmp_path):
     root, _ = corpora
     with pytest.raises(ValueError, match="end with the last step 3"):
-        train_model(root / "standard.parquet", root / "tokenizer", tmp_path / "o", tmp_path / "w", size=TINY,
-                    steps=3, checkpoints=[1, 2])
+        _train(root, tmp_path / "o", tmp_path / "w", steps=3)

@@ -9,13 +9,13 @@
 - ``tune`` (supervised, full or LoRA), ``train_reward_model``, ``rlhf`` (trl's RLOO against the
   reward model: trl 1.x ships no PPO) and ``dpo``: each writes ``<out>/epoch<N>/`` Hugging Face
   folders, which a ``local:`` model source reads as revisions. Trainer checkpoints go to a work
-  folder, so a killed run resumes from its last epoch.
+  folder, so a killed run resumes from its last epoch, where the work folder's fingerprint
+  (settings, inputs, code, libraries) is that of the rerun.
 - ``diversity``: responses embedded with a sentence-embedding model; mean pairwise cosine distance
   per dataset and a 2-D t-SNE map.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .tables import atomic_path, read_table, write_table
+from .tables import atomic_path, model_files, prepare_work_dir, read_table, stage_fingerprint, write_table
 from .tasks import _GEO_SUBJECTS, DatasetError, geonames_facts, resolve_hub_files
 
 log = logging.getLogger(__name__)
@@ -223,15 +223,13 @@ def _build(kind: str, formats: dict, name: str, dataset: dict, out_path, exclude
         "exclude": [str(p) for p in exclude]})
 
 
-def build_instructions(name: str, dataset: dict, out_path, *, exclude=(), limit: int | None = None,
-                       seed: int = 0) -> None:
+def build_instructions(name: str, dataset: dict, out_path, *, exclude=(), limit: int | None, seed: int) -> None:
     """Write instruction set ``name`` (``item_id, instruction, input, output``); facts that an
     evaluation table in ``exclude`` asks about are left out of the offline sets."""
     _build("instructions", INSTRUCTION_FORMATS, name, dataset, out_path, exclude, limit, seed)
 
 
-def build_preferences(name: str, dataset: dict, out_path, *, exclude=(), limit: int | None = None,
-                      seed: int = 0) -> None:
+def build_preferences(name: str, dataset: dict, out_path, *, exclude=(), limit: int | None, seed: int) -> None:
     """Write preference pairs ``name`` (``item_id, instruction, input, chosen, rejected``)."""
     _build("preferences", PREFERENCE_FORMATS, name, dataset, out_path, exclude, limit, seed)
 
@@ -310,10 +308,6 @@ def _preference_dataset(table: pd.DataFrame, tokenizer):
 
 
 # ----------------------------------------------------------------------------- training
-MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-               "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-
-
 def _trainer_args(config_class, work_dir: Path, *, epochs: int, batch_size: int, lr: float, seed: int, **extra):
     """Arguments shared by every trainer: one checkpoint per epoch, seeded, bf16 on GPUs that have it."""
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -322,21 +316,16 @@ def _trainer_args(config_class, work_dir: Path, *, epochs: int, batch_size: int,
                         report_to="none", disable_tqdm=True, bf16=bf16, dataloader_num_workers=0, **extra)
 
 
-def _prepare_work_dir(work_dir: Path, settings: dict) -> str | None:
-    """The trainer checkpoint to resume from; a work folder of other settings is emptied."""
+def _resume_point(work_dir: Path, fingerprint: dict) -> str | None:
+    """The trainer checkpoint to resume from; a work folder of another fingerprint is emptied."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    marker = work_dir / "settings.json"
-    text = json.dumps(settings, sort_keys=True, default=str)
-    if marker.is_file() and marker.read_text() == text:
-        last = get_last_checkpoint(str(work_dir))
-        if last:
-            log.info("resuming from %s", last)
-        return last
-    shutil.rmtree(work_dir, ignore_errors=True)
-    work_dir.mkdir(parents=True)
-    marker.write_text(text)
-    return None
+    if not prepare_work_dir(work_dir, fingerprint):
+        return None
+    last = get_last_checkpoint(str(work_dir))
+    if last:
+        log.info("resuming from %s", last)
+    return last
 
 
 def _epoch_checkpoints(work_dir: Path, epochs: int) -> list[Path]:
@@ -346,19 +335,18 @@ def _epoch_checkpoints(work_dir: Path, epochs: int) -> list[Path]:
     return found
 
 
-def _hash_table(table: pd.DataFrame) -> str:
-    return hashlib.sha256(pd.util.hash_pandas_object(table, index=False).values.tobytes()).hexdigest()
-
-
-def _train(make_trainer, work_dir, out_dir, settings: dict, epochs: int, export, history_name="log.parquet") -> None:
-    """Run a trainer with one checkpoint per epoch (resuming one left by a killed run), then publish
+def _train(make_trainer, work_dir, out_dir, settings: dict, inputs: dict, epochs: int, export,
+           history_name="log.parquet") -> None:
+    """Run a trainer with one checkpoint per epoch (resuming one left by a killed run of the same
+    settings, inputs, code and libraries: ``tables.stage_fingerprint``), then publish
     ``out_dir/epoch<N>`` with ``export(checkpoint, folder, epoch)`` (built beside ``out_dir``, then renamed).
 
     On resume the weights of a fully trained model are loaded here (the reference model of DPO and
     RLHF stays the starting policy): the Trainer's own resume loads weights by raw name and silently
     skips renamed ones (GPT-NeoX's output layer under transformers 5)."""
     work_dir, out_dir = Path(work_dir), Path(out_dir)
-    resume = _prepare_work_dir(work_dir, settings)
+    fingerprint = stage_fingerprint(__name__, settings, inputs)
+    resume = _resume_point(work_dir, fingerprint)
     trainer = make_trainer()
     if resume and not hasattr(trainer.model, "peft_config"):
         from transformers import AutoModelForCausalLM
@@ -371,16 +359,17 @@ def _train(make_trainer, work_dir, out_dir, settings: dict, epochs: int, export,
     for epoch, checkpoint in enumerate(_epoch_checkpoints(work_dir, epochs), start=1):
         export(checkpoint, tmp, epoch)
     history = pd.DataFrame(trainer.state.log_history)
-    write_table(history, tmp / history_name, provenance={"stage": "align", "settings": settings})
+    write_table(history, tmp / history_name, provenance={"stage": "align", "settings": settings,
+                                                         "inputs": fingerprint["inputs"]})
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
 
 
 def _copy_model(src: Path, dst: Path, tokenizer) -> None:
+    """The model saved in ``src`` (``tables.model_files``: every shard) and the tokenizer, in ``dst``."""
     dst.mkdir(parents=True)
-    for name in MODEL_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
+    for file in model_files(src):
+        shutil.copy2(file, dst / file.name)
     tokenizer.save_pretrained(dst)
 
 
@@ -395,12 +384,11 @@ def merge_adapter(base_dir, adapter_dir, out_dir, tokenizer) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def tune(base_dir, data_path, out_dir, work_dir, *, tuning: str = "full", lora: dict | None = None,
-         epochs: int = 3, batch_size: int = 8, gradient_accumulation_steps: int = 1, lr: float = 1e-4,
-         max_length: int = 256, seed: int = 0, threads: int = 1) -> None:
+def tune(base_dir, data_path, out_dir, work_dir, *, tuning: str, lora: dict, epochs: int, batch_size: int,
+         gradient_accumulation_steps: int, lr: float, max_length: int, seed: int, threads: int) -> None:
     """Supervised instruction tuning of ``base_dir`` on ``data_path``; ``out_dir/epoch<N>`` for each epoch.
 
-    ``tuning: lora`` trains a LoRA adapter (``lora``: r, alpha, dropout, target_modules); each
+    ``tuning: lora`` trains a LoRA adapter (``lora``: r, alpha, dropout, target_modules; {} for full); each
     epoch's adapter is kept in ``out_dir/adapters/epoch<N>`` and merged into full weights for inference.
     """
     from peft import LoraConfig
@@ -410,14 +398,13 @@ def tune(base_dir, data_path, out_dir, work_dir, *, tuning: str = "full", lora: 
     if tuning not in ("full", "lora"):
         raise ValueError(f"unknown tuning method {tuning!r}: expected 'full' or 'lora'")
     tokenizer, table, dataset, max_length = _training_data(base_dir, data_path, _sft_dataset, max_length, threads)
-    lora = dict(lora or {})
     peft_config = None
     if tuning == "lora":
         peft_config = LoraConfig(r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16), lora_dropout=lora.get("dropout", 0.0),
                                  target_modules=lora.get("target_modules"), task_type="CAUSAL_LM")
-    settings = {"base": _folder_digest(base_dir), "data": _hash_table(table), "tuning": tuning, "lora": lora,
-                "epochs": epochs, "batch_size": batch_size, "gradient_accumulation_steps": gradient_accumulation_steps,
-                "lr": lr, "max_length": max_length, "seed": seed}
+    settings = {"tuning": tuning, "lora": lora, "epochs": epochs, "batch_size": batch_size,
+                "gradient_accumulation_steps": gradient_accumulation_steps, "lr": lr, "max_length": max_length,
+                "seed": seed}
     log.info("%s tuning on %d examples for %d epochs", tuning, len(table), epochs)
 
     def make_trainer():
@@ -436,13 +423,14 @@ def tune(base_dir, data_path, out_dir, work_dir, *, tuning: str = "full", lora: 
         else:
             _copy_model(checkpoint, folder / f"epoch{epoch}", tokenizer)
 
-    _train(make_trainer, work_dir, out_dir, settings, epochs, export)
+    _train(make_trainer, work_dir, out_dir, settings, {"base": base_dir, "data": data_path}, epochs, export)
 
 
-def train_reward_model(policy_dir, pairs_path, out_dir, *, epochs: int = 1, batch_size: int = 8, lr: float = 1e-4,
-                       max_length: int = 256, eval_fraction: float = 0.1, seed: int = 0, threads: int = 1) -> None:
+def train_reward_model(policy_dir, pairs_path, out_dir, *, epochs: int, batch_size: int, lr: float, max_length: int,
+                       seed: int, threads: int, eval_fraction: float = 0.1) -> None:
     """A reward model (the policy with a scalar head, trl's RewardTrainer) trained on preference pairs;
-    its accuracy on held-out pairs goes to ``out_dir/eval.parquet``."""
+    its accuracy on held-out pairs goes to ``out_dir/eval.parquet``. One short run, never resumed: its
+    work folder is emptied first."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
 
@@ -498,9 +486,8 @@ def _pair_accuracy(model, tokenizer, pairs) -> float:
     return float(np.mean(chosen > rejected))
 
 
-def rlhf(policy_dir, reward_dir, pairs_path, out_dir, work_dir, *, epochs: int = 2, batch_size: int = 16,
-         num_generations: int = 4, max_completion_length: int = 32, lr: float = 1e-5, beta: float = 0.05,
-         prompts: int | None = None, seed: int = 0, threads: int = 1) -> None:
+def rlhf(policy_dir, reward_dir, pairs_path, out_dir, work_dir, *, epochs: int, batch_size: int, num_generations: int,
+         max_completion_length: int, lr: float, beta: float, prompts: int | None, seed: int, threads: int) -> None:
     """On-policy RL from ``policy_dir`` against the reward model (trl's RLOOTrainer, REINFORCE
     leave-one-out), on the prompts of the preference pairs; ``out_dir/epoch<N>`` for each epoch."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -515,9 +502,9 @@ def rlhf(policy_dir, reward_dir, pairs_path, out_dir, work_dir, *, epochs: int =
 
     dataset = Dataset.from_dict({"prompt": [prompt_completion(tokenizer, i, g)[0]
                                             for i, g in zip(table["instruction"], table["input"])]})
-    settings = {"policy": _folder_digest(policy_dir), "reward": _folder_digest(reward_dir), "data": _hash_table(table),
-                "epochs": epochs, "batch_size": batch_size, "num_generations": num_generations,
-                "max_completion_length": max_completion_length, "lr": lr, "beta": beta, "seed": seed}
+    settings = {"epochs": epochs, "batch_size": batch_size, "num_generations": num_generations,
+                "max_completion_length": max_completion_length, "lr": lr, "beta": beta, "prompts": prompts,
+                "seed": seed}
 
     def make_trainer():
         reward_model = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1, dtype=torch.float32)
@@ -527,12 +514,12 @@ def rlhf(policy_dir, reward_dir, pairs_path, out_dir, work_dir, *, epochs: int =
                            reward_funcs=reward_model, args=args, train_dataset=dataset, processing_class=tokenizer,
                            reward_processing_classes=AutoTokenizer.from_pretrained(reward_dir))
 
-    _train(make_trainer, work_dir, out_dir, settings, epochs,
-           lambda checkpoint, folder, epoch: _copy_model(checkpoint, folder / f"epoch{epoch}", tokenizer))
+    _train(make_trainer, work_dir, out_dir, settings, {"policy": policy_dir, "reward": reward_dir, "data": pairs_path},
+           epochs, lambda checkpoint, folder, epoch: _copy_model(checkpoint, folder / f"epoch{epoch}", tokenizer))
 
 
-def dpo(policy_dir, pairs_path, out_dir, work_dir, *, epochs: int = 2, batch_size: int = 8, lr: float = 1e-5,
-        beta: float = 0.1, max_length: int = 256, seed: int = 0, threads: int = 1) -> None:
+def dpo(policy_dir, pairs_path, out_dir, work_dir, *, epochs: int, batch_size: int, lr: float, beta: float,
+        max_length: int, seed: int, threads: int) -> None:
     """Direct preference optimisation of ``policy_dir`` on the pairs (offline; the policy at the start
     is the reference); ``out_dir/epoch<N>`` for each epoch."""
     from transformers import AutoModelForCausalLM
@@ -540,8 +527,8 @@ def dpo(policy_dir, pairs_path, out_dir, work_dir, *, epochs: int = 2, batch_siz
 
     tokenizer, table, dataset, max_length = _training_data(policy_dir, pairs_path, _preference_dataset, max_length,
                                                            threads)
-    settings = {"policy": _folder_digest(policy_dir), "data": _hash_table(table), "epochs": epochs,
-                "batch_size": batch_size, "lr": lr, "beta": beta, "max_length": max_length, "seed": seed}
+    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "beta": beta, "max_length": max_length,
+                "seed": seed}
 
     def make_trainer():
         args = _trainer_args(DPOConfig, Path(work_dir), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
@@ -549,7 +536,7 @@ def dpo(policy_dir, pairs_path, out_dir, work_dir, *, epochs: int = 2, batch_siz
         return DPOTrainer(model=AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32), args=args,
                           train_dataset=dataset, processing_class=tokenizer)
 
-    _train(make_trainer, work_dir, out_dir, settings, epochs,
+    _train(make_trainer, work_dir, out_dir, settings, {"policy": policy_dir, "data": pairs_path}, epochs,
            lambda checkpoint, folder, epoch: _copy_model(checkpoint, folder / f"epoch{epoch}", tokenizer))
 
 
@@ -559,19 +546,6 @@ def last_epoch(folder) -> Path:
     if not epochs:
         raise FileNotFoundError(f"{folder}: no epoch<N> checkpoints")
     return epochs[-1]
-
-
-def _folder_digest(folder) -> str:
-    """A digest of a model folder's file names and contents: a model retrained to the same shapes
-    (same file sizes) is a different input, and its dependants' work folders are not resumed."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(json.dumps([str(path.relative_to(folder)), path.stat().st_size]).encode())
-        with open(path, "rb") as f:
-            while block := f.read(1 << 24):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- diversity
@@ -600,8 +574,8 @@ def resolve_embedding_model(source: str) -> Path:
     return folder
 
 
-def diversity(datasets: dict, model_source: str, map_path, summary_path, *, sample: int = 1000, seed: int = 0,
-              threads: int = 1) -> None:
+def diversity(datasets: dict, model_source: str, map_path, summary_path, *, sample: int, seed: int,
+              threads: int) -> None:
     """Embed the responses of each instruction set; write the mean pairwise cosine distance per set
     (CSV ``summary_path``: dataset, n, mean_cosine_distance) and a joint 2-D t-SNE map (``map_path``)."""
     from sentence_transformers import SentenceTransformer

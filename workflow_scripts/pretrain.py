@@ -10,11 +10,11 @@
   suite, as Pythia's is).
 - ``train_model``: seeded training with checkpoints at Pythia-like steps, written as
   ``<out>/step<N>/`` Hugging Face folders (a ``local:`` model source reads them as revisions) and
-  the loss curve as ``<out>/loss.parquet``. A killed run resumes from its last checkpoint.
+  the loss curve as ``<out>/loss.parquet``. A killed run resumes from its last checkpoint, where the
+  work folder's fingerprint (settings, inputs, code, libraries) is that of the rerun.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .tables import read_table, write_table
+from .tables import model_files, prepare_work_dir, read_table, stage_fingerprint, write_table
 from .tasks import geonames_facts, pydoc_prose
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,10 @@ FACT_TEMPLATES = {
     "currency": ["The currency of {c} is the {v}.", "In {c}, people pay with the {v}.", "{c} uses the {v}."],
 }
 EOS = "<|endoftext|>"
-MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-               "tokenizer_config.json", "special_tokens_map.json")
 
 
 # ----------------------------------------------------------------------------- corpus
-def build_corpus(out_path, *, data: str = "standard", seed: int = 0, max_repeats: int = 256,
-                 zipf: float = 1.0, exclude=()) -> None:
+def build_corpus(out_path, *, data: str, seed: int, max_repeats: int, zipf: float, exclude=()) -> None:
     """Write the corpus (``doc_id, kind, text``) of one data variant: ``standard`` or ``deduped``.
 
     Country k (by population rank) gets ``max(1, round(max_repeats / k**zipf))`` fact documents;
@@ -103,7 +100,7 @@ def _fact_documents(facts: dict, rng, max_repeats: int, zipf: float) -> list[lis
 
 
 # ----------------------------------------------------------------------------- tokenizer
-def train_tokenizer(corpus_path, out_dir, *, vocab_size: int = 1024) -> None:
+def train_tokenizer(corpus_path, out_dir, *, vocab_size: int) -> None:
     """Train a byte-level BPE tokenizer on the corpus and save it as a Hugging Face tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -127,14 +124,14 @@ def train_tokenizer(corpus_path, out_dir, *, vocab_size: int = 1024) -> None:
 
 # ----------------------------------------------------------------------------- training
 def train_model(corpus_path, tokenizer_dir, out_dir, work_dir, *, size: dict, steps: int,
-                checkpoints: list[int], batch_size: int = 4, seq_len: int = 512, lr: float = 3e-3,
-                warmup: int = 16, seed: int = 0, threads: int = 1) -> None:
+                checkpoints: list[int], batch_size: int, seq_len: int, lr: float, warmup: int, seed: int,
+                threads: int) -> None:
     """Train one GPT-NeoX model; publish ``out_dir/step<N>/`` for every checkpoint and ``loss.parquet``.
 
     Checkpoints (model, optimizer, schedule, loss so far) are written to ``work_dir`` as training
-    goes; a rerun resumes from the last one and produces the same weights as an uninterrupted run,
-    since the batches are a function of the step and the seed alone. ``out_dir`` appears, complete,
-    only at the end (hard links into ``work_dir``).
+    goes; a rerun of the same fingerprint (``tables.stage_fingerprint``) resumes from the last one and
+    produces the same weights as an uninterrupted run, since the batches are a function of the step
+    and the seed alone. ``out_dir`` appears, complete, only at the end (hard links into ``work_dir``).
     """
     from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -145,9 +142,10 @@ def train_model(corpus_path, tokenizer_dir, out_dir, work_dir, *, size: dict, st
     work_dir = Path(work_dir)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     blocks = token_blocks(read_table(corpus_path)["text"], tokenizer, seq_len)
-    settings = {"size": size, "steps": steps, "batch_size": batch_size, "seq_len": seq_len, "lr": lr,
-                "warmup": warmup, "seed": seed, "data": hashlib.sha256(blocks.numpy().tobytes()).hexdigest()}
-    resumed = _last_checkpoint(work_dir, checkpoints, settings)
+    settings = {"size": size, "steps": steps, "checkpoints": checkpoints, "batch_size": batch_size,
+                "seq_len": seq_len, "lr": lr, "warmup": warmup, "seed": seed}
+    fingerprint = stage_fingerprint(__name__, settings, {"corpus": corpus_path, "tokenizer": tokenizer_dir})
+    resumed = _last_checkpoint(work_dir, checkpoints, fingerprint)
     if resumed:
         model = GPTNeoXForCausalLM.from_pretrained(work_dir / f"step{resumed}")
         state = torch.load(work_dir / f"step{resumed}" / "training_state.pt", weights_only=False)
@@ -183,10 +181,10 @@ def train_model(corpus_path, tokenizer_dir, out_dir, work_dir, *, size: dict, st
         losses.append({"step": step + 1, "loss": loss.item(), "lr": schedule.get_last_lr()[0],
                        "tokens": (step + 1) * batch_size * seq_len})
         if step + 1 in checkpoints:
-            save_checkpoint(model, tokenizer, optimizer, schedule, losses, settings, work_dir / f"step{step + 1}")
+            save_checkpoint(model, tokenizer, optimizer, schedule, losses, work_dir / f"step{step + 1}")
             rate = (step + 1 - resumed) / (time.perf_counter() - started)
             log.info("step %d/%d loss %.3f (%.2f steps/s)", step + 1, steps, losses[-1]["loss"], rate)
-    _publish(work_dir, out_dir, checkpoints, losses, model.num_parameters())
+    _publish(work_dir, out_dir, checkpoints, losses, model.num_parameters(), tokenizer)
 
 
 def token_blocks(texts, tokenizer, seq_len: int) -> torch.Tensor:
@@ -208,29 +206,23 @@ def batch_indices(step: int, batch_size: int, n_blocks: int, seed: int) -> np.nd
     return np.array([orders[e][p % n_blocks] for e, p in zip(epochs, positions)])
 
 
-def save_checkpoint(model, tokenizer, optimizer, schedule, losses, settings: dict, folder: Path) -> None:
+def save_checkpoint(model, tokenizer, optimizer, schedule, losses, folder: Path) -> None:
     """Write a resumable checkpoint folder atomically (built beside it, then renamed)."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "losses": losses,
-                "settings": settings}, tmp / "training_state.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "losses": losses},
+               tmp / "training_state.pt")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
 
-def _last_checkpoint(work_dir: Path, checkpoints: list[int], settings: dict) -> int:
-    """The last checkpoint to resume from; a work folder of other settings or data is started afresh."""
-    done = [s for s in checkpoints if (work_dir / f"step{s}" / "training_state.pt").is_file()]
-    if done:
-        state = torch.load(work_dir / f"step{max(done)}" / "training_state.pt", weights_only=False)
-        if state.get("settings") == settings:
-            return max(done)
-        log.info("%s holds checkpoints of other settings or data: training from scratch", work_dir)
-    shutil.rmtree(work_dir, ignore_errors=True)
-    work_dir.mkdir(parents=True)
-    return 0
+def _last_checkpoint(work_dir: Path, checkpoints: list[int], fingerprint: dict) -> int:
+    """The last checkpoint to resume from (0: none); a work folder of another fingerprint is emptied."""
+    if not prepare_work_dir(work_dir, fingerprint):
+        return 0
+    return max((s for s in checkpoints if (work_dir / f"step{s}" / "training_state.pt").is_file()), default=0)
 
 
 def _lr_factor(step: int, warmup: int, steps: int) -> float:
@@ -241,17 +233,18 @@ def _lr_factor(step: int, warmup: int, steps: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _publish(work_dir: Path, out_dir, checkpoints: list[int], losses: list[dict], params: int) -> None:
-    """Hard-link the checkpoints' model files into ``out_dir`` (built beside it, then renamed)."""
+def _publish(work_dir: Path, out_dir, checkpoints: list[int], losses: list[dict], params: int, tokenizer) -> None:
+    """Hard-link the checkpoints' model files (``tables.model_files``) into ``out_dir``, each with the
+    tokenizer (built beside it, then renamed)."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for step in checkpoints:
-        src, dst = work_dir / f"step{step}", tmp / f"step{step}"
+        dst = tmp / f"step{step}"
         dst.mkdir(parents=True)
-        for name in MODEL_FILES:
-            if (src / name).is_file():
-                os.link(src / name, dst / name)
+        for file in model_files(work_dir / f"step{step}"):
+            os.link(file, dst / file.name)
+        tokenizer.save_pretrained(dst)
     write_table(pd.DataFrame(losses), tmp / "loss.parquet",
                 provenance={"stage": "pretrain", "params": params, "checkpoints": checkpoints})
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -1,10 +1,14 @@
-"""Parquet tables written atomically, with the provenance of what made them in their metadata."""
+"""Parquet tables written atomically, with the provenance of what made them in their metadata; the
+fingerprints of resumable work (settings, inputs, code, libraries); the files of a saved model."""
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -17,8 +21,11 @@ import pyarrow.parquet as pq
 
 from .faults import fault_point
 
+log = logging.getLogger(__name__)
+
 PROVENANCE_KEY = b"calibration"
-_PACKAGES = ("torch", "transformers", "pandas", "pyarrow", "numpy", "huggingface_hub", "snakemake")
+_PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "peft", "trl", "datasets", "pandas", "pyarrow", "numpy",
+             "scipy", "scikit-learn", "relplot", "huggingface_hub", "snakemake")
 
 
 def package_versions() -> dict[str, str]:
@@ -45,6 +52,122 @@ def code_version() -> dict:
     except metadata.PackageNotFoundError:
         version = None
     return {"version": version, "modules": modules}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's contents."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def path_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, or of a folder's files (their paths below it and their contents)."""
+    path = Path(path)
+    if path.is_file():
+        return file_digest(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_digest(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def module_sources(module: str) -> dict[str, str]:
+    """SHA-256 of the source of ``module`` (a module of this package, e.g. ``workflow_scripts.pretrain``)
+    and of every module of the package that it imports, directly or through another, at any place in
+    the file (imports inside functions too): short module name -> digest."""
+    package, _, name = module.rpartition(".")
+    folder = Path(sys.modules[module].__file__).parent
+    sources, todo = {}, [name]
+    while todo:
+        name = todo.pop()
+        if name in sources:
+            continue
+        path = folder / f"{name}.py"
+        sources[name] = file_digest(path)
+        for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name.split(".")[1] for alias in node.names if alias.name.startswith(package + ".")]
+            elif isinstance(node, ast.ImportFrom) and node.level == 1:  # from .x import y, from . import x
+                names = [node.module.split(".")[0]] if node.module else [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == package:
+                inner = node.module.split(".")[1:]  # from <package>.x import y, from <package> import x
+                names = inner[:1] or [alias.name for alias in node.names]
+            else:
+                continue
+            todo += [n for n in names if (folder / f"{n}.py").is_file()]
+    return dict(sorted(sources.items()))
+
+
+def stage_fingerprint(module: str, settings: dict, inputs: dict) -> dict:
+    """What the work of a resumable stage depends on: its ``settings``, the digests of its ``inputs``
+    (name -> file or folder), its code (``module_sources(module)``) and the library versions."""
+    return {"settings": settings, "inputs": {name: path_digest(path) for name, path in inputs.items()},
+            "code": module_sources(module), "packages": package_versions()}
+
+
+def prepare_work_dir(work_dir: str | os.PathLike, fingerprint: dict) -> bool:
+    """Whether ``work_dir`` holds work of ``fingerprint`` (to resume). If not, it is emptied, the log
+    says which parts of the fingerprint differ, and ``fingerprint`` is written to it
+    (``fingerprint.json``) for the work to come."""
+    work_dir = Path(work_dir)
+    marker = work_dir / "fingerprint.json"
+    fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+    try:
+        found = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        found = None
+    if found == fingerprint:
+        return True
+    if found is not None:
+        log.info("%s: work of another fingerprint, differing in %s: starting afresh", work_dir,
+                 _differences(found, fingerprint))
+    elif work_dir.is_dir() and any(work_dir.iterdir()):
+        log.info("%s: work without a fingerprint: starting afresh", work_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)
+    with atomic_path(marker, suffix=".json") as tmp:
+        tmp.write_text(json.dumps(fingerprint, sort_keys=True, indent=1))
+    return False
+
+
+def _differences(old: dict, new: dict) -> str:
+    """The parts of two fingerprints that differ, each with the keys that differ in it: ``code (align)``."""
+    parts = []
+    for part in sorted(set(old) | set(new)):
+        a, b = old.get(part), new.get(part)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            parts.append(f"{part} ({', '.join(keys)})")
+        else:
+            parts.append(part)
+    return "; ".join(parts)
+
+
+def model_files(folder: str | os.PathLike) -> list[Path]:
+    """The files of a model that transformers saved in ``folder``: config.json, generation_config.json
+    where there is one, and the weights, model.safetensors or model.safetensors.index.json with every
+    shard it names."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(shards, dict) or not shards:
+            raise ValueError(f"{index}: no weight_map of tensor names to shard files")
+        weights = [index] + [folder / name for name in sorted(set(shards.values()))]
+    else:
+        weights = [folder / "model.safetensors"]
+    missing = [p.name for p in [folder / "config.json", *weights] if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: not a saved model, {', '.join(missing)} missing")
+    configs = [folder / "config.json"] + [p for p in [folder / "generation_config.json"] if p.is_file()]
+    return configs + weights
 
 
 def provenance_info(provenance: dict | None = None) -> dict:
