@@ -152,6 +152,7 @@ def _compare_mc(model, tok, args, work: Path) -> dict:
                                              "subjects": args.subjects},
                  data_path, shots=args.shots, limit=args.limit)
     data = read_table(data_path)
+    data = data[data["split"] == "test"].reset_index(drop=True)  # the harness scores the test rows only
     # The harness at its default max_length (the model's context): 5-shot prompts exceed the CLM window.
     lm = _harness_model(args, max_length=None)
     print(f"\nmultiple choice: {len(data)} questions ({len(args.subjects)} subjects x {args.limit}), "

@@ -109,8 +109,9 @@ def test_mmlu_prompt_matches_the_harness(tmp_path, shots, expected):
     assert first["gold"] == 1 and list(first["options"]) == [" A", " B", " C", " D"]
     assert list(first["choices"]) == ["0", "4", "2", "6"] and first["scoring"] == "letters"
     assert first["question"] == "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q."
-    assert list(table.columns) == ["item_id", "subject", "question", "prompt", "choices", "options", "gold", "scoring"]
-    assert list(table.columns) == tasks.MC_COLUMNS
+    assert list(table.columns) == ["item_id", "subject", "question", "prompt", "choices", "options", "gold", "scoring",
+                                   "split"]
+    assert list(table.columns) == tasks.MC_COLUMNS and first["split"] == "test"
 
 
 def test_mmlu_question_stripped_options_not(tmp_path):
@@ -132,9 +133,11 @@ def test_real_mmlu_fixtures_load(tmp_path):
     out = tmp_path / "mmlu.parquet"
     prepare_task("mmlu", "multiple_choice", {"format": "mmlu_csv", "path": str(root / "mmlu")}, out)
     table = read_table(out)
-    # row counts of SOURCES.md
-    assert table.groupby("subject").size().to_dict() == {
-        "abstract_algebra": 100, "high_school_geography": 198, "marketing": 234, "world_religions": 171}
+    # row counts of SOURCES.md: the items (test) and the held-out rows of val/ (val)
+    assert table.groupby(["split", "subject"]).size().to_dict() == {
+        ("test", "abstract_algebra"): 100, ("test", "high_school_geography"): 198, ("test", "marketing"): 234,
+        ("test", "world_religions"): 171, ("val", "abstract_algebra"): 11, ("val", "high_school_geography"): 22,
+        ("val", "marketing"): 25, ("val", "world_religions"): 19}
     assert table["item_id"].is_unique and table["gold"].between(0, 3).all()
     # quoted fields with commas parse into one field
     row = table.set_index("item_id").loc["abstract_algebra/3"]
@@ -145,7 +148,7 @@ def test_real_mmlu_fixtures_load(tmp_path):
               for line in (root / "SOURCES.md").read_text().splitlines()
               if len(line.split()) == 2 and len(line.split()[0]) == 64}
     files = read_provenance(out)["files"]
-    assert len(files) == 8
+    assert len(files) == 12 and read_provenance(out)["val_items"] == 77
     for path, digest in files.items():
         assert listed[Path(path).relative_to(root).as_posix()] == digest
     assert read_provenance(out)["stage"] == "prepare_task"
@@ -155,7 +158,8 @@ def test_real_rome_knowns(tmp_path):
     path = fixtures_dir() / "rome_knowns" / "known_1000_first300.json"
     table = build(tmp_path, "generation", {"format": "rome_knowns", "path": str(path)})
     assert len(table) == 300
-    assert list(table.columns) == ["item_id", "relation", "subject", "prompt", "answer", "aliases"]
+    assert list(table.columns) == ["item_id", "relation", "subject", "prompt", "answer", "aliases", "split"]
+    assert set(table["split"]) == {"test"}
     first = table.iloc[0]
     assert (first["item_id"], first["relation"], first["subject"], first["prompt"], first["answer"]) == (
         "known/0", "P30", "Vinson Massif", "Vinson Massif is located in the continent of", "Antarctica")
@@ -355,15 +359,83 @@ def test_chat_scores_options_without_the_delimiter(tmp_path):
     assert provenance["chat"] is True and provenance["option_delimiter"] == "" and provenance["target_delimiter"] == " "
 
 
-def test_held_out_val_is_read_checked_and_recorded(tmp_path):
+def test_held_out_val_rows_of_choices_jsonl(tmp_path):
     dataset = {**_choices_files(tmp_path), "val": str(write_jsonl(tmp_path / "val.jsonl", [SEVEN, TWO, TWO]))}
-    table = build(tmp_path, "multiple_choice", dataset)
-    assert len(table) == 2  # the val rows are not items
+    table = build(tmp_path, "multiple_choice", dataset, shots=2)
+    assert table["split"].tolist() == ["test", "test", "val", "val", "val"]
+    assert table["item_id"].tolist() == ["t/0", "t/1", "t/val/0", "t/val/1", "t/val/2"]
+    assert table["gold"].tolist() == [0, 5, 5, 0, 0]
+    # the same shots before a val row as before an item
+    assert table["prompt"].iloc[2] == table["prompt"].iloc[1] == SEVEN_LETTERS_2SHOT
     provenance = read_provenance(tmp_path / "out" / "task.parquet")
     assert provenance["val_items"] == 3 and str(tmp_path / "val.jsonl") in provenance["files"]
+    # limit caps the val rows as it caps the items
+    limited = build(tmp_path, "multiple_choice", dataset, limit=1)
+    assert limited[["item_id", "split"]].values.tolist() == [["t/0", "test"], ["t/val/0", "val"]]
+    assert read_provenance(tmp_path / "out" / "task.parquet")["val_items"] == 1
+    # without a val file: every row is an item
+    assert set(build(tmp_path, "multiple_choice", _choices_files(tmp_path))["split"]) == {"test"}
+    # val rows whose own ids repeat an item's id are an error
+    write_jsonl(tmp_path / "test.jsonl", [{**TWO, "id": "q1"}, {**SEVEN, "id": "q2"}])
+    write_jsonl(tmp_path / "val.jsonl", [{**TWO, "id": "q2"}])
+    with pytest.raises(DatasetError, match=r"duplicate item ids .*\['q2'\]"):
+        build(tmp_path, "multiple_choice", dataset)
     write_jsonl(tmp_path / "val.jsonl", [SEVEN, {**TWO, "answer": 2}])
     with pytest.raises(DatasetError, match=r"val\.jsonl: row 2: answer 2 is not an index 0-1"):
         build(tmp_path, "multiple_choice", dataset)
+
+
+def test_mmlu_val_folder_gives_val_rows(tmp_path):
+    root = fixtures_dir() / "mmlu"
+    dataset = {"format": "mmlu_csv", "path": str(root), "subjects": ["abstract_algebra", "marketing"]}
+    table = build(tmp_path, "multiple_choice", dataset, limit=3)
+    assert table[["item_id", "split"]].values.tolist() == [
+        [f"{subject}/{part}{k}", split] for subject in ("abstract_algebra", "marketing")
+        for split, part in (("test", ""), ("val", "val/")) for k in range(3)]
+    val = table[table["split"] == "val"].set_index("item_id")
+    for subject in ("abstract_algebra", "marketing"):
+        dev = read_mmlu_csv(root / "dev" / f"{subject}_dev.csv", subject)
+        rows = read_mmlu_csv(root / "val" / f"{subject}_val.csv", subject, "val/")
+        for question in rows[:3]:
+            assert val.loc[question.item_id, "prompt"] == tasks.mmlu_prompt(subject, dev, question)
+            assert val.loc[question.item_id, "gold"] == question.gold
+    assert len(build(tmp_path, "multiple_choice", dataset)) == 100 + 11 + 234 + 25
+    # a folder without val/ has items only; a val/ folder lacking a subject's file is an error
+    toy = make_mmlu(tmp_path / "toy", "toy")
+    assert set(build(tmp_path, "multiple_choice", {"format": "mmlu_csv", "path": str(toy)})["split"]) == {"test"}
+    (toy / "val").mkdir()
+    with pytest.raises(DatasetError, match=r"toy_val\.csv"):
+        build(tmp_path, "multiple_choice", {"format": "mmlu_csv", "path": str(toy)})
+    write_csv(toy / "val" / "toy_val.csv", [GOOD_ROW] * 2)
+    table = build(tmp_path, "multiple_choice", {"format": "mmlu_csv", "path": str(toy)})
+    assert table["item_id"].tolist() == ["toy/0", "toy/1", "toy/2", "toy/val/0", "toy/val/1"]
+
+
+def test_mmlu_parquet_val_and_other_formats(tmp_path):
+    rows = pd.DataFrame({"question": [f"Q{k}?" for k in range(4)], "subject": ["a", "b", "a", "a"],
+                         "choices": [["w", "x", "y", "z"]] * 4, "answer": [0, 1, 2, 3]})
+    rows.to_parquet(tmp_path / "test.parquet")
+    rows.iloc[[1, 0]].to_parquet(tmp_path / "validation.parquet")
+    dataset = {"format": "mmlu_parquet", "test": str(tmp_path / "test.parquet"),
+               "val": str(tmp_path / "validation.parquet")}
+    table = build(tmp_path, "multiple_choice", dataset, shots=0)
+    assert table[["item_id", "split"]].values.tolist() == [
+        ["a/0", "test"], ["a/1", "test"], ["a/2", "test"], ["a/val/0", "val"], ["b/0", "test"], ["b/val/0", "val"]]
+    rows.iloc[[0]].to_parquet(tmp_path / "validation.parquet")
+    with pytest.raises(DatasetError, match=r"validation\.parquet: no val rows for subject 'b'"):
+        build(tmp_path, "multiple_choice", dataset, shots=0)
+    # arc and truthfulqa_mc: val rows without ids of their own get <task>/val/<n>
+    arc = [{"question": f"Q{k}?", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "A"}
+           for k in range(2)]
+    write_jsonl(tmp_path / "arc.jsonl", arc)
+    table = build(tmp_path, "multiple_choice", {"format": "arc", "path": str(tmp_path / "arc.jsonl"),
+                                                 "val": str(tmp_path / "arc.jsonl")})
+    assert table[["item_id", "split"]].values.tolist() == [["t/0", "test"], ["t/1", "test"], ["t/val/0", "val"],
+                                                           ["t/val/1", "val"]]
+    tqa = fixtures_dir() / "truthfulqa" / "mc_task.json"
+    table = build(tmp_path, "multiple_choice", {"format": "truthfulqa_mc", "path": str(tqa), "val": str(tqa)}, limit=2)
+    assert table[["item_id", "split"]].values.tolist() == [["t/0", "test"], ["t/1", "test"], ["t/val/0", "val"],
+                                                           ["t/val/1", "val"]]
 
 
 def test_mmlu_parquet_with_ten_options(tmp_path):
@@ -670,6 +742,8 @@ def test_prompts_match_the_harness_itself(tmp_path):
         plain = build(tmp_path / name / "plain", "multiple_choice", dataset, **options)
         chat = build(tmp_path / name / "chat", "multiple_choice", dataset, chat=True, **options)
         expected = harness[name]
+        # the harness's test split: our items; MMLU's val/ rows (split "val") are no part of it
+        plain, chat = (table[table["split"] == "test"] for table in (plain, chat))
         assert len(plain) == len(expected) > 0, name
         for k, row in enumerate(expected):
             assert plain["prompt"].iloc[k] == row["prompt"], (name, k)
@@ -738,14 +812,14 @@ def test_clm_text_splits(tmp_path):
     (docs / "b.txt").write_text("Only line\nsecond line")
     pattern = str(docs / "*.txt")
     paragraphs = build(tmp_path, "clm", {"format": "text", "path": pattern})
-    assert list(paragraphs.columns) == ["item_id", "text"]
-    assert paragraphs.values.tolist() == [["a.txt/0", "First paragraph\nstill first."], ["a.txt/1", "Second one."],
-                                          ["b.txt/0", "Only line\nsecond line"]]
+    assert list(paragraphs.columns) == ["item_id", "text", "split"] and set(paragraphs["split"]) == {"test"}
+    assert paragraphs[["item_id", "text"]].values.tolist() == [
+        ["a.txt/0", "First paragraph\nstill first."], ["a.txt/1", "Second one."], ["b.txt/0", "Only line\nsecond line"]]
     lines = build(tmp_path, "clm", {"format": "text", "path": pattern, "split": "line"})
     assert lines["text"].tolist() == ["First paragraph", "still first.", "Second one.", "Only line", "second line"]
     assert lines["item_id"].tolist() == ["a.txt/0", "a.txt/1", "a.txt/2", "b.txt/0", "b.txt/1"]
     files = build(tmp_path, "clm", {"format": "text", "path": pattern, "split": "file"}, limit=1)
-    assert files.values.tolist() == [["a.txt/0", "First paragraph\nstill first.\n\n  \n\nSecond one."]]
+    assert files[["item_id", "text"]].values.tolist() == [["a.txt/0", "First paragraph\nstill first.\n\n  \n\nSecond one."]]
 
 
 def test_clm_jsonl_and_parquet(tmp_path):
@@ -756,11 +830,11 @@ def test_clm_jsonl_and_parquet(tmp_path):
     pd.DataFrame({"text": [r["body"] for r in records]}).to_parquet(tmp_path / "docs.parquet")
 
     gz = build(tmp_path, "clm", {"format": "jsonl", "path": str(tmp_path / "part.jsonl.gz"), "text_column": "body"})
-    assert gz.values.tolist() == [["part.jsonl.gz/0", "doc zero"], ["part.jsonl.gz/2", "doc two"]]
+    assert gz[["item_id", "text"]].values.tolist() == [["part.jsonl.gz/0", "doc zero"], ["part.jsonl.gz/2", "doc two"]]
     plain = build(tmp_path, "clm", {"format": "jsonl", "path": str(tmp_path / "plain.jsonl")}, limit=1)
-    assert plain.values.tolist() == [["plain.jsonl/0", "doc zero"]]
+    assert plain[["item_id", "text"]].values.tolist() == [["plain.jsonl/0", "doc zero"]]
     parquet = build(tmp_path, "clm", {"format": "parquet", "path": str(tmp_path / "*.parquet")})
-    assert parquet.values.tolist() == [["docs.parquet/0", "doc zero"], ["docs.parquet/2", "doc two"]]
+    assert parquet[["item_id", "text"]].values.tolist() == [["docs.parquet/0", "doc zero"], ["docs.parquet/2", "doc two"]]
 
 
 def test_clm_pydoc_topics(tmp_path):

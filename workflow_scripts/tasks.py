@@ -1,9 +1,14 @@
 """The prepare_task stage: model-independent task tables, one per task.
 
 Columns by kind:
-- clm: item_id, text (one row per document)
-- generation: item_id, relation, subject, prompt, answer, aliases
-- multiple_choice: item_id, subject, question, prompt, choices, options, gold, scoring
+- clm: item_id, text, split (one row per document)
+- generation: item_id, relation, subject, prompt, answer, aliases, split
+- multiple_choice: item_id, subject, question, prompt, choices, options, gold, scoring, split
+
+``split`` is "test" for the items and "val" for a multiple-choice dataset's held-out rows (MMLU's
+``val/`` folder, the ``val`` file of the other formats: the fit set of the recalibrate stage); tables
+without held-out rows are "test" everywhere. Val rows are ordinary rows: their own item ids, their
+prompts built with the same shots, ``limit`` per subject as for the items.
 
 A multiple-choice ``prompt`` is the context lm-evaluation-harness's ``fewshot_context`` builds
 (description, solved shots, the question; no chat template), not ending with the target
@@ -44,9 +49,10 @@ from .tables import write_table
 
 LETTERS = tuple(string.ascii_uppercase)  # option letters: A ... Z
 MIN_OPTIONS, MAX_OPTIONS = 2, len(LETTERS)
-CLM_COLUMNS = ["item_id", "text"]
-GENERATION_COLUMNS = ["item_id", "relation", "subject", "prompt", "answer", "aliases"]
-MC_COLUMNS = ["item_id", "subject", "question", "prompt", "choices", "options", "gold", "scoring"]
+CLM_COLUMNS = ["item_id", "text", "split"]
+GENERATION_COLUMNS = ["item_id", "relation", "subject", "prompt", "answer", "aliases", "split"]
+MC_COLUMNS = ["item_id", "subject", "question", "prompt", "choices", "options", "gold", "scoring", "split"]
+VAL_PREFIX = "val/"  # what a held-out row's fallback item id has before its number: <subject>/val/<n>
 SCORINGS = ("letters", "continuation")
 # Task options that shape multiple-choice prompts and options (None: the format's default).
 MC_OPTIONS = ("scoring", "prompt", "description", "target_delimiter", "fewshot_delimiter", "chat")
@@ -76,7 +82,7 @@ class Subject(NamedTuple):
     dev: list[Question]  # few-shot examples, in file order
     test: list[Question]
     dev_source: str  # where the dev rows come from, for messages
-    val: list[Question] = []  # held-out rows (validated; not in the table)
+    val: list[Question] = []  # held-out rows (split "val" in the table)
 
 
 # ---------------------------------------------------------------- files
@@ -571,6 +577,11 @@ def _row_subject(path, n: int, key: str, value) -> str | None:
     raise DatasetError(f"{path}: row {n}: {key} must be a non-empty string, found {_show(value)}")
 
 
+def _id_prefix(key: str) -> str:
+    """What the fallback item ids of a dataset key's rows have before their number (``val``: VAL_PREFIX)."""
+    return VAL_PREFIX if key == "val" else ""
+
+
 class _Row(NamedTuple):
     subject: str | None  # the row's own subject, None where it has none
     question: Question
@@ -597,8 +608,9 @@ def _subjects(task: str, test: list[_Row], dev: list[_Row], val: list[_Row], dev
 # ---------------------------------------------------------------- multiple choice: formats
 
 
-def read_mmlu_csv(path, subject: str) -> list[Question]:
-    """Rows of an original Hendrycks MMLU CSV (no header: question, A, B, C, D, answer letter)."""
+def read_mmlu_csv(path, subject: str, prefix: str = "") -> list[Question]:
+    """Rows of an original Hendrycks MMLU CSV (no header: question, A, B, C, D, answer letter), with
+    item ids ``<subject>/<prefix><row - 1>``."""
     questions, n = [], 0
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -609,7 +621,7 @@ def read_mmlu_csv(path, subject: str) -> list[Question]:
                 if row[5] not in LETTERS[:4]:
                     raise DatasetError(f"{path}: row {n}: answer {row[5]!r} is not one of A, B, C, D")
                 fields = {"question": row[0], "A": row[1], "B": row[2], "C": row[3], "D": row[4], "answer": row[5]}
-                questions.append(Question(f"{subject}/{n - 1}", row[0], row[1:5], LETTERS.index(row[5]),
+                questions.append(Question(f"{subject}/{prefix}{n - 1}", row[0], row[1:5], LETTERS.index(row[5]),
                                           fields, f"{path}: row {n}"))
     except (csv.Error, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: row {n + 1}: {exc}") from exc
@@ -617,7 +629,8 @@ def read_mmlu_csv(path, subject: str) -> list[Question]:
 
 
 def _mc_mmlu_csv(ds: dict, read: dict, seed: int, task: str) -> list[Subject]:
-    """A folder with dev/<subject>_dev.csv and test/<subject>_test.csv (the original layout)."""
+    """A folder with dev/<subject>_dev.csv and test/<subject>_test.csv (the original layout), and, where
+    the folder has val/, the held-out val/<subject>_val.csv of every subject."""
     root = Path(_require(ds, "path"))
     subjects = ds.get("subjects") or sorted(p.name[: -len("_test.csv")] for p in root.glob("test/*_test.csv"))
     if not subjects:
@@ -627,12 +640,15 @@ def _mc_mmlu_csv(ds: dict, read: dict, seed: int, task: str) -> list[Subject]:
         test = read_mmlu_csv(_record(_expand(root / "test" / f"{subject}_test.csv")[0], read), subject)
         dev_path = root / "dev" / f"{subject}_dev.csv"
         dev = read_mmlu_csv(_record(dev_path, read), subject) if dev_path.is_file() else []
-        out.append(Subject(subject, dev, test, str(dev_path)))
+        val = (read_mmlu_csv(_record(_expand(root / "val" / f"{subject}_val.csv")[0], read), subject, VAL_PREFIX)
+               if (root / "val").is_dir() else [])
+        out.append(Subject(subject, dev, test, str(dev_path), val))
     return out
 
 
-def _parquet_questions(pattern, read: dict) -> dict[str, list[Question]]:
-    """Questions by subject from cais/mmlu-style Parquet files (question, subject, choices, answer)."""
+def _parquet_questions(pattern, read: dict, prefix: str = "") -> dict[str, list[Question]]:
+    """Questions by subject from cais/mmlu-style Parquet files (question, subject, choices, answer), with
+    item ids ``<subject>/<prefix><n>``."""
     by_subject: dict[str, list[Question]] = {}
     for path in _expand(pattern):
         for n, row in _records(_record(path, read), ["question", "subject", "choices", "answer"]):
@@ -640,19 +656,23 @@ def _parquet_questions(pattern, read: dict) -> dict[str, list[Question]]:
             choices = _choice_list(path, n, "choices", row["choices"])
             answer = _answer_index(path, n, "answer", row["answer"], len(choices))
             questions = by_subject.setdefault(subject, [])
-            questions.append(Question(f"{subject}/{len(questions)}", question, choices, answer, row, f"{path}: row {n}"))
+            questions.append(Question(f"{subject}/{prefix}{len(questions)}", question, choices, answer, row,
+                                      f"{path}: row {n}"))
     return by_subject
 
 
 def _mc_mmlu_parquet(ds: dict, read: dict, seed: int, task: str) -> list[Subject]:
-    """The hub's cais/mmlu layout: `dev` and `test` Parquet files (file or glob)."""
+    """The hub's cais/mmlu layout: `dev` and `test` Parquet files (file or glob), and optionally `val`
+    (cais/mmlu's validation split), which must then hold rows of every subject."""
     test = _parquet_questions(_require(ds, "test"), read)
     dev = _parquet_questions(ds["dev"], read) if "dev" in ds else {}
+    val = _parquet_questions(ds["val"], read, VAL_PREFIX) if "val" in ds else {}
     subjects = ds.get("subjects") or sorted(test)
     for subject in subjects:
-        if subject not in test:
-            raise DatasetError(f"{ds['test']}: no test rows for subject {subject!r}")
-    return [Subject(s, dev.get(s, []), test[s], str(ds.get("dev"))) for s in subjects]
+        for key, rows in (("test", test), ("val", val)):
+            if key in ds and subject not in rows:
+                raise DatasetError(f"{ds[key]}: no {key} rows for subject {subject!r}")
+    return [Subject(s, dev.get(s, []), test[s], str(ds.get("dev")), val.get(s, [])) for s in subjects]
 
 
 _GEO_SUBJECTS = {"capital": "country_capitals", "continent": "country_continents", "currency": "country_currencies"}
@@ -700,9 +720,9 @@ def _mc_geonames(ds: dict, read: dict, seed: int, task: str) -> list[Subject]:
 _CHOICES_COLUMNS = ("question", "choices", "answer", "id", "subject")
 
 
-def _choices_rows(pattern, columns: dict, read: dict, task: str) -> list[_Row]:
+def _choices_rows(pattern, columns: dict, read: dict, task: str, prefix: str = "") -> list[_Row]:
     """Rows of `choices_jsonl` files: question, choices (a list of strings), answer (an index), and
-    optionally id and subject, under the column names of `columns`."""
+    optionally id and subject, under the column names of `columns` (no id: ``<subject>/<prefix><n>``)."""
     rows, count = [], Counter()
     for path in _expand(pattern):
         for n, row in _records(_record(path, read), [columns[k] for k in ("question", "choices", "answer")]):
@@ -711,7 +731,7 @@ def _choices_rows(pattern, columns: dict, read: dict, task: str) -> list[_Row]:
             answer = _answer_index(path, n, columns["answer"], row[columns["answer"]], len(choices))
             subject = _row_subject(path, n, columns["subject"], row.get(columns["subject"]))
             name = subject or task
-            item_id = _row_id(path, n, columns["id"], row.get(columns["id"])) or f"{name}/{count[name]}"
+            item_id = _row_id(path, n, columns["id"], row.get(columns["id"])) or f"{name}/{prefix}{count[name]}"
             count[name] += 1
             fields = {**row, "subject": name, "answer": answer, "id": item_id}
             rows.append(_Row(subject, Question(item_id, question, choices, answer, fields, f"{path}: row {n}")))
@@ -720,21 +740,21 @@ def _choices_rows(pattern, columns: dict, read: dict, task: str) -> list[_Row]:
 
 def _mc_choices_jsonl(ds: dict, read: dict, seed: int, task: str) -> list[Subject]:
     """One item per row of JSON-lines (or Parquet) files: `path` the items, `dev` the shots, `val`
-    a held-out split (validated, not in the table)."""
+    the held-out rows."""
     columns = {key: ds.get(key, key) for key in _CHOICES_COLUMNS}
     for key, column in columns.items():
         if not isinstance(column, str) or not column:
             raise DatasetError(f"task {task!r}: dataset format 'choices_jsonl': {key} names a column and must be "
                                f"a non-empty string, found {_show(column)}")
     _require(ds, "path")
-    parts = {key: _choices_rows(ds[key], columns, read, task) if key in ds else []
+    parts = {key: _choices_rows(ds[key], columns, read, task, _id_prefix(key)) if key in ds else []
              for key in ("path", "dev", "val")}
     return _subjects(task, parts["path"], parts["dev"], parts["val"], str(ds.get("dev", "no `dev` file")))
 
 
-def _arc_rows(pattern, read: dict, task: str) -> list[_Row]:
+def _arc_rows(pattern, read: dict, task: str, prefix: str = "") -> list[_Row]:
     """Rows of allenai/ai2_arc Parquet (or JSON-lines) files: id, question,
-    choices {text: [...], label: [...]}, answerKey (one of the labels)."""
+    choices {text: [...], label: [...]}, answerKey (one of the labels); no id: ``<task>/<prefix><n>``."""
     rows = []
     for path in _expand(pattern):
         for n, row in _records(_record(path, read), ["question", "choices", "answerKey"]):
@@ -752,7 +772,7 @@ def _arc_rows(pattern, read: dict, task: str) -> list[_Row]:
             key = row["answerKey"]
             if not isinstance(key, str) or key not in list(labels):
                 raise DatasetError(f"{path}: row {n}: answerKey {_show(key)} is not one of the labels {list(labels)}")
-            item_id = _row_id(path, n, "id", row.get("id")) or f"{task}/{len(rows)}"
+            item_id = _row_id(path, n, "id", row.get("id")) or f"{task}/{prefix}{len(rows)}"
             fields = {**row, "subject": task, "answer": list(labels).index(key), "id": item_id}
             rows.append(_Row(None, Question(item_id, question, texts, list(labels).index(key), fields,
                                             f"{path}: row {n}")))
@@ -760,9 +780,11 @@ def _arc_rows(pattern, read: dict, task: str) -> list[_Row]:
 
 
 def _mc_arc(ds: dict, read: dict, seed: int, task: str) -> list[Subject]:
-    """The hub's allenai/ai2_arc layout (ARC-Easy, ARC-Challenge): `path` the items, `dev` the shots."""
+    """The hub's allenai/ai2_arc layout (ARC-Easy, ARC-Challenge): `path` the items, `dev` the shots, `val`
+    the held-out rows."""
     _require(ds, "path")
-    parts = {key: _arc_rows(ds[key], read, task) if key in ds else [] for key in ("path", "dev", "val")}
+    parts = {key: _arc_rows(ds[key], read, task, _id_prefix(key)) if key in ds else []
+             for key in ("path", "dev", "val")}
     return _subjects(task, parts["path"], parts["dev"], parts["val"], str(ds.get("dev", "no `dev` file")))
 
 
@@ -792,9 +814,10 @@ def _json_objects(path: Path) -> Iterator[tuple[int, object]]:
     yield from _records(path, [])
 
 
-def _truthfulqa_rows(pattern, targets: str, read: dict, task: str) -> list[_Row]:
+def _truthfulqa_rows(pattern, targets: str, read: dict, task: str, prefix: str = "") -> list[_Row]:
     """TruthfulQA rows: question and <targets>_targets, either {answer text: 0|1} (mc_task.json)
-    or {choices: [...], labels: [0|1, ...]} (the hub's truthfulqa/truthful_qa multiple_choice)."""
+    or {choices: [...], labels: [0|1, ...]} (the hub's truthfulqa/truthful_qa multiple_choice); item ids
+    ``<task>/<prefix><n>``."""
     key, rows = f"{targets}_targets", []
     for path in _expand(pattern):
         for n, row in _json_objects(_record(path, read)):
@@ -818,7 +841,7 @@ def _truthfulqa_rows(pattern, targets: str, read: dict, task: str) -> list[_Row]
             true = [i for i, x in enumerate(labels) if x == 1]
             if len(true) != 1:
                 raise DatasetError(f"{path}: row {n}: {key} has {len(true)} true answers; exactly one is needed")
-            item_id = f"{task}/{len(rows)}"
+            item_id = f"{task}/{prefix}{len(rows)}"
             fields = {**row, "subject": task, "answer": true[0], "id": item_id}
             rows.append(_Row(None, Question(item_id, question, choices, true[0], fields, f"{path}: row {n}")))
     return rows
@@ -835,7 +858,8 @@ def _mc_truthfulqa(ds: dict, read: dict, seed: int, task: str) -> list[Subject]:
         raise DatasetError(f"task {task!r}: dataset format 'truthfulqa_mc': unknown targets {_show(targets)}; "
                            "known: mc1")
     _require(ds, "path")
-    parts = {key: _truthfulqa_rows(ds[key], targets, read, task) if key in ds else [] for key in ("path", "dev", "val")}
+    parts = {key: _truthfulqa_rows(ds[key], targets, read, task, _id_prefix(key)) if key in ds else []
+             for key in ("path", "dev", "val")}
     return _subjects(task, parts["path"], parts["dev"], parts["val"], str(ds.get("dev", "no `dev` file")))
 
 
@@ -849,7 +873,7 @@ class MCFormat(NamedTuple):
 
 MC_FORMATS = {
     "mmlu_csv": MCFormat(_mc_mmlu_csv, ("path", "subjects"), "mmlu", "letters", 5),
-    "mmlu_parquet": MCFormat(_mc_mmlu_parquet, ("test", "dev", "subjects"), "mmlu", "letters", 5),
+    "mmlu_parquet": MCFormat(_mc_mmlu_parquet, ("test", "dev", "val", "subjects"), "mmlu", "letters", 5),
     "geonames": MCFormat(_mc_geonames, ("relations",), "mmlu", "letters", 5),
     "choices_jsonl": MCFormat(_mc_choices_jsonl, ("path", "dev", "val") + _CHOICES_COLUMNS, "arc", "letters", 0),
     "arc": MCFormat(_mc_arc, ("path", "dev", "val"), "arc", "continuation", 0),
@@ -900,11 +924,11 @@ def resolve_prompting(task: str, fmt: str, *, scoring=None, prompt=None, descrip
 
 
 def _clm_table(load, ds: dict, read: dict, limit: int | None) -> pd.DataFrame:
-    return pd.DataFrame(list(islice(load(ds, read), limit)), columns=CLM_COLUMNS)
+    return pd.DataFrame(list(islice(load(ds, read), limit)), columns=CLM_COLUMNS[:-1]).assign(split="test")
 
 
 def _generation_table(load, ds: dict, read: dict, limit: int | None) -> pd.DataFrame:
-    table = pd.DataFrame(load(ds, read), columns=GENERATION_COLUMNS)
+    table = pd.DataFrame(load(ds, read), columns=GENERATION_COLUMNS[:-1]).assign(split="test")
     if limit is not None:
         table = table.groupby("relation", sort=False).head(limit)
     return table.reset_index(drop=True)
@@ -912,18 +936,22 @@ def _generation_table(load, ds: dict, read: dict, limit: int | None) -> pd.DataF
 
 def _mc_table(load, ds: dict, read: dict, shots: int, limit: int | None, seed: int, task: str,
               style: Prompting) -> tuple[pd.DataFrame, int]:
-    """The items' rows, and the number of held-out (val) rows read and checked."""
+    """The rows of each subject, its items (split "test") then its held-out rows ("val"), at most `limit`
+    of each; and the number of val rows."""
     rows, held_out = [], 0
     for subject in load(ds, read, seed, task):
-        held_out += len(subject.val)
-        test = subject.test[:limit]
-        if test and len(subject.dev) < shots:
+        parts = {"test": subject.test[:limit], "val": subject.val[:limit]}
+        held_out += len(parts["val"])
+        if not any(parts.values()):
+            continue
+        if len(subject.dev) < shots:
             raise DatasetError(f"{subject.dev_source}: subject {subject.name!r} has {len(subject.dev)} "
                                f"dev rows, fewer than shots={shots}")
-        prefix = prompt_prefix(style, subject.name, subject.dev[:shots], task) if test else ""
+        prefix = prompt_prefix(style, subject.name, subject.dev[:shots], task)
         rows += [{"item_id": q.item_id, "subject": subject.name, "question": q.question,
                   "prompt": prefix + doc_to_text(style, subject.name, q, task), "choices": list(q.choices),
-                  "options": option_strings(style, q), "gold": q.gold, "scoring": style.scoring} for q in test]
+                  "options": option_strings(style, q), "gold": q.gold, "scoring": style.scoring, "split": split}
+                 for split, questions in parts.items() for q in questions]
     return pd.DataFrame(rows, columns=MC_COLUMNS), held_out
 
 
