@@ -10,6 +10,7 @@ import pytest
 from workflow_scripts.confidence import (METHODS, answer_matches, default_methods, extract_confidence,
                                          normalize_answer)
 from workflow_scripts.metrics import multiclass_brier_score, score
+from workflow_scripts.recalibrate import recalibrate
 from workflow_scripts.tables import read_provenance, read_table, write_table
 
 
@@ -307,6 +308,17 @@ def test_default_methods():
         default_methods("mc", None)
 
 
+def _scored(folder, n_bootstrap: int) -> pd.DataFrame:
+    """The micro rows of the summary of the confidence table c.parquet in `folder`, passed through the recalibrate stage
+    without recalibration methods (its "none" rows) and scored."""
+    recalibrate(folder / "c.parquet", folder / "data.parquet", folder / "r.parquet", methods=[], folds=5, seed=0,
+                histogram_bins=10)
+    outputs = [folder / f"{name}.parquet" for name in ("s", "b", "sweep", "subjects", "curves")]
+    score(folder / "r.parquet", *outputs, task="t", model="m", revision="r", n_bootstrap=n_bootstrap)
+    summary = read_table(outputs[0])
+    return summary[summary["aggregation"] == "micro"]
+
+
 def test_extract_confidence_continuation_methods_then_score(tmp_path):
     write_table(RAW_CONT, tmp_path / "raw.parquet", {"stage": "infer"})
     write_table(DATA_CONT, tmp_path / "data.parquet")
@@ -321,9 +333,7 @@ def test_extract_confidence_continuation_methods_then_score(tmp_path):
         rows = out[out["method"] == method]
         np.testing.assert_allclose(rows["confidence"], confidence)
         assert [len(p) for p in rows["option_probs"]] == [2, 7, 3]
-    score(tmp_path / "c.parquet", tmp_path / "s.parquet", tmp_path / "b.parquet", task="t", model="m", revision="r",
-          n_bootstrap=20)
-    summary = read_table(tmp_path / "s.parquet").set_index("method")
+    summary = _scored(tmp_path, n_bootstrap=20).set_index("method")
     for method, (_, pred, probs) in EXPECTED_CONT.items():
         assert summary.loc[method, "brier_multiclass"] == pytest.approx(multiclass_brier_score(probs, [0, 3, 2]))
         assert summary.loc[method, "accuracy"] == pytest.approx(np.mean(np.array(pred) == [0, 3, 2]))
@@ -356,9 +366,7 @@ def test_extract_confidence_option_softmax_keeps_letter_mass(tmp_path):
                        methods=default_methods("multiple_choice", "letters"))
     out = read_table(tmp_path / "c.parquet")
     np.testing.assert_allclose(out["letter_mass"], [0.4, 0.2])
-    score(tmp_path / "c.parquet", tmp_path / "s.parquet", tmp_path / "b.parquet", task="t", model="m", revision="r",
-          n_bootstrap=0)
-    summary = read_table(tmp_path / "s.parquet")
+    summary = _scored(tmp_path, n_bootstrap=0)
     assert summary["letter_mass"].tolist() == pytest.approx([0.3])
     assert summary["brier_multiclass"].tolist() == pytest.approx([(0.125 + 0.76) / 2])
 

@@ -1,14 +1,19 @@
 """Tests of the calibration metrics and of the score / summarize stages."""
 import bisect
+import itertools
+import math
 import time
 
+import calibration
 import numpy as np
 import pandas as pd
 import pytest
+import relplot
+import scipy.stats
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.metrics import brier_score_loss
+from sklearn.metrics import brier_score_loss, log_loss
 from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
 from workflow_scripts import metrics as M
@@ -62,6 +67,95 @@ def test_scalar_metrics_hand_worked():
     assert M.adaptive_calibration_error(CONF, CORRECT) == pytest.approx(2.25 / 6)
     assert M.adaptive_calibration_error(CONF, CORRECT, n_bins=3) == pytest.approx(2.25 / 6)
     assert M.adaptive_calibration_error(CONF, CORRECT, n_bins=2) == pytest.approx(1.05 / 6)
+
+
+# The metrics added for issue 14, on the same six items:
+# RMSCE, 10 bins: sqrt((1*0^2 + 2*0.275^2 + 1*0.4^2 + 2*0.45^2) / 6) = sqrt(0.71625 / 6)
+# NLL: the items at 0.0 (wrong) and 1.0 (right) cost nothing;
+#   (-log 0.8 - log 0.25 - log 0.6 - log 0.1) / 6
+# Risk-coverage, most confident first: 1.0 R, 0.9 W, 0.6 R, 0.25 R, 0.2 W, 0.0 W
+#   errors 0 1 1 1 2 3 -> risks 0, 1/2, 1/3, 1/4, 2/5, 1/2 -> AURC = (119/60) / 6 = 119/360
+#   oracle (3 right first): errors 0 0 0 1 2 3 -> risks 0, 0, 0, 1/4, 2/5, 1/2 -> 69/360; E-AURC 50/360
+# Accuracy at 50% coverage: ceil(3) = 3 rows (R W R) -> 2/3; at 80%: ceil(4.8) = 5 rows -> 3/5
+def test_added_metrics_hand_worked():
+    assert M.rms_calibration_error(CONF, CORRECT) == pytest.approx(math.sqrt(0.71625 / 6))
+    nll = (-math.log(0.8) - math.log(0.25) - math.log(0.6) - math.log(0.1)) / 6
+    assert M.negative_log_likelihood(CONF, CORRECT) == pytest.approx(nll, abs=1e-12)
+    aurc, eaurc = M.area_under_risk_coverage(CONF, CORRECT)
+    assert aurc == pytest.approx(119 / 360) and eaurc == pytest.approx(50 / 360)
+    assert M.accuracy_at_coverage(CONF, CORRECT, 0.5) == pytest.approx(2 / 3)
+    assert M.accuracy_at_coverage(CONF, CORRECT, 0.8) == pytest.approx(3 / 5)
+    curve = M.risk_coverage_curve(CONF, CORRECT)
+    assert curve["x"].tolist() == pytest.approx([i / 6 for i in range(1, 7)])
+    assert curve["y"].tolist() == pytest.approx([0, 1 / 2, 1 / 3, 1 / 4, 2 / 5, 1 / 2])
+
+
+def test_nll_clips_certain_mistakes():
+    # A wrong answer at confidence 1.0 costs -log(eps), not infinity; one at 0.0 that is right the same.
+    eps = np.finfo(np.float64).eps
+    assert M.negative_log_likelihood([1.0, 0.0], [False, True]) == pytest.approx(-math.log(eps))
+
+
+# Ties: confidences 0.9 0.9 | 0.5 0.5 0.5 with correct 1 0 | 1 1 0. Over the orders of a tie group of m rows
+# with e wrong, its first j rows hold j e / m wrong ones in expectation:
+#   after 1 row 0.5, 2 rows 1; after 3 rows 1 + 1/3, 4 rows 1 + 2/3, 5 rows 2
+#   risks 1/2, 1/2, 4/9, 5/12, 2/5 -> AURC = (1/2 + 1/2 + 4/9 + 5/12 + 2/5) / 5
+#   oracle (3 right first): risks 0, 0, 0, 1/4, 2/5
+#   accuracy at 50% coverage: ceil(2.5) = 3 rows -> 1 - (4/3) / 3 = 5/9; at 80%: 4 rows -> 1 - 5/12 = 7/12
+TIED_CONF, TIED_CORRECT = [0.9, 0.9, 0.5, 0.5, 0.5], [True, False, True, True, False]
+
+
+def test_risk_coverage_ties_hand_worked():
+    aurc, eaurc = M.area_under_risk_coverage(TIED_CONF, TIED_CORRECT)
+    expected = (1 / 2 + 1 / 2 + 4 / 9 + 5 / 12 + 2 / 5) / 5
+    assert aurc == pytest.approx(expected) and eaurc == pytest.approx(expected - (1 / 4 + 2 / 5) / 5)
+    assert M.accuracy_at_coverage(TIED_CONF, TIED_CORRECT, 0.5) == pytest.approx(5 / 9)
+    assert M.accuracy_at_coverage(TIED_CONF, TIED_CORRECT, 0.8) == pytest.approx(7 / 12)
+    assert M.risk_coverage_curve(TIED_CONF, TIED_CORRECT)["y"].tolist() == pytest.approx(
+        [1 / 2, 1 / 2, 4 / 9, 5 / 12, 2 / 5])
+
+
+# Debiased ECE, 2 equal-mass bins of conf 0.2 0.3 | 0.7 0.8 with correct 0 1 | 1 1 (edge 0.5):
+#   bin 0: accuracy 0.5, mean confidence 0.25, d = 0.25, s = sqrt(0.5 * 0.5 / 2)
+#          2 * 0.25 - E|Normal(0.25, s^2)| (the mean of a folded normal)
+#   bin 1: accuracy 1.0: s = 0, no correction: 2 * 0.25 - 0.25 = 0.25
+def test_debiased_ece_hand_worked():
+    s = math.sqrt(0.5 * 0.5 / 2)
+    # E|Normal(d, s^2)| = s sqrt(2/pi) exp(-d^2 / 2s^2) + d (1 - 2 Phi(-d/s)), and 1 - 2 Phi(-x) = erf(x / sqrt 2)
+    folded = s * math.sqrt(2 / math.pi) * math.exp(-0.25 ** 2 / (2 * s ** 2)) + 0.25 * math.erf(0.25 / (s * 2 ** 0.5))
+    assert folded == pytest.approx(scipy.stats.foldnorm(0.25 / s, scale=s).mean())  # the formula, checked by scipy
+    expected = 0.5 * (2 * 0.25 - folded) + 0.5 * 0.25
+    assert M.debiased_calibration_error([0.2, 0.3, 0.7, 0.8], [False, True, True, True], n_bins=2) == \
+        pytest.approx(expected, abs=1e-12)
+
+
+def test_debiased_ece_leaves_bins_of_one_row_uncorrected():
+    # One row per bin (n_bins >= N): every bin's accuracy is 0 or 1, so the debiased ECE is the plain ACE.
+    rng = np.random.default_rng(5)
+    conf = rng.uniform(size=30)
+    correct = rng.uniform(size=30) < conf
+    assert M.debiased_calibration_error(conf, correct, 30) == pytest.approx(
+        M.adaptive_calibration_error(conf, correct, 30), abs=1e-12)
+    # A calibrated bin of many rows is corrected downwards: all at 0.5, half right -> ACE 0, debiased < 0.
+    assert M.debiased_calibration_error([0.5] * 100, [True, False] * 50, 1) < 0.0
+
+
+# SCE over the three items of OPTION_PROBS (gold 0, 2, 0), 10 equal-width bins per option position:
+#   k=0: p 0.7 (gold), 0.2, 1.0 (gold) in bins 7, 2, 9 -> (0.3 + 0.2 + 0) / 3
+#   k=1: p 0.2, 0.5, 0.0, never gold -> (0.2 + 0.5 + 0) / 3
+#   k=2: p 0.1, 0.3 (gold), 0.0 in bins 1, 3, 0 -> (0.1 + 0.7 + 0) / 3
+#   SCE = mean = (0.5 + 0.7 + 0.8) / 9 = 2/9; with one bin: (|2 - 1.9| + |0 - 0.7| + |1 - 0.4|) / 9 = 1.4/9
+# Items with fewer options count only for the positions they have: (0.8, 0.2) gold 0 and (0.1, 0.6, 0.3)
+#   gold 1, one bin: k=0 |1 - 0.9| / 2, k=1 |1 - 0.8| / 2, k=2 |0 - 0.3| / 1 -> (0.05 + 0.1 + 0.3) / 3 = 0.15
+def test_sce_hand_worked():
+    assert M.static_calibration_error(OPTION_PROBS, GOLD) == pytest.approx(2 / 9)
+    assert M.static_calibration_error(OPTION_PROBS, GOLD, n_bins=1) == pytest.approx(1.4 / 9)
+    assert M.static_calibration_error([[0.8, 0.2], [0.1, 0.6, 0.3]], [0, 1], n_bins=1) == pytest.approx(0.15)
+    result = M.calibration_metrics([0.7, 0.5, 1.0], [True, False, True], n_bootstrap=0, option_probs=OPTION_PROBS,
+                                   gold=GOLD)
+    assert result["sce"] == pytest.approx(2 / 9)
+    with pytest.raises(ValueError, match=r"gold must be an option index within \[0, 2\)"):
+        M.static_calibration_error([[0.5, 0.5]], [2])
 
 
 def test_bin_edges():
@@ -224,6 +318,188 @@ def test_ace_matches_naive_loop(size, n_bins, decimals):
     correct = rng.uniform(size=size) < conf
     assert M.adaptive_calibration_error(conf, correct, n_bins) == pytest.approx(
         naive_ace(conf, correct, n_bins), abs=1e-12)
+
+
+@pytest.mark.parametrize("n_bins", [1, 5, 10, 15])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rmsce_matches_torchmetrics(seed, n_bins):
+    conf, correct = _off_edge_sample(seed, n_bins)
+    expected = binary_calibration_error(torch.tensor(conf, dtype=torch.float64), torch.tensor(correct.astype(int)),
+                                        n_bins=n_bins, norm="l2").item()
+    assert M.rms_calibration_error(conf, correct, n_bins) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_nll_matches_sklearn(decimals):
+    rng = np.random.default_rng(8)
+    conf = rng.uniform(size=1000)
+    conf[:10] = [0.0, 1.0] * 5  # clipped to [eps, 1 - eps] by both
+    if decimals is not None:
+        conf = np.round(conf, decimals)
+    correct = rng.uniform(size=1000) < conf
+    assert M.negative_log_likelihood(conf, correct) == pytest.approx(
+        log_loss(correct, conf, labels=[False, True]), rel=1e-12)
+
+
+def _calibrated_sample(size, seed):
+    """Confidences with correctness drawn at exactly their rate: the binned ECE is all bias."""
+    rng = np.random.default_rng(seed)
+    conf = rng.beta(4, 2, size)
+    return conf, (rng.uniform(size=size) < conf).astype(int)
+
+
+# Kumar et al.'s debiased ECE (calibration.get_ece_em(debias=True)) subtracts from the plug-in the mean of
+# R = 1000 resampled CEs, each sum_b w_b |A_b - c_b| with independent A_b ~ Normal(a_b, a_b (1 - a_b) / n_b).
+# |.| is 1-Lipschitz, so the variance of one resampled CE is at most sum_b w_b^2 a_b (1 - a_b) / n_b
+# <= sum_b (n_b / N)^2 / (4 n_b) = 1 / (4 N): its Monte Carlo error has standard deviation at most
+# 1 / (2 sqrt(N R)), and ours (the limit R -> infinity) must lie within 5 of those (seeded, so deterministic).
+@pytest.mark.parametrize("size, n_bins", [(2000, 10), (2000, 15), (300, 5)])
+def test_debiased_ece_matches_kumar_monte_carlo(size, n_bins):
+    conf, correct = _calibrated_sample(size, seed=size + n_bins)
+    ours = M.debiased_calibration_error(conf, correct, n_bins)
+    np.random.seed(0)
+    theirs = calibration.get_ece_em(conf, correct, debias=True, num_bins=n_bins)
+    tolerance = 5 / (2 * math.sqrt(size * 1000))
+    assert ours == pytest.approx(theirs, abs=tolerance)
+    # The plain ACE lies outside the tolerance: the test tells the debiased ECE from it.
+    assert M.adaptive_calibration_error(conf, correct, n_bins) - theirs > tolerance
+
+
+def test_debiased_ece_matches_kumar_with_many_resamples():
+    # Their estimator on their own equal-mass bins, with R = 10^5 resamples: tolerance 5 / (2 sqrt(N R)).
+    conf, correct = _calibrated_sample(2000, seed=11)
+    binned = calibration.bin(list(zip(conf, correct)), calibration.get_equal_bins(conf, num_bins=10))
+    np.random.seed(1)
+    theirs = calibration.utils.normal_debiased_ce(binned, power=1, resamples=10**5)
+    assert M.debiased_calibration_error(conf, correct, 10) == pytest.approx(theirs, abs=5 / (2 * math.sqrt(2000e5)))
+
+
+def _reflected_kernel(grid, conf, bandwidth):
+    """Gaussian kernel weights of every confidence at every grid point, reflected at 0 and 1."""
+    t = grid[:, None]
+    return sum(scipy.stats.norm.pdf((t - image) / bandwidth) for image in (conf, -conf, 2.0 - conf)) / bandwidth
+
+
+@pytest.mark.parametrize("size", [50, 500, 5000])
+def test_smooth_ece_is_relplots_and_its_curve_the_kernel_regression(size):
+    rng = np.random.default_rng(size)
+    conf = rng.beta(5, 2, size)
+    correct = rng.uniform(size=size) < conf ** 1.3
+    value, bandwidth = M.smooth_calibration_error(conf, correct)
+    assert (value, bandwidth) == relplot.smECE(conf, correct.astype(float), return_width=True)
+    assert bandwidth == pytest.approx(value, abs=2e-3)  # relplot's fixed point: bandwidth = smECE at it
+
+    curve = M.smooth_reliability_curve(conf, correct, bandwidth)
+    assert list(curve.columns) == ["x", "y", "density"] and curve["x"].tolist() == pytest.approx(
+        np.linspace(0, 1, 101).tolist())
+    # Written out exactly (relplot rounds the data to a grid): the Nadaraya-Watson accuracy and the density.
+    weights = _reflected_kernel(curve["x"].to_numpy(), conf, bandwidth)
+    assert curve["y"].to_numpy() == pytest.approx(weights @ correct / weights.sum(axis=1), abs=1e-3)
+    assert curve["density"].to_numpy() == pytest.approx(weights.sum(axis=1) / size, rel=1e-3)
+    # smECE at its bandwidth is the mean absolute smoothed residual under the smoothed density.
+    fine = np.linspace(0, 1, 2001)
+    fine_weights = _reflected_kernel(fine, conf, bandwidth)
+    residual = fine_weights @ (conf - correct) / fine_weights.sum(axis=1)
+    density = fine_weights.sum(axis=1)
+    assert value == pytest.approx(np.sum(np.abs(residual) * density) / density.sum(), abs=1e-3)
+
+
+def test_smooth_reliability_curve_is_relplots_diagram(monkeypatch):
+    # relplot's own reliability diagram (no bootstrap band), on a mesh of our 101 points, gives the same curve.
+    monkeypatch.setattr(relplot.config, "plot_mesh_pts", 101)
+    conf, correct = _calibrated_sample(800, seed=3)
+    _, bandwidth = M.smooth_calibration_error(conf, correct)
+    diagram = relplot.prepare_rel_diagram(conf, correct, plot_confidence_band=False, report_CE=False)
+    assert diagram["sigma"] == bandwidth
+    curve = M.smooth_reliability_curve(conf, correct, bandwidth)
+    np.testing.assert_allclose(curve["x"], diagram["mesh"], atol=1e-15)
+    np.testing.assert_allclose(curve["y"], diagram["mu"], rtol=1e-12)
+    np.testing.assert_allclose(curve["density"], diagram["density"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("n_options", [2, 4, 10])
+@pytest.mark.parametrize("n_bins", [1, 10, 15])
+def test_sce_matches_kumar_marginal_ce(n_options, n_bins):
+    # Their equal-width bins are (lower, upper], ours [lower, upper): continuous probabilities never sit on an edge.
+    rng = np.random.default_rng(n_options * 100 + n_bins)
+    probs = rng.dirichlet(np.full(n_options, 0.7), 1000)
+    gold = np.array([rng.choice(n_options, p=p) for p in probs])
+    expected = calibration.lower_bound_scaling_ce(probs, gold, p=1, debias=False, num_bins=n_bins,
+                                                  binning_scheme=calibration.get_equal_prob_bins, mode="marginal")
+    assert M.static_calibration_error(list(probs), gold, n_bins) == pytest.approx(expected, abs=1e-12)
+
+
+def naive_sce(option_probs, gold, n_bins):
+    """SCE written out with loops: per option position, the ECE over the items that have that option."""
+    per_class = []
+    for k in range(max(len(p) for p in option_probs)):
+        bins = {}
+        for p, g in zip(option_probs, gold):
+            if k < len(p):
+                b = min(int(bisect.bisect_right([i / n_bins for i in range(n_bins + 1)], p[k])) - 1, n_bins - 1)
+                bins.setdefault(b, []).append((p[k], float(g == k)))
+        rows = sum(len(items) for items in bins.values())
+        gaps = [abs(sum(y for _, y in items) - sum(q for q, _ in items)) for items in bins.values()]
+        per_class.append(sum(gaps) / rows)
+    return sum(per_class) / len(per_class)
+
+
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_sce_of_items_with_different_option_counts_matches_naive_loop(decimals):
+    rng = np.random.default_rng(9)
+    probs = [rng.dirichlet(np.ones(k)) for k in rng.integers(2, 6, 300)]
+    if decimals is not None:  # values on the bin edges
+        probs = [np.round(p, decimals) / np.round(p, decimals).sum() for p in probs]
+    gold = [rng.choice(len(p), p=p) for p in probs]
+    assert M.static_calibration_error(probs, gold, 10) == pytest.approx(naive_sce(probs, gold, 10), abs=1e-12)
+
+
+def _risk_over_all_orders(conf, correct):
+    """The risk of the i most confident rows, averaged over every order of the rows (each tie order equally
+    often): the orders sorted stably by descending confidence."""
+    risks = []
+    for order in itertools.permutations(range(len(conf))):
+        ranked = sorted(order, key=lambda i: -conf[i])  # stable: ties keep the permutation's order
+        wrong = np.cumsum([not correct[i] for i in ranked])
+        risks.append(wrong / np.arange(1, len(conf) + 1))
+    return np.mean(risks, axis=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_risk_coverage_ties_match_the_average_over_all_orders(seed):
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(2, 8))
+    conf = rng.choice([0.3, 0.6, 0.9], size).tolist()
+    correct = (rng.uniform(size=size) < 0.6).tolist()
+    risk = _risk_over_all_orders(conf, correct)
+    aurc, eaurc = M.area_under_risk_coverage(conf, correct)
+    assert aurc == pytest.approx(risk.mean(), abs=1e-12)
+    oracle = np.maximum(np.arange(1, size + 1) - sum(correct), 0) / np.arange(1, size + 1)
+    assert eaurc == pytest.approx(risk.mean() - oracle.mean(), abs=1e-12)
+    assert M.risk_coverage_curve(conf, correct)["y"].to_numpy() == pytest.approx(risk, abs=1e-12)
+    for coverage in (0.5, 0.8):
+        rows = math.ceil(round(coverage * size, 9))
+        assert M.accuracy_at_coverage(conf, correct, coverage) == pytest.approx(1 - risk[rows - 1], abs=1e-12)
+
+
+def test_aurc_matches_kumar_selective_stats():
+    # calibration.get_selective_stats: the mean accuracy over coverages i/N (1 - AURC without ties) and the
+    # accuracy of the int(0.1 N) + 1 most confident rows (= ceil(0.1 N) when 0.1 N is no integer).
+    rng = np.random.default_rng(12)
+    conf = rng.uniform(size=2003)
+    correct = rng.uniform(size=2003) < conf
+    area, accuracy_10 = calibration.get_selective_stats(conf, correct)
+    assert M.area_under_risk_coverage(conf, correct)[0] == pytest.approx(1 - area, abs=1e-12)
+    assert M.accuracy_at_coverage(conf, correct, 0.1) == pytest.approx(accuracy_10, abs=1e-12)
+
+
+def test_risk_coverage_curve_has_at_most_101_points():
+    conf, correct = _calibrated_sample(1234, seed=2)
+    curve = M.risk_coverage_curve(conf, correct)
+    rows = [1] + [math.ceil(j * 1234 / 100) for j in range(1, 101)]
+    assert curve["x"].tolist() == pytest.approx([r / 1234 for r in rows])
+    assert curve["y"].iloc[-1] == pytest.approx(1 - correct.mean())
+    assert len(M.risk_coverage_curve(conf[:100], correct[:100])) == 100
 
 
 # ---------------------------------------------------------------- properties
@@ -423,7 +699,9 @@ def test_bootstrap_is_fast_on_a_million_tokens():
 def test_calibration_metrics_keys_and_values():
     result = M.calibration_metrics(CONF, CORRECT, n_bootstrap=200)
     assert list(result) == ["n", "accuracy", "mean_confidence", "ece", "mce", "ace", "brier", "brier_multiclass",
-                            "letter_mass", "auroc", "ece_ci_low", "ece_ci_high"]
+                            "letter_mass", "auroc", "rmsce", "ece_debiased", "smece", "nll", "sce", "aurc", "eaurc",
+                            "acc_at_coverage_50", "acc_at_coverage_80", "ece_ci_low", "ece_ci_high"]
+    assert list(M.METRIC_COLUMNS) == [*result, "temperature"]
     assert result["n"] == 6 and result["accuracy"] == pytest.approx(0.5)
     assert result["mean_confidence"] == pytest.approx(2.95 / 6)
     assert result["ece"] == pytest.approx(1.85 / 6) and result["ace"] == pytest.approx(2.25 / 6)
@@ -467,23 +745,58 @@ def test_invalid_bins():
 
 # ---------------------------------------------------------------- score and summarize
 
-def _confidence_table(path, rng, n_questions, n_tokens):
-    """One table of two methods: "softmax" (multiple-choice style: subjects, option probabilities and gold)
-    and "max_prob" (CLM style: documents of four tokens)."""
+def _temperature_scaled(probs, temperature):
+    logits = np.log(probs) / temperature
+    scaled = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return scaled / scaled.sum(axis=1, keepdims=True)
+
+
+def _recalibrated_table(path, rng, n_questions, n_tokens, subjects=("algebra", "law", "virology")):
+    """A recalibrated table of two methods, rows in recalibrate's order: "softmax" (multiple-choice style:
+    subjects, option probabilities and gold) recalibrated none, temperature (T 1.5 on fold 0, 2.5 on fold 1;
+    option probabilities scaled) and platt (no option probabilities); "max_prob" (CLM style: documents of
+    four tokens) none, temperature (T 0.8 and 1.2) and isotonic."""
     probs = rng.dirichlet(np.ones(3), n_questions)
     gold = rng.integers(0, 3, n_questions)
+    fold = np.arange(n_questions) % 2
+    temperature = np.where(fold == 0, 1.5, 2.5)
+    scaled = _temperature_scaled(probs, temperature[:, None])
+    questions = pd.DataFrame({"item_id": [f"q{i}" for i in range(n_questions)], "method": "softmax",
+                              "correct": probs.argmax(axis=1) == gold, "subject": rng.choice(subjects, n_questions),
+                              "gold": gold, "pred": probs.argmax(axis=1),
+                              "letter_mass": rng.uniform(0.2, 1.0, n_questions)})
+    doc = np.arange(n_tokens) // 4
     conf = rng.uniform(0.3, 1.0, n_tokens)
+    tokens = pd.DataFrame({"item_id": [f"d{d}" for d in doc], "method": "max_prob",
+                           "correct": rng.uniform(size=n_tokens) < conf, "position": np.arange(n_tokens) % 4})
+    token_t = np.where(doc % 2 == 0, 0.8, 1.2)
+    logit = np.log(conf / (1 - conf))
     frames = [
-        pd.DataFrame({"item_id": [f"q{i}" for i in range(n_questions)], "method": "softmax",
-                      "confidence": probs.max(axis=1), "correct": probs.argmax(axis=1) == gold,
-                      "subject": rng.choice(["algebra", "law", "virology"], n_questions),
-                      "option_probs": list(probs), "gold": gold, "letter_mass": rng.uniform(0.2, 1.0, n_questions)}),
-        pd.DataFrame({"item_id": [f"d{i // 4}" for i in range(n_tokens)], "method": "max_prob",
-                      "confidence": conf, "correct": rng.uniform(size=n_tokens) < conf,
-                      "position": np.arange(n_tokens) % 4}),
+        questions.assign(recalibration="none", confidence=probs.max(axis=1), option_probs=list(probs),
+                         temperature=np.nan, fold=None),
+        questions.assign(recalibration="temperature", confidence=scaled.max(axis=1), option_probs=list(scaled),
+                         temperature=temperature, fold=fold),
+        questions.assign(recalibration="platt", confidence=rng.uniform(0.3, 0.9, n_questions), option_probs=None,
+                         temperature=np.nan, fold=fold),
+        tokens.assign(recalibration="none", confidence=conf, temperature=np.nan, fold=None),
+        tokens.assign(recalibration="temperature", confidence=1 / (1 + np.exp(-logit / token_t)),
+                      temperature=token_t, fold=doc % 2),
+        tokens.assign(recalibration="isotonic", confidence=np.round(conf, 1), temperature=np.nan, fold=doc % 2),
     ]
-    write_table(pd.concat(frames, ignore_index=True), path,
-                {"stage": "extract_confidence", "kind": "mc", "inference": {"params": 1234}})
+    table = pd.concat(frames, ignore_index=True).astype({"fold": "Int64"})
+    write_table(table, path, {"stage": "recalibrate", "methods": ["temperature", "platt", "isotonic"],
+                              "input": {"stage": "extract_confidence", "inference": {"params": 1234}}})
+    return table
+
+
+OUTPUTS = ("summary", "bins", "sweep", "subjects", "curves")
+
+
+def _score(source, out, **kwargs):
+    """Score `source` into out/<output>.parquet for every output; returns those paths."""
+    paths = {name: out / f"{name}.parquet" for name in OUTPUTS}
+    M.score(source, *paths.values(), **{"task": "t", "model": "m", "revision": "r", **kwargs})
+    return paths
 
 
 @pytest.fixture()
@@ -492,125 +805,222 @@ def scored(tmp_path):
     runs = [("mmlu", "pythia-160m", "step1000", {"family": "pythia", "tag": 1}),
             ("arc", "pythia-160m", "main", {"family": "pythia", "tag": 1}),
             ("arc", "olmo-1b", "epoch2", {"family": "olmo", "data": "dolma", "tag": "final"})]
-    summaries, bins = [], []
+    outputs = {name: [] for name in OUTPUTS}
     for task, model, revision, labels in runs:
-        source = tmp_path / "confidence" / task / model / f"{revision}.parquet"
-        _confidence_table(source, rng, n_questions=150, n_tokens=80)
-        summaries.append(tmp_path / "metrics" / task / model / f"{revision}.parquet")
-        bins.append(tmp_path / "metrics" / task / model / f"{revision}.bins.parquet")
-        M.score(source, summaries[-1], bins[-1], task=task, model=model, revision=revision,
-                n_bins=10, n_bootstrap=100, seed=0, labels=labels)
-    return tmp_path, summaries, bins
+        source = tmp_path / "recalibrated" / task / model / f"{revision}.parquet"
+        _recalibrated_table(source, rng, n_questions=150, n_tokens=80)
+        paths = _score(source, tmp_path / "metrics" / task / model / revision, task=task, model=model,
+                       revision=revision, n_bins=10, n_bootstrap=100, seed=0, labels=labels)
+        for name, path in paths.items():
+            outputs[name].append(path)
+    return tmp_path, outputs
 
 
-def test_score_writes_one_row_per_method_with_labels_and_provenance(scored):
-    _, summaries, bins = scored
-    summary = read_table(summaries[0])
-    assert list(summary.columns) == ["task", "model", "revision", "method", *M.METRIC_NAMES, "params", "step",
-                                     "epoch", "family", "tag"]
-    assert summary["method"].tolist() == ["max_prob", "softmax"]
-    assert summary["n"].tolist() == [80, 150]
+GROUPS = [("max_prob", "none"), ("max_prob", "temperature"), ("max_prob", "isotonic"),
+          ("softmax", "none"), ("softmax", "temperature"), ("softmax", "platt")]
+
+
+def test_score_writes_rows_per_method_recalibration_and_aggregation(scored):
+    _, outputs = scored
+    summary = read_table(outputs["summary"][0])
+    assert list(summary.columns) == [*M.KEYS, "aggregation", *M.METRIC_COLUMNS, "params", "step", "epoch", "family",
+                                     "tag"]
+    assert list(zip(summary["method"], summary["recalibration"], summary["aggregation"])) == [
+        ("max_prob", "none", "micro"), ("max_prob", "temperature", "micro"), ("max_prob", "isotonic", "micro"),
+        ("softmax", "none", "micro"), ("softmax", "none", "macro"), ("softmax", "temperature", "micro"),
+        ("softmax", "temperature", "macro"), ("softmax", "platt", "micro"), ("softmax", "platt", "macro")]
+    assert summary["n"].tolist() == [80] * 3 + [150] * 6  # macro rows count every item too
     assert (summary["task"] == "mmlu").all() and (summary["revision"] == "step1000").all()
     assert (summary["family"] == "pythia").all() and (summary["tag"] == 1).all()
     assert (summary["params"] == 1234).all() and (summary["step"] == 1000).all()  # from provenance, revision
     assert summary["epoch"].isna().all()
+    # the mean of the per-fold temperatures on temperature rows (every subject has rows of both folds)
+    scaled = summary["recalibration"] == "temperature"
+    assert summary.loc[scaled, "temperature"].tolist() == pytest.approx([1.0, 2.0, 2.0])
+    assert summary.loc[~scaled, "temperature"].isna().all()
+    macro = summary["aggregation"] == "macro"
+    assert summary.loc[macro, ["ece_ci_low", "ece_ci_high"]].isna().all().all()
+    assert summary.loc[~macro, ["ece_ci_low", "ece_ci_high"]].notna().all().all()
+    # multi-class metrics where option probabilities are: softmax none and temperature
+    with_options = (summary["method"] == "softmax") & (summary["recalibration"] != "platt")
+    assert summary.loc[with_options, ["sce", "brier_multiclass"]].notna().all().all()
+    assert summary.loc[~with_options, ["sce", "brier_multiclass"]].isna().all().all()
+    assert summary.drop(columns=["sce", "brier_multiclass", "letter_mass", "temperature", "ece_ci_low",
+                                 "ece_ci_high", "epoch"]).notna().all().all()
 
-    table = read_table(bins[0])
-    assert list(table.columns) == ["task", "model", "revision", "method", "bin", "bin_lower", "bin_upper",
-                                   "count", "mean_confidence", "accuracy"]
-    assert table.groupby("method")["count"].sum().to_dict() == {"max_prob": 80, "softmax": 150}
-    assert table.groupby("method").size().tolist() == [10, 10]
+    bins = read_table(outputs["bins"][0])
+    assert list(bins.columns) == [*M.KEYS, *M.BIN_COLUMNS]
+    assert list(bins.groupby(["method", "recalibration"], sort=False)["count"].sum().items()) == [
+        (group, 80 if group[0] == "max_prob" else 150) for group in GROUPS]
+    sweep = read_table(outputs["sweep"][0])
+    assert list(sweep.columns) == [*M.KEYS, "n_bins", "ece"]
+    assert list(sweep.groupby(["method", "recalibration"], sort=False).groups) == GROUPS
+    assert sweep["n_bins"].tolist() == [5, 10, 15, 20] * 6
+    micro = summary[~macro].reset_index(drop=True)
+    assert sweep.loc[sweep["n_bins"] == 10, "ece"].tolist() == pytest.approx(micro["ece"].tolist())
 
-    provenance = read_provenance(summaries[0])
-    assert provenance["stage"] == "score" and provenance["model"] == "pythia-160m"
-    assert provenance["n_bins"] == 10 and provenance["n_bootstrap"] == 100 and provenance["seed"] == 0
-    assert provenance["input"]["stage"] == "extract_confidence"
-    assert "numpy" in provenance["packages"]
-    assert read_provenance(bins[0])["stage"] == "score"
+    subjects = read_table(outputs["subjects"][0])
+    assert list(subjects.columns) == [*M.KEYS, "subject", *M.METRIC_COLUMNS]
+    assert list(zip(subjects["recalibration"], subjects["subject"])) == [
+        (recalibration, subject) for recalibration in ("none", "temperature", "platt")
+        for subject in ("algebra", "law", "virology")]
+    assert (subjects["method"] == "softmax").all() and subjects.groupby("recalibration")["n"].sum().eq(150).all()
+    # a macro row is the mean of its subjects' rows
+    means = subjects.groupby("recalibration", sort=False)[list(M.METRIC_COLUMNS)].mean()
+    for metric in ("accuracy", "ece", "smece", "sce", "aurc", "acc_at_coverage_80", "temperature"):
+        assert summary.loc[macro, metric].tolist() == pytest.approx(means[metric].tolist(), nan_ok=True)
+
+    curves = read_table(outputs["curves"][0])
+    assert list(curves.columns) == [*M.KEYS, "curve", "x", "y", "density"]
+    sizes = curves.groupby(["method", "recalibration", "curve"], sort=False).size()
+    assert sizes.tolist() == [101, 80] * 3 + [101, 101] * 3  # risk-coverage: every row count up to 100 rows
+    smooth = curves["curve"] == "smooth_reliability"
+    assert curves.loc[smooth, "density"].notna().all() and curves.loc[~smooth, "density"].isna().all()
+    ends = curves[~smooth].groupby(["method", "recalibration"], sort=False).last()
+    assert ends["x"].tolist() == pytest.approx([1.0] * 6)
+    assert ends["y"].tolist() == pytest.approx((1 - micro["accuracy"]).tolist())
+
+    for path in outputs.values():
+        provenance = read_provenance(path[0])
+        assert provenance["stage"] == "score" and provenance["model"] == "pythia-160m"
+        assert provenance["n_bins"] == 10 and provenance["n_bootstrap"] == 100 and provenance["seed"] == 0
+        assert provenance["sweep_bins"] == [5, 10, 15, 20] and provenance["input"]["stage"] == "recalibrate"
+        assert "numpy" in provenance["packages"]
 
 
 def test_score_matches_calibration_metrics(scored, tmp_path):
-    # Multiple choice: questions stratified by subject, multi-class Brier; CLM: a document's tokens drawn together.
-    table = read_table(tmp_path / "confidence" / "mmlu" / "pythia-160m" / "step1000.parquet")
-    summary = read_table(tmp_path / "metrics" / "mmlu" / "pythia-160m" / "step1000.parquet").set_index("method")
-    softmax, max_prob = table[table["method"] == "softmax"], table[table["method"] == "max_prob"]
-    expected = {
-        "softmax": M.calibration_metrics(softmax["confidence"], softmax["correct"], n_bootstrap=100, seed=0,
-                                         units=softmax["item_id"], strata=softmax["subject"],
-                                         option_probs=softmax["option_probs"], gold=softmax["gold"],
-                                         letter_mass=softmax["letter_mass"]),
-        "max_prob": M.calibration_metrics(max_prob["confidence"], max_prob["correct"], n_bootstrap=100, seed=0,
-                                          units=max_prob["item_id"]),
-    }
-    for method, metrics in expected.items():
-        assert {name: summary.loc[method, name] for name in M.METRIC_NAMES} == pytest.approx(metrics, nan_ok=True)
-    assert summary.loc["softmax", "brier_multiclass"] == pytest.approx(
-        M.multiclass_brier_score(softmax["option_probs"], softmax["gold"]))
-    assert np.isnan(summary.loc["max_prob", "brier_multiclass"])
-    assert summary.loc["softmax", "letter_mass"] == pytest.approx(softmax["letter_mass"].mean())
-    assert np.isnan(summary.loc["max_prob", "letter_mass"])
+    # Multiple choice: questions stratified by subject, multi-class metrics from the option probabilities
+    # where they are; CLM: a document's tokens drawn together.
+    table = read_table(tmp_path / "recalibrated" / "mmlu" / "pythia-160m" / "step1000.parquet")
+    out = tmp_path / "metrics" / "mmlu" / "pythia-160m" / "step1000"
+    summary = read_table(out / "summary.parquet")
+    summary = summary[summary["aggregation"] == "micro"].set_index(["method", "recalibration"])
+    subjects = read_table(out / "subjects.parquet").set_index(["method", "recalibration", "subject"])
+    curves = read_table(out / "curves.parquet")
+    for method, recalibration in GROUPS:
+        rows = table[(table["method"] == method) & (table["recalibration"] == recalibration)]
+        mc = method == "softmax"
+        options = {"option_probs": rows["option_probs"], "gold": rows["gold"]} if mc and recalibration != "platt" \
+            else {}
+        expected = M.calibration_metrics(rows["confidence"], rows["correct"], n_bootstrap=100, seed=0,
+                                         units=rows["item_id"], strata=rows["subject"] if mc else None, **options,
+                                         letter_mass=rows["letter_mass"] if mc else None)
+        got = summary.loc[(method, recalibration)]
+        assert {name: got[name] for name in M.METRIC_NAMES} == pytest.approx(expected, nan_ok=True)
+        assert got["temperature"] == pytest.approx(M.mean_fold_temperature(rows), nan_ok=True)
+        if mc:
+            for subject, part in rows.groupby("subject"):
+                expected = M.calibration_metrics(part["confidence"], part["correct"], n_bootstrap=0,
+                                                 letter_mass=part["letter_mass"],
+                                                 **{key: value[part.index] for key, value in options.items()})
+                got = subjects.loc[(method, recalibration, subject)]
+                assert {name: got[name] for name in M.METRIC_NAMES} == pytest.approx(expected, nan_ok=True)
+        _, bandwidth = M.smooth_calibration_error(rows["confidence"], rows["correct"])
+        mine = curves[(curves["method"] == method) & (curves["recalibration"] == recalibration)]
+        smooth = M.smooth_reliability_curve(rows["confidence"], rows["correct"], bandwidth)
+        risk = M.risk_coverage_curve(rows["confidence"], rows["correct"])
+        pd.testing.assert_frame_equal(mine.loc[mine["curve"] == "smooth_reliability", ["x", "y", "density"]]
+                                      .reset_index(drop=True), smooth)
+        pd.testing.assert_frame_equal(mine.loc[mine["curve"] == "risk_coverage", ["x", "y"]].reset_index(drop=True),
+                                      risk)
 
 
-def test_summarize_concatenates_sorted_with_union_of_labels(scored):
-    root, summaries, bins = scored
+def test_score_without_two_subjects_has_no_macro_rows(tmp_path):
+    rng = np.random.default_rng(1)
+    table = _recalibrated_table(tmp_path / "one.parquet", rng, 40, 20, subjects=("law",))
+    paths = _score(tmp_path / "one.parquet", tmp_path / "one", n_bootstrap=0)
+    summary = read_table(paths["summary"])
+    assert (summary["aggregation"] == "micro").all() and len(summary) == 6
+    assert read_table(paths["subjects"])["subject"].tolist() == ["law"] * 3
+    # CLM rows alone: no subject rows, an empty subjects table with its columns
+    write_table(table[table["method"] == "max_prob"], tmp_path / "clm.parquet", {"stage": "recalibrate"})
+    paths = _score(tmp_path / "clm.parquet", tmp_path / "clm", n_bootstrap=0)
+    subjects = read_table(paths["subjects"])
+    assert subjects.empty and list(subjects.columns) == [*M.KEYS, "subject", *M.METRIC_COLUMNS]
+    assert read_table(paths["summary"])["params"].isna().all()  # no inference provenance: unknown
+
+
+def test_score_reads_only_recalibrated_tables(tmp_path):
+    source = tmp_path / "confidence.parquet"
+    write_table(pd.DataFrame({"item_id": ["a", "b"], "method": "softmax", "confidence": [0.5, 0.6],
+                              "correct": [True, False]}), source)
+    with pytest.raises(ValueError, match=r"confidence\.parquet: no column 'recalibration': score reads a "
+                                         r"recalibrated table"):
+        _score(source, tmp_path)
+
+
+def test_score_errors_name_the_method_and_recalibration(tmp_path):
+    source = tmp_path / "recalibrated.parquet"
+    rows = {"item_id": ["a", "b"], "method": "softmax", "recalibration": "platt", "correct": [True, False]}
+    write_table(pd.DataFrame({**rows, "confidence": [0.5, 1.2]}), source)
+    with pytest.raises(ValueError, match=r"method 'softmax', recalibration 'platt': confidence must be finite and "
+                                         r"within \[0, 1\]"):
+        _score(source, tmp_path)
+    with pytest.raises(ValueError, match="labels may not reuse"):
+        _score(source, tmp_path, labels={"method": "dpo"})
+    with pytest.raises(ValueError, match="labels may not reuse"):
+        _score(source, tmp_path, labels={"aggregation": "x"})
+    rows["confidence"] = [0.5, 0.6]
+    write_table(pd.DataFrame({**rows, "method": ["softmax", None]}), source)
+    with pytest.raises(ValueError, match="1 rows have no method"):
+        _score(source, tmp_path)
+    write_table(pd.DataFrame({**rows, "recalibration": ["none", None]}), source)
+    with pytest.raises(ValueError, match="1 rows have no recalibration"):
+        _score(source, tmp_path)
+    write_table(pd.DataFrame({**rows, "subject": ["law", None]}), source)
+    with pytest.raises(ValueError, match=r"recalibrated\.parquet, method 'softmax', recalibration 'platt': strata "
+                                         r"\(column 'subject'\) must not be missing: 1 of 2 values are"):
+        _score(source, tmp_path)
+    write_table(pd.DataFrame({**rows, "option_probs": [[0.5, 0.5], [0.4, 0.6]], "gold": [0, 2]}), source)
+    with pytest.raises(ValueError, match=r"recalibration 'platt': gold must be an option index within \[0, 2\)"):
+        _score(source, tmp_path)
+    write_table(pd.DataFrame({"method": ["softmax"], "recalibration": ["none"], "confidence": [0.5]}), source)
+    with pytest.raises(ValueError, match=r"missing columns \['item_id', 'correct'\]"):
+        _score(source, tmp_path)
+    assert not (tmp_path / "summary.parquet").exists()
+
+
+def test_summarize_gathers_the_runs_with_union_of_labels(scored):
+    root, outputs = scored
     out = root / "metrics"
-    M.summarize(summaries, bins, out / "summary.parquet", out / "summary.csv", out / "reliability.parquet")
+    targets = [out / name for name in ("summary.parquet", "summary.csv", "reliability.parquet", "bin_sweep.parquet",
+                                       "subjects.parquet", "curves.parquet")]
+    M.summarize(*outputs.values(), *targets)
 
     summary = read_table(out / "summary.parquet")
-    keys = summary[["task", "model", "revision", "method"]].values.tolist()
-    assert keys == sorted(keys) and len(keys) == 6
-    assert list(summary.columns) == ["task", "model", "revision", "method", *M.METRIC_NAMES,
-                                     "params", "step", "epoch", "family", "tag", "data"]
-    assert summary["step"].isna().sum() == 4  # revisions "main" and "epoch2" name no step
-    assert summary["epoch"].tolist()[:2] == [2, 2] and summary["epoch"][2:].isna().all()  # arc/olmo-1b sorts first
+    runs = [("arc", "olmo-1b", "epoch2"), ("arc", "pythia-160m", "main"), ("mmlu", "pythia-160m", "step1000")]
+    assert summary[["task", "model", "revision"]].drop_duplicates().values.tolist() == [list(r) for r in runs]
+    first = read_table(outputs["summary"][0])  # a run's rows keep their order: method, recalibration, micro/macro
+    pd.testing.assert_frame_equal(summary.iloc[18:][list(first.columns[:-2])].reset_index(drop=True),
+                                  first[first.columns[:-2]], check_dtype=False)
+    assert list(summary.columns) == [*M.KEYS, "aggregation", *M.METRIC_COLUMNS, "params", "step", "epoch", "family",
+                                     "tag", "data"]
+    assert summary["step"].isna().sum() == 18  # revisions "main" and "epoch2" name no step
+    assert summary["epoch"].tolist()[:9] == [2] * 9 and summary["epoch"][9:].isna().all()
     olmo = summary["model"] == "olmo-1b"
     assert summary.loc[~olmo, "data"].isna().all() and (summary.loc[olmo, "data"] == "dolma").all()
     # tag mixes a number and text across runs: it becomes text
-    assert summary["tag"].tolist() == ["final", "final"] + ["1"] * 4
-    softmax = summary["method"] == "softmax"  # methods without option probabilities have no multi-class Brier
-    assert summary.loc[softmax, "brier_multiclass"].notna().all()
-    assert summary.loc[~softmax, "brier_multiclass"].isna().all()
-    assert summary.loc[softmax, "letter_mass"].between(0.2, 1.0).all()  # and so do they lack letter_mass
-    assert summary.loc[~softmax, "letter_mass"].isna().all()
+    assert summary["tag"].tolist() == ["final"] * 9 + ["1"] * 18
 
     csv = pd.read_csv(out / "summary.csv")
     pd.testing.assert_frame_equal(csv, summary, check_dtype=False)
 
     reliability = read_table(out / "reliability.parquet")
-    assert len(reliability) == 6 * 10
-    keys = reliability[["task", "model", "revision", "method", "bin"]].values.tolist()
-    assert keys == sorted(keys)
-    counts = reliability.groupby(["task", "model", "revision", "method"])["count"].sum()
-    assert counts.tolist() == summary.set_index(["task", "model", "revision", "method"])["n"].tolist()
+    assert list(reliability.columns) == [*M.KEYS, *M.BIN_COLUMNS] and len(reliability) == 3 * 6 * 10
+    counts = reliability.groupby([*M.KEYS], sort=False)["count"].sum()
+    micro = summary[summary["aggregation"] == "micro"]
+    assert counts.tolist() == micro["n"].tolist()
+    sweep = read_table(out / "bin_sweep.parquet")
+    assert len(sweep) == 3 * 6 * 4 and sweep.loc[sweep["n_bins"] == 10, "ece"].tolist() == pytest.approx(
+        micro["ece"].tolist())
+    subjects = read_table(out / "subjects.parquet")
+    assert len(subjects) == 3 * 9 and subjects[["task", "model", "revision"]].drop_duplicates().values.tolist() == \
+        [list(r) for r in runs]
+    curves = read_table(out / "curves.parquet")
+    assert len(curves) == 3 * (6 * 101 + 3 * 80 + 3 * 101)
     assert read_provenance(out / "summary.parquet")["stage"] == "summarize"
-    assert set(read_provenance(out / "reliability.parquet")["inputs"]) == {str(path) for path in bins}
-
-
-def test_score_errors_name_the_method(tmp_path):
-    source = tmp_path / "confidence.parquet"
-    write_table(pd.DataFrame({"item_id": ["a", "b"], "method": ["softmax", "softmax"],
-                              "confidence": [0.5, 1.2], "correct": [True, False]}), source)
-    with pytest.raises(ValueError, match=r"method 'softmax': confidence must be finite and within \[0, 1\]"):
-        M.score(source, tmp_path / "s.parquet", tmp_path / "b.parquet", task="t", model="m", revision="r")
-    with pytest.raises(ValueError, match="labels may not reuse"):
-        M.score(source, tmp_path / "s.parquet", tmp_path / "b.parquet", task="t", model="m", revision="r",
-                labels={"method": "dpo"})
-    write_table(pd.DataFrame({"item_id": ["a", "b"], "method": ["softmax", None],
-                              "confidence": [0.5, 0.2], "correct": [True, False]}), source)
-    with pytest.raises(ValueError, match="1 rows have no method"):
-        M.score(source, tmp_path / "s.parquet", tmp_path / "b.parquet", task="t", model="m", revision="r")
-    rows = {"item_id": ["a", "b"], "method": "softmax", "confidence": [0.5, 0.6], "correct": [True, False]}
-    write_table(pd.DataFrame({**rows, "subject": ["law", None]}), source)
-    with pytest.raises(ValueError, match=r"confidence\.parquet, method 'softmax': strata \(column 'subject'\) "
-                                         r"must not be missing: 1 of 2 values are \(e\.g\. at position 1\)"):
-        M.score(source, tmp_path / "s.parquet", tmp_path / "b.parquet", task="t", model="m", revision="r")
-    write_table(pd.DataFrame({**rows, "option_probs": [[0.5, 0.5], [0.4, 0.6]], "gold": [0, 2]}), source)
-    with pytest.raises(ValueError, match=r"method 'softmax': gold must be an option index within \[0, 2\) \(its item"):
-        M.score(source, tmp_path / "s.parquet", tmp_path / "b.parquet", task="t", model="m", revision="r")
-    write_table(pd.DataFrame({"method": ["softmax"], "confidence": [0.5]}), source)
-    with pytest.raises(ValueError, match=r"missing columns \['item_id', 'correct'\]"):
-        M.score(source, tmp_path / "s.parquet", tmp_path / "b.parquet", task="t", model="m", revision="r")
-    assert not (tmp_path / "s.parquet").exists()
+    for name, target in zip(["bins", "sweep", "subjects", "curves"], targets[2:]):
+        assert set(read_provenance(target)["inputs"]) == {str(path) for path in outputs[name]}
 
 
 @pytest.mark.parametrize("revision,epoch", [("epoch1", 1), ("epoch12", 12), ("main", None), ("step3", None),

@@ -1,22 +1,27 @@
 """Calibration metrics of confidences against correctness: the "score" and "summarize" stages."""
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.special import ndtr
 
 from .sources import parse_step
 from .tables import atomic_path, read_provenance, read_table, write_table
 
-KEYS = ("task", "model", "revision", "method")
+KEYS = ("task", "model", "revision", "method", "recalibration")
 METRIC_NAMES = ("n", "accuracy", "mean_confidence", "ece", "mce", "ace", "brier", "brier_multiclass", "letter_mass",
-                "auroc", "ece_ci_low", "ece_ci_high")
+                "auroc", "rmsce", "ece_debiased", "smece", "nll", "sce", "aurc", "eaurc", "acc_at_coverage_50",
+                "acc_at_coverage_80", "ece_ci_low", "ece_ci_high")
+METRIC_COLUMNS = (*METRIC_NAMES, "temperature")  # the metrics of summary and subject rows
 BIN_COLUMNS = ("bin", "bin_lower", "bin_upper", "count", "mean_confidence", "accuracy")
-INPUT_COLUMNS = ("item_id", "method", "confidence", "correct")
+INPUT_COLUMNS = ("item_id", "method", "confidence", "correct", "recalibration")
 STRATA_COLUMNS = ("subject", "relation")  # the bootstrap stratifies by the first of these a method's rows fill
+SWEEP_BINS = (5, 10, 15, 20)  # bin counts of the ECE in the bin sweep
 MODEL_INFO = ("params", "step", "epoch")  # integer columns every summary row has (empty where unknown)
 
 # Cells of the bootstrap (one per stratum, bin and correctness) holding at most this many rows are resampled
@@ -125,6 +130,22 @@ def adaptive_calibration_error(confidence, correct, n_bins: int = 10) -> float:
     """
     _check_n_bins(n_bins)
     conf, hit = _validated(confidence, correct)
+    index = _equal_mass_bin_index(conf, n_bins)
+    conf_sum, hit_sum = np.bincount(index, weights=conf), np.bincount(index, weights=hit)
+    return float(np.abs(hit_sum - conf_sum).sum() / len(conf))
+
+
+def rms_calibration_error(confidence, correct, n_bins: int = 10) -> float:
+    """RMSCE over equal-width bins: sqrt(sum over bins of count/N * (accuracy - mean confidence)^2)."""
+    _check_n_bins(n_bins)
+    conf, hit = _validated(confidence, correct)
+    count, conf_sum, hit_sum = _bin_totals(conf, hit, n_bins)
+    full = count > 0
+    return float(np.sqrt(np.sum((hit_sum[full] - conf_sum[full]) ** 2 / count[full]) / len(conf)))
+
+
+def _equal_mass_bin_index(conf: np.ndarray, n_bins: int) -> np.ndarray:
+    """Equal-mass bin of each confidence, as `calibration.get_equal_bins` (see adaptive_calibration_error)."""
     ordered = np.sort(conf)
     parts = min(n_bins, len(ordered))
     # np.array_split gives the first N % parts parts one extra item.
@@ -132,10 +153,125 @@ def adaptive_calibration_error(confidence, correct, n_bins: int = 10) -> float:
     part_ends = np.cumsum([quotient + 1] * remainder + [quotient] * (parts - remainder))[:-1]
     midpoints = (ordered[part_ends - 1] + ordered[part_ends]) / 2.0
     edges = np.unique(np.append(midpoints, 1.0))
-    index = np.searchsorted(edges, conf, side="left")
-    conf_sum = np.bincount(index, weights=conf, minlength=len(edges))
-    hit_sum = np.bincount(index, weights=hit, minlength=len(edges))
-    return float(np.abs(hit_sum - conf_sum).sum() / len(conf))
+    return np.searchsorted(edges, conf, side="left")
+
+
+def debiased_calibration_error(confidence, correct, n_bins: int = 10) -> float:
+    """Debiased ECE of Kumar et al. (2019) on the equal-mass bins of adaptive_calibration_error.
+
+    Per bin b of n_b rows, accuracy a_b and mean confidence c_b: 2 |a_b - c_b| - E|A - c_b| with
+    A ~ Normal(a_b, a_b (1 - a_b) / n_b), weighted by n_b / N. `calibration.get_ece_em(debias=True)`
+    estimates E|A - c_b| from 1000 random draws; here it is the folded-normal mean
+    s sqrt(2/pi) exp(-d^2 / 2s^2) + d (1 - 2 Phi(-d/s)) (d = a_b - c_b, s its standard deviation), the
+    limit of those draws, so the value is deterministic. A bin of one row has a_b in {0, 1}, so s = 0 and
+    it keeps its plain |a_b - c_b| (no correction; the package refuses bins of fewer than 2 rows).
+    """
+    _check_n_bins(n_bins)
+    conf, hit = _validated(confidence, correct)
+    index = _equal_mass_bin_index(conf, n_bins)
+    count = np.bincount(index)
+    full = count > 0  # ties can leave a bin empty
+    count = count[full]
+    accuracy = np.bincount(index, weights=hit)[full] / count
+    gap = accuracy - np.bincount(index, weights=conf)[full] / count
+    sd = np.sqrt(accuracy * (1.0 - accuracy) / count)
+    folded = np.abs(gap)
+    spread = sd > 0
+    d, s = gap[spread], sd[spread]
+    folded[spread] = s * np.sqrt(2.0 / np.pi) * np.exp(-d ** 2 / (2.0 * s ** 2)) + d * (1.0 - 2.0 * ndtr(-d / s))
+    return float(np.sum(count * (2.0 * np.abs(gap) - folded)) / len(conf))
+
+
+def smooth_calibration_error(confidence, correct) -> tuple[float, float]:
+    """smECE of Blasiok & Nakkiran (2023), `relplot.smECE`, and the kernel bandwidth its fixed-point
+    search chose: the reflected-Gaussian kernel smoothing of the residuals confidence - correct,
+    integrated in absolute value against the smoothed density of the confidences."""
+    import relplot  # imports matplotlib and seaborn (~1.5 s): only where smECE is computed
+
+    conf, hit = _validated(confidence, correct)
+    value, bandwidth = relplot.smECE(conf, hit, return_width=True)
+    return float(value), float(bandwidth)
+
+
+def smooth_reliability_curve(confidence, correct, bandwidth: float, n_points: int = 101) -> pd.DataFrame:
+    """The smooth reliability curve of smECE at `bandwidth` on n_points confidences 0, ..., 1 (column x):
+    y, the kernel-smoothed accuracy (Nadaraya-Watson with relplot's ReflectedGaussianKernel, the kernel of
+    relplot.smECE and relplot.prepare_rel_diagram under relplot's default config), and density, the kernel
+    density of the confidences. Where the density is near 0, relplot's regulariser pulls y towards 0:
+    draw y weighted by density, as relplot does."""
+    from relplot.kernels import ReflectedGaussianKernel  # see smooth_calibration_error
+
+    conf, hit = _validated(confidence, correct)
+    if not bandwidth > 0:
+        raise ValueError(f"bandwidth must be positive, got {bandwidth!r}")
+    grid = np.linspace(0.0, 1.0, n_points)
+    kernel = ReflectedGaussianKernel(bandwidth)
+    accuracy, _ = kernel.smooth(conf, hit, grid)
+    return pd.DataFrame({"x": grid, "y": accuracy, "density": kernel.kde(conf, grid)})
+
+
+def negative_log_likelihood(confidence, correct) -> float:
+    """Binary NLL of correctness: -mean(y log p + (1 - y) log(1 - p)), p the confidence clipped to
+    [eps, 1 - eps] with eps the float64 machine epsilon (as sklearn.metrics.log_loss)."""
+    conf, hit = _validated(confidence, correct)
+    eps = np.finfo(np.float64).eps
+    p = np.clip(conf, eps, 1.0 - eps)
+    return float(-np.mean(hit * np.log(p) + (1.0 - hit) * np.log1p(-p)))
+
+
+def _expected_errors(conf: np.ndarray, hit: np.ndarray) -> np.ndarray:
+    """Expected number of wrong rows among the i most confident rows, i = 1..N, over the orders of ties.
+
+    Within a group of m tied rows holding e wrong ones, the first j of the group hold j e / m wrong rows
+    in expectation over the group's orders."""
+    order = np.argsort(-conf, kind="stable")
+    ranked, wrong = conf[order], 1.0 - hit[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    sizes = np.diff(np.r_[starts, len(ranked)])
+    group_wrong = np.add.reduceat(wrong, starts)
+    group = np.repeat(np.arange(len(starts)), sizes)
+    within = np.arange(len(ranked)) - starts[group] + 1
+    return (np.cumsum(group_wrong) - group_wrong)[group] + within * (group_wrong / sizes)[group]
+
+
+def _aurc(expected: np.ndarray, hit: np.ndarray) -> tuple[float, float]:
+    """AURC and E-AURC from _expected_errors (see area_under_risk_coverage)."""
+    answered = np.arange(1, len(hit) + 1)
+    aurc = np.mean(expected / answered)
+    oracle = np.mean(np.maximum(answered - hit.sum(), 0.0) / answered)
+    return float(aurc), float(aurc - oracle)
+
+
+def _accuracy_at(expected: np.ndarray, coverage: float) -> float:
+    """Accuracy at `coverage` from _expected_errors (see accuracy_at_coverage)."""
+    if not 0.0 < coverage <= 1.0:
+        raise ValueError(f"coverage must be within (0, 1], got {coverage!r}")
+    rows = max(1, math.ceil(round(coverage * len(expected), 9)))  # round: 0.8 * 15 is 12.000000000000002
+    return float(1.0 - expected[rows - 1] / rows)
+
+
+def area_under_risk_coverage(confidence, correct) -> tuple[float, float]:
+    """AURC and E-AURC (Geifman et al. 2019). AURC: the mean over i = 1..N of the risk (error rate) of the
+    i most confident rows, ties in expectation over their order (_expected_errors); E-AURC: AURC minus the
+    AURC of the oracle order (every right row before every wrong one)."""
+    conf, hit = _validated(confidence, correct)
+    return _aurc(_expected_errors(conf, hit), hit)
+
+
+def accuracy_at_coverage(confidence, correct, coverage: float) -> float:
+    """Accuracy of the ceil(coverage N) most confident rows, ties in expectation over their order."""
+    conf, hit = _validated(confidence, correct)
+    return _accuracy_at(_expected_errors(conf, hit), coverage)
+
+
+def risk_coverage_curve(confidence, correct, n_points: int = 101) -> pd.DataFrame:
+    """Risk (y) of the most confident rows against their coverage (x = rows / N), ties in expectation as
+    in area_under_risk_coverage, at the most confident row and at ceil(j N / (n_points - 1)) rows for
+    j = 1..n_points - 1 (every row count when N < n_points; at most n_points points)."""
+    conf, hit = _validated(confidence, correct)
+    n = len(conf)
+    rows = np.unique(np.r_[1, -(-np.arange(1, n_points) * n // (n_points - 1))])
+    return pd.DataFrame({"x": rows / n, "y": _expected_errors(conf, hit)[rows - 1] / rows})
 
 
 def brier_score(confidence, correct) -> float:
@@ -144,12 +280,9 @@ def brier_score(confidence, correct) -> float:
     return float(np.mean((conf - hit) ** 2))
 
 
-def multiclass_brier_score(option_probs, gold) -> float:
-    """Brier score over all options: mean over items of sum_k (p_k - 1[k == gold])^2, within [0, 2].
-
-    `option_probs` holds one probability vector per item (each summing to 1; items may differ in their
-    number of options), `gold` the index of the right option of each item.
-    """
+def _option_matrix(option_probs, gold) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated option probabilities, zero-padded to (items, most options), each item's number of options
+    and the gold option index of each item; or ValueError."""
     rows = [np.asarray(p, dtype=np.float64) for p in option_probs]
     labels = np.asarray(gold)
     if labels.ndim != 1 or len(rows) != len(labels):
@@ -161,7 +294,7 @@ def multiclass_brier_score(option_probs, gold) -> float:
         raise ValueError(f"option_probs must hold a non-empty list per item: {len(odd)} of {len(rows)} items do "
                          f"not (e.g. shape {rows[odd[0]].shape} at position {odd[0]})")
     lengths = np.array([len(p) for p in rows])
-    probs = np.zeros((len(rows), lengths.max()))  # padded with zeros: a missing option adds (0 - 0)^2
+    probs = np.zeros((len(rows), lengths.max()))
     for i, p in enumerate(rows):
         probs[i, :len(p)] = p
     bad = ~(np.isfinite(probs) & (probs >= 0.0) & (probs <= 1.0)).all(axis=1)
@@ -176,9 +309,34 @@ def multiclass_brier_score(option_probs, gold) -> float:
         raise ValueError(f"gold must be an option index within [0, {lengths[first]}) (its item's number of "
                          f"options): {int(invalid.sum())} of {len(rows)} values are not "
                          f"(e.g. {labels[first:first + 1].tolist()[0]!r} at position {first})")
-    truth = np.zeros_like(probs)
-    truth[np.arange(len(rows)), indices] = 1.0
+    return probs, lengths, indices
+
+
+def multiclass_brier_score(option_probs, gold) -> float:
+    """Brier score over all options: mean over items of sum_k (p_k - 1[k == gold])^2, within [0, 2].
+
+    `option_probs` holds one probability vector per item (each summing to 1; items may differ in their
+    number of options), `gold` the index of the right option of each item.
+    """
+    probs, _, indices = _option_matrix(option_probs, gold)
+    truth = np.zeros_like(probs)  # a padded option adds (0 - 0)^2
+    truth[np.arange(len(probs)), indices] = 1.0
     return float(np.mean(np.sum((probs - truth) ** 2, axis=1)))
+
+
+def static_calibration_error(option_probs, gold, n_bins: int = 10) -> float:
+    """SCE (Nixon et al. 2019): the mean over option positions k of the equal-width ECE of p_k against
+    1[gold == k], each over the items that have an option k (an item with fewer options is in the ECE of
+    the positions it has only: ECE_k = sum over bins of |number gold - sum of p_k| / items with option k)."""
+    _check_n_bins(n_bins)
+    probs, lengths, indices = _option_matrix(option_probs, gold)
+    n_classes = probs.shape[1]
+    has = np.arange(n_classes)[None, :] < lengths[:, None]
+    truth = (np.arange(n_classes)[None, :] == indices[:, None]).astype(np.float64)
+    key = (np.arange(n_classes)[None, :] * n_bins + _width_bin_index(probs, n_bins))[has]
+    gaps = np.bincount(key, weights=(truth - probs)[has], minlength=n_classes * n_bins)
+    per_class = np.abs(gaps.reshape(n_classes, n_bins)).sum(axis=1) / has.sum(axis=0)
+    return float(per_class.mean())
 
 
 def option_indices(gold, lengths) -> tuple[np.ndarray, np.ndarray]:
@@ -329,23 +487,25 @@ def bootstrap_ece_interval(
 
 def calibration_metrics(
     confidence, correct, n_bins: int = 10, n_bootstrap: int = 1000, seed: int = 0, *,
-    units=None, strata=None, option_probs=None, gold=None, letter_mass=None,
+    units=None, strata=None, option_probs=None, gold=None, letter_mass=None, smooth=None,
 ) -> dict:
     """All metrics of one set of rows, keyed as METRIC_NAMES.
 
     `units` and `strata` shape the bootstrap (bootstrap_ece_interval); no interval (NaN) when
-    n_bootstrap == 0. brier_multiclass needs `option_probs` and `gold` (NaN without them); letter_mass is
-    the mean of `letter_mass` (mean_letter_mass; NaN without it).
+    n_bootstrap == 0. brier_multiclass and sce need `option_probs` and `gold` (NaN without them);
+    letter_mass is the mean of `letter_mass` (mean_letter_mass; NaN without it). `smooth` is
+    smooth_calibration_error of these rows where the caller has it already (score: for the curve).
     """
     conf, hit = _validated(confidence, correct)
     if (option_probs is None) != (gold is None):
         raise ValueError("option_probs and gold come together: give both or neither")
     if option_probs is None:
-        brier_multiclass = float("nan")
+        brier_multiclass = sce = float("nan")
     elif len(option_probs) != len(conf):
         raise ValueError(f"option_probs and confidence differ in length: {len(option_probs)} vs {len(conf)}")
     else:
         brier_multiclass = multiclass_brier_score(option_probs, gold)
+        sce = static_calibration_error(option_probs, gold, n_bins)
     if letter_mass is not None and len(letter_mass) != len(conf):
         raise ValueError(f"letter_mass and confidence differ in length: {len(letter_mass)} vs {len(conf)}")
     mass = float("nan") if letter_mass is None else mean_letter_mass(letter_mass)
@@ -354,6 +514,9 @@ def calibration_metrics(
                                                  strata=strata)
     else:
         ci_low = ci_high = float("nan")
+    smece, _ = smooth_calibration_error(conf, hit) if smooth is None else smooth
+    expected = _expected_errors(conf, hit)
+    aurc, eaurc = _aurc(expected, hit)
     return {
         "n": len(conf),
         "accuracy": float(hit.mean()),
@@ -365,6 +528,15 @@ def calibration_metrics(
         "brier_multiclass": brier_multiclass,
         "letter_mass": mass,
         "auroc": auroc(conf, hit),
+        "rmsce": rms_calibration_error(conf, hit, n_bins),
+        "ece_debiased": debiased_calibration_error(conf, hit, n_bins),
+        "smece": smece,
+        "nll": negative_log_likelihood(conf, hit),
+        "sce": sce,
+        "aurc": aurc,
+        "eaurc": eaurc,
+        "acc_at_coverage_50": _accuracy_at(expected, 0.5),
+        "acc_at_coverage_80": _accuracy_at(expected, 0.8),
         "ece_ci_low": ci_low,
         "ece_ci_high": ci_high,
     }
@@ -375,10 +547,66 @@ def _filled(group: pd.DataFrame, column: str) -> pd.Series | None:
     return group[column] if column in group and group[column].notna().any() else None
 
 
+def mean_fold_temperature(rows: pd.DataFrame) -> float:
+    """The mean over folds of the temperature that scored a fold's rows (NaN when no row has one)."""
+    if _filled(rows, "temperature") is None:
+        return float("nan")
+    fitted = rows[rows["temperature"].notna()]
+    folds = fitted["fold"] if "fold" in fitted else pd.Series(0, index=fitted.index)
+    return float(fitted["temperature"].groupby(folds.to_numpy(), dropna=False).first().mean())
+
+
+def _metric_row(rows: pd.DataFrame, n_bins: int, n_bootstrap: int, seed: int, strata=None, smooth=None) -> dict:
+    """METRIC_COLUMNS of some rows of one (method, recalibration); the ECE interval resamples item_ids."""
+    option_probs = _filled(rows, "option_probs")  # None on top-label recalibrations (platt, isotonic, histogram)
+    gold = None if option_probs is None else rows["gold"] if "gold" in rows else None
+    metrics = calibration_metrics(rows["confidence"], rows["correct"], n_bins, n_bootstrap, seed,
+                                  units=rows["item_id"], strata=strata, option_probs=option_probs, gold=gold,
+                                  letter_mass=_filled(rows, "letter_mass"), smooth=smooth)
+    return {**metrics, "temperature": mean_fold_temperature(rows)}
+
+
+def _score_group(group: pd.DataFrame, n_bins: int, n_bootstrap: int, seed: int):
+    """Summary rows (micro, and macro over >= 2 subjects), subject rows, bins, bin sweep and curves of one
+    (method, recalibration)."""
+    conf, hit = group["confidence"], group["correct"]
+    smooth = smooth_calibration_error(conf, hit)
+    strata = next((group[column] for column in STRATA_COLUMNS if _filled(group, column) is not None), None)
+    summary = [{"aggregation": "micro", **_metric_row(group, n_bins, n_bootstrap, seed, strata, smooth)}]
+    subjects = []
+    if _filled(group, "subject") is not None:
+        subjects = [{"subject": subject, **_metric_row(rows, n_bins, 0, seed)}
+                    for subject, rows in group.groupby("subject", sort=True)]
+    if len(subjects) >= 2:
+        # The mean over subjects of each metric, over the subjects where it is defined (e.g. AUROC needs
+        # right and wrong rows); n counts every row, and the interval is the micro row's only.
+        macro = pd.DataFrame(subjects)[list(METRIC_COLUMNS)].mean()
+        summary.append({"aggregation": "macro", **macro.to_dict(), "n": len(group),
+                        "ece_ci_low": float("nan"), "ece_ci_high": float("nan")})
+    bins = reliability_bins(conf, hit, n_bins)
+    sweep = pd.DataFrame({"n_bins": SWEEP_BINS, "ece": [expected_calibration_error(conf, hit, b) for b in SWEEP_BINS]})
+    curves = pd.concat([smooth_reliability_curve(conf, hit, smooth[1]).assign(curve="smooth_reliability"),
+                        risk_coverage_curve(conf, hit).assign(curve="risk_coverage", density=np.nan)],
+                       ignore_index=True)
+    return summary, subjects, bins, sweep, curves
+
+
+def _keyed(frames: list[tuple[dict, pd.DataFrame]]) -> pd.DataFrame:
+    """The frames one after another, each with its KEYS from the dict beside it."""
+    table = pd.concat([frame for _, frame in frames], ignore_index=True)
+    sizes = [len(frame) for _, frame in frames]
+    for key in KEYS:
+        table[key] = np.repeat([run[key] for run, _ in frames], sizes)
+    return table
+
+
 def score(
-    confidence_path: str | os.PathLike,
+    recalibrated_path: str | os.PathLike,
     summary_out: str | os.PathLike,
     bins_out: str | os.PathLike,
+    sweep_out: str | os.PathLike,
+    subjects_out: str | os.PathLike,
+    curves_out: str | os.PathLike,
     *,
     task: str,
     model: str,
@@ -388,51 +616,71 @@ def score(
     seed: int = 0,
     labels: Mapping[str, str | int | float] | None = None,
 ) -> None:
-    """Score every method of one confidence table: a summary row and reliability bins per method.
+    """Score every (method, recalibration) of one recalibrated table.
+
+    Writes per (method, recalibration): summary rows (`aggregation` "micro": all rows pooled, with the ECE
+    interval; "macro": the mean of the per-subject metrics, where the rows have >= 2 subjects), reliability
+    bins, the ECE at SWEEP_BINS bins, metrics per subject (rows with a `subject`), and the curves
+    "smooth_reliability" (at smECE's bandwidth) and "risk_coverage". Rows come by method, then
+    recalibration in the table's order, then micro before macro.
 
     The ECE interval resamples the rows of an item_id together, stratified by the first of
-    STRATA_COLUMNS the method fills; brier_multiclass needs the columns option_probs and gold, letter_mass
-    the column letter_mass (both NaN for a method whose rows leave them empty).
+    STRATA_COLUMNS the rows fill; brier_multiclass and sce need the columns option_probs and gold,
+    letter_mass the column letter_mass (NaN for rows that leave them empty); temperature is
+    mean_fold_temperature.
     """
     labels = dict(labels or {})
-    clashes = sorted(set(labels) & {*KEYS, *METRIC_NAMES, *MODEL_INFO})
+    clashes = sorted(set(labels) & {*KEYS, "aggregation", *METRIC_COLUMNS, *MODEL_INFO})
     if clashes:
         raise ValueError(f"labels may not reuse the column names {clashes}")
-    table = read_table(confidence_path)
+    table = read_table(recalibrated_path)
+    if "recalibration" not in table.columns:
+        raise ValueError(f"{recalibrated_path}: no column 'recalibration': score reads a recalibrated table "
+                         f"(results/recalibrated/...), not a confidence table")
     missing = [column for column in INPUT_COLUMNS if column not in table.columns]
     if missing:
-        raise ValueError(f"{confidence_path}: missing columns {missing}")
+        raise ValueError(f"{recalibrated_path}: missing columns {missing}")
     if table.empty:
-        raise ValueError(f"{confidence_path}: no rows to score")
-    if table["method"].isna().any():
-        raise ValueError(f"{confidence_path}: {int(table['method'].isna().sum())} rows have no method")
+        raise ValueError(f"{recalibrated_path}: no rows to score")
+    for column in ("method", "recalibration"):
+        if table[column].isna().any():
+            raise ValueError(f"{recalibrated_path}: {int(table[column].isna().sum())} rows have no {column}")
 
     keys = {"task": task, "model": model, "revision": revision}
-    source = read_provenance(confidence_path)
+    source = read_provenance(recalibrated_path)
+    inference = source.get("input", {}).get("inference", {})  # from the provenance of the confidence table
     # params is counted from the loaded model by the inference stage; step and epoch come from the revision name.
-    model_info = {"params": source.get("inference", {}).get("params"), "step": parse_step(revision),
-                  "epoch": parse_epoch(revision)}
-    summary_rows, bin_tables = [], []
-    for method, group in table.groupby("method", sort=True):
-        strata = next((group[column] for column in STRATA_COLUMNS if _filled(group, column) is not None), None)
+    model_info = {"params": inference.get("params"), "step": parse_step(revision), "epoch": parse_epoch(revision)}
+    groups = dict(iter(table.groupby(["method", "recalibration"], sort=False)))
+    order = [(method, recalibration) for method in sorted(table["method"].unique())
+             for recalibration in table["recalibration"].unique() if (method, recalibration) in groups]
+    summary_rows, subject_rows, tables = [], [], {"bins": [], "sweep": [], "curves": []}
+    for method, recalibration in order:
+        run = {**keys, "method": method, "recalibration": recalibration}
         try:
-            metrics = calibration_metrics(group["confidence"], group["correct"], n_bins, n_bootstrap, seed,
-                                          units=group["item_id"], strata=strata,
-                                          option_probs=_filled(group, "option_probs"), gold=_filled(group, "gold"),
-                                          letter_mass=_filled(group, "letter_mass"))
-            bins = reliability_bins(group["confidence"], group["correct"], n_bins)
+            summary, subjects, *group_tables = _score_group(groups[method, recalibration], n_bins, n_bootstrap,
+                                                            seed)
         except ValueError as error:
-            raise ValueError(f"{confidence_path}, method {method!r}: {error}") from error
-        summary_rows.append({**keys, "method": method, **metrics, **model_info, **labels})
-        bin_tables.append(bins.assign(**keys, method=method))
+            raise ValueError(f"{recalibrated_path}, method {method!r}, recalibration {recalibration!r}: "
+                             f"{error}") from error
+        summary_rows += [{**run, **row, **model_info, **labels} for row in summary]
+        subject_rows += [{**run, **row} for row in subjects]
+        for frames, frame in zip(tables.values(), group_tables):
+            frames.append((run, frame))
 
     provenance = {
         "stage": "score", **keys, "n_bins": n_bins, "n_bootstrap": n_bootstrap, "seed": seed,
-        "input": source,
+        "sweep_bins": list(SWEEP_BINS), "input": source,
     }
-    summary = pd.DataFrame(summary_rows).astype({column: "Int64" for column in MODEL_INFO})
-    write_table(summary, summary_out, provenance)
-    write_table(pd.concat(bin_tables, ignore_index=True)[[*KEYS, *BIN_COLUMNS]], bins_out, provenance)
+    summary = pd.DataFrame(summary_rows)
+    summary = summary[[*KEYS, "aggregation", *METRIC_COLUMNS, *MODEL_INFO, *labels]]
+    write_table(summary.astype({column: "Int64" for column in MODEL_INFO}), summary_out, provenance)
+    write_table(_keyed(tables["bins"])[[*KEYS, *BIN_COLUMNS]], bins_out, provenance)
+    write_table(_keyed(tables["sweep"])[[*KEYS, "n_bins", "ece"]], sweep_out, provenance)
+    subjects = pd.DataFrame(subject_rows, columns=[*KEYS, "subject", *METRIC_COLUMNS])
+    write_table(subjects.astype({column: "float64" for column in METRIC_COLUMNS} | {"n": "int64"}),
+                subjects_out, provenance)
+    write_table(_keyed(tables["curves"])[[*KEYS, "curve", "x", "y", "density"]], curves_out, provenance)
 
 
 def parse_epoch(revision: str) -> int | None:
@@ -441,39 +689,51 @@ def parse_epoch(revision: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _concatenated(paths: Sequence[str | os.PathLike], order: list[str]) -> pd.DataFrame:
+def _concatenated(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """The tables at `paths` one after another, runs ordered by task, model and revision (each run's rows
+    in their own order)."""
     if not paths:
         raise ValueError("no tables to summarize")
     frames = [read_table(path) for path in paths]
-    return pd.concat(frames, ignore_index=True, sort=False).sort_values(order, kind="stable", ignore_index=True)
+    filled = [frame for frame in frames if not frame.empty] or frames[:1]
+    return pd.concat(filled, ignore_index=True, sort=False).sort_values(list(KEYS[:3]), kind="stable",
+                                                                       ignore_index=True)
 
 
 def _text_if_mixed(summary: pd.DataFrame) -> pd.DataFrame:
     """Label columns holding both numbers and text across runs (e.g. params 1e9 and "160M") become text."""
-    for column in summary.columns.difference([*KEYS, *METRIC_NAMES, *MODEL_INFO]):
+    for column in summary.columns.difference([*KEYS, "aggregation", *METRIC_COLUMNS, *MODEL_INFO]):
         if summary[column].dtype == object:
             summary[column] = summary[column].map(lambda value: value if pd.isna(value) else str(value))
     return summary
 
 
+def _gathered(paths: Sequence[str | os.PathLike]) -> dict:
+    return {"stage": "summarize", "inputs": {str(path): read_provenance(path) for path in paths}}
+
+
 def summarize(
     summary_paths: Sequence[str | os.PathLike],
     bins_paths: Sequence[str | os.PathLike],
+    sweep_paths: Sequence[str | os.PathLike],
+    subjects_paths: Sequence[str | os.PathLike],
+    curves_paths: Sequence[str | os.PathLike],
     summary_parquet: str | os.PathLike,
     summary_csv: str | os.PathLike,
     reliability_parquet: str | os.PathLike,
+    sweep_parquet: str | os.PathLike,
+    subjects_parquet: str | os.PathLike,
+    curves_parquet: str | os.PathLike,
 ) -> None:
-    """Gather the per-run summaries and reliability bins into one summary (Parquet and CSV) and one bins table.
+    """Gather the per-run outputs of score into one table each: the summary (Parquet and CSV), reliability
+    bins, bin sweep, subject metrics and curves.
 
     Label columns are the union over runs; a run without a label has it empty.
     """
-    summary = _text_if_mixed(_concatenated(summary_paths, list(KEYS)))
-    reliability = _concatenated(bins_paths, [*KEYS, "bin"])
-    write_table(summary, summary_parquet, {
-        "stage": "summarize", "inputs": {str(path): read_provenance(path) for path in summary_paths},
-    })
+    summary = _text_if_mixed(_concatenated(summary_paths))
+    write_table(summary, summary_parquet, _gathered(summary_paths))
     with atomic_path(summary_csv, suffix=".csv") as tmp:
         summary.to_csv(tmp, index=False)
-    write_table(reliability, reliability_parquet, {
-        "stage": "summarize", "inputs": {str(path): read_provenance(path) for path in bins_paths},
-    })
+    for paths, out in ((bins_paths, reliability_parquet), (sweep_paths, sweep_parquet),
+                       (subjects_paths, subjects_parquet), (curves_paths, curves_parquet)):
+        write_table(_concatenated(paths), out, _gathered(paths))

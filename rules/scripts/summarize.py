@@ -1,6 +1,6 @@
 from workflow_scripts.metrics import summarize
 from workflow_scripts.runlog import run_logged
 
-out = snakemake.output
-run_logged(snakemake.log[0], summarize, snakemake.input.summaries, snakemake.input.bins, out.summary, out.csv,
-           out.reliability)
+inp, out = snakemake.input, snakemake.output
+run_logged(snakemake.log[0], summarize, inp.summaries, inp.bins, inp.sweeps, inp.subjects, inp.curves, out.summary,
+           out.csv, out.reliability, out.sweep, out.subjects, out.curves)
