@@ -43,13 +43,14 @@ include: "rules/figures.smk"
 
 
 # Seconds of pandas each: on a cluster they run where snakemake runs, not as cluster jobs.
-localrules: all, import_task_table, import_lm_eval, extract_confidence, score, summarize, plot_reliability, plot_summary, plot_scale, plot_dynamics,
-    plot_reliability_scale, plot_pretrain_loss
+localrules: all, import_task_table, import_lm_eval, extract_confidence, recalibrate, score, summarize, compare, plot_reliability,
+    plot_summary, plot_scale, plot_dynamics, plot_reliability_scale, plot_pretrain_loss
 
 
 rule all:
     input:
         "results/metrics/summary.csv",
+        "results/metrics/comparisons.csv",
         expand("results/figures/reliability_{task}.png", task=TASKS),
         "results/figures/summary.png",
         study_figures(),

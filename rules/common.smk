@@ -255,6 +255,45 @@ def study_figures():
     return targets
 
 
+def revision_order(revisions):
+    """Revisions by their step or epoch number where every one has one (step4 before step16), else as listed."""
+    from workflow_scripts.metrics import parse_epoch
+    from workflow_scripts.sources import parse_step
+
+    numbers = [parse_step(r) if parse_step(r) is not None else parse_epoch(r) for r in revisions]
+    return list(revisions) if None in numbers else [r for _, r in sorted(zip(numbers, revisions))]
+
+
+def comparison_pairs():
+    """The model pairs of results/metrics/comparisons.csv, each {comparison, a, b} (differences are b - a):
+    every aligned model's revisions against the base revision it was tuned from, consecutive revisions of
+    every model, and consecutive sizes of every suite of `figures.suites` (base models of a family and
+    data variant, in config order, each at its last revision)."""
+    pairs = []
+
+    def pair(kind, a, b):
+        pairs.append({"comparison": kind, "a": {"model": a[0], "revision": a[1]}, "b": {"model": b[0], "revision": b[1]}})
+
+    if ALIGN:
+        base = (ALIGN["base"], align_base_revision(MODELS))
+        for name in ALIGNED:
+            for revision in ALIGNED[name]["revisions"]:
+                pair("aligned_vs_base", base, (name, revision))
+    for name, entry in MODELS.items():
+        revisions = revision_order(entry["revisions"])
+        for a, b in zip(revisions, revisions[1:]):
+            pair("consecutive_checkpoints", (name, a), (name, b))
+    for family in config["figures"].get("suites", []):
+        variants = {}
+        for name, entry in MODELS.items():
+            if entry.get("family") == family and entry.get("stage", "base") == "base":
+                variants.setdefault(entry.get("data"), []).append((name, revision_order(entry["revisions"])[-1]))
+        for members in variants.values():
+            for a, b in zip(members, members[1:]):
+                pair("consecutive_sizes", a, b)
+    return pairs
+
+
 def alignment_models():
     """The models of the alignment figure, in order: the base at its tuned revision, then every
     supervised run, then DPO and RLHF (last), as {model: [revisions]}."""

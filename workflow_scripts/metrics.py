@@ -280,7 +280,7 @@ def brier_score(confidence, correct) -> float:
     return float(np.mean((conf - hit) ** 2))
 
 
-def _option_matrix(option_probs, gold) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def option_matrix(option_probs, gold) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validated option probabilities, zero-padded to (items, most options), each item's number of options
     and the gold option index of each item; or ValueError."""
     rows = [np.asarray(p, dtype=np.float64) for p in option_probs]
@@ -318,7 +318,7 @@ def multiclass_brier_score(option_probs, gold) -> float:
     `option_probs` holds one probability vector per item (each summing to 1; items may differ in their
     number of options), `gold` the index of the right option of each item.
     """
-    probs, _, indices = _option_matrix(option_probs, gold)
+    probs, _, indices = option_matrix(option_probs, gold)
     truth = np.zeros_like(probs)  # a padded option adds (0 - 0)^2
     truth[np.arange(len(probs)), indices] = 1.0
     return float(np.mean(np.sum((probs - truth) ** 2, axis=1)))
@@ -329,7 +329,7 @@ def static_calibration_error(option_probs, gold, n_bins: int = 10) -> float:
     1[gold == k], each over the items that have an option k (an item with fewer options is in the ECE of
     the positions it has only: ECE_k = sum over bins of |number gold - sum of p_k| / items with option k)."""
     _check_n_bins(n_bins)
-    probs, lengths, indices = _option_matrix(option_probs, gold)
+    probs, lengths, indices = option_matrix(option_probs, gold)
     n_classes = probs.shape[1]
     has = np.arange(n_classes)[None, :] < lengths[:, None]
     truth = (np.arange(n_classes)[None, :] == indices[:, None]).astype(np.float64)
