@@ -44,7 +44,8 @@ include: "rules/figures.smk"
 
 # Seconds of pandas each: on a cluster they run where snakemake runs, not as cluster jobs.
 localrules: all, import_task_table, import_lm_eval, extract_confidence, recalibrate, score, summarize, compare, plot_reliability,
-    plot_summary, plot_scale, plot_dynamics, plot_reliability_scale, plot_pretrain_loss
+    plot_summary, plot_scale, plot_dynamics, plot_reliability_scale, plot_pretrain_loss, plot_recalibration,
+    plot_risk_coverage, plot_metric_agreement
 
 
 rule all:
@@ -54,4 +55,5 @@ rule all:
         expand("results/figures/reliability_{task}.png", task=TASKS),
         "results/figures/summary.png",
         study_figures(),
+        analysis_figures(),
     default_target: True

@@ -14,10 +14,13 @@ TASKS = {"facts": ["first_token_prob", "seq_prob", "mean_token_prob"], "mc": ["o
 
 
 def make_tables(models, revisions, tasks=TASKS, n_bins=10, seed=0):
-    """Summary and reliability tables of plausible, overconfident models (some bins empty)."""
+    """Summary, reliability and curves tables of plausible, overconfident models (some bins empty).
+    The raw rows (recalibration 'none', aggregation 'micro') come with decoys every figure must
+    leave out: a temperature row (ECE 0.9) and a macro row (ECE 0.8) per summary row, bins and
+    curves of the temperature rows."""
     rng = np.random.default_rng(seed)
     edges = np.linspace(0, 1, n_bins + 1)
-    summary, reliability = [], []
+    summary, reliability, curves = [], [], []
     for task, methods in tasks.items():
         for model in models:
             for revision in revisions:
@@ -32,23 +35,32 @@ def make_tables(models, revisions, tasks=TASKS, n_bins=10, seed=0):
                         conf = confidence[inside].mean() if count else np.nan
                         acc = correct[inside].mean() if count else np.nan
                         ece += count / 200 * abs(conf - acc) if count else 0.0
-                        reliability.append(dict(
-                            task=task, model=model, revision=revision, method=method, bin=b,
-                            bin_lower=edges[b], bin_upper=edges[b + 1], count=count,
-                            mean_confidence=conf, accuracy=acc))
-                    summary.append(dict(
-                        task=task, model=model, revision=revision, method=method, n=200,
-                        accuracy=correct.mean(), mean_confidence=confidence.mean(), ece=ece,
-                        mce=2 * ece, ace=ece, brier=0.2, auroc=0.7, ece_ci_low=ece - 0.03,
-                        ece_ci_high=ece + 0.03, family="demo"))
-    return pd.DataFrame(summary), pd.DataFrame(reliability)
+                        for recalibration, n in (("none", count), ("temperature", 200 - count)):
+                            reliability.append(dict(
+                                task=task, model=model, revision=revision, method=method,
+                                recalibration=recalibration, bin=b, bin_lower=edges[b],
+                                bin_upper=edges[b + 1], count=n, mean_confidence=conf, accuracy=acc))
+                    row = dict(task=task, model=model, revision=revision, method=method, n=200,
+                               accuracy=correct.mean(), mean_confidence=confidence.mean(), ece=ece,
+                               mce=2 * ece, ace=ece, brier=0.2, auroc=0.7, ece_ci_low=ece - 0.03,
+                               ece_ci_high=ece + 0.03, smece=0.9 * ece, aurc=0.1, family="demo")
+                    summary += [{**row, "recalibration": "none", "aggregation": "micro"},
+                                {**row, "recalibration": "temperature", "aggregation": "micro", "ece": 0.9},
+                                {**row, "recalibration": "none", "aggregation": "macro", "ece": 0.8}]
+                    x = np.linspace(0, 1, 21)
+                    for recalibration, y in (("none", 0.8 * x), ("temperature", x)):
+                        curves.append(pd.DataFrame(dict(
+                            task=task, model=model, revision=revision, method=method,
+                            recalibration=recalibration, curve="smooth_reliability", x=x, y=y)))
+    return pd.DataFrame(summary), pd.DataFrame(reliability), pd.concat(curves, ignore_index=True)
 
 
 def write_tables(folder, models, revisions, **kwargs):
-    summary, reliability = make_tables(models, revisions, **kwargs)
+    summary, reliability, curves = make_tables(models, revisions, **kwargs)
     write_table(summary, folder / "summary.parquet")
     write_table(reliability, folder / "reliability.parquet")
-    return folder / "summary.parquet", folder / "reliability.parquet"
+    write_table(curves, folder / "curves.parquet")
+    return folder / "summary.parquet", folder / "reliability.parquet", folder / "curves.parquet"
 
 
 def assert_figure(png, pdf, min_width=200, min_height=200):
@@ -77,25 +89,25 @@ def many_models(tmp_path_factory):
 
 
 def test_reliability_one_model(one_model, tmp_path):
-    summary, reliability = one_model
+    summary, reliability, curves = one_model
     png, pdf = tmp_path / "facts.png", tmp_path / "facts.pdf"
-    plots.plot_reliability(summary, reliability, "facts", png, pdf)
+    plots.plot_reliability(summary, reliability, curves, "facts", png, pdf)
     height, width = assert_figure(png, pdf)
     assert height > width  # one column, three method rows
     assert_no_temp_files(tmp_path)
 
 
 def test_reliability_many_models_wraps_into_blocks(many_models, tmp_path):
-    summary, reliability = many_models
+    summary, reliability, curves = many_models
     png, pdf = tmp_path / "out" / "facts.png", tmp_path / "out" / "facts.pdf"
-    plots.plot_reliability(summary, reliability, "facts", png, pdf)
+    plots.plot_reliability(summary, reliability, curves, "facts", png, pdf)
     height, width = assert_figure(png, pdf, min_width=1500, min_height=1500)
     assert 0.5 < height / width < 2  # 10 columns wrap into 2 blocks of 5, not one long strip
     assert_no_temp_files(png.parent)
 
 
 def test_summary_one_and_many(one_model, many_models, tmp_path):
-    for name, (summary, _) in {"one": one_model, "many": many_models}.items():
+    for name, (summary, *_) in {"one": one_model, "many": many_models}.items():
         png, pdf = tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"
         plots.plot_summary(summary, png, pdf)
         assert_figure(png, pdf)
@@ -104,17 +116,18 @@ def test_summary_one_and_many(one_model, many_models, tmp_path):
 
 
 def test_missing_task_raises_naming_it(one_model, tmp_path):
-    summary, reliability = one_model
+    summary, reliability, curves = one_model
     with pytest.raises(ValueError, match=r"'nope'.*facts, mc"):
-        plots.plot_reliability(summary, reliability, "nope", tmp_path / "x.png", tmp_path / "x.pdf")
+        plots.plot_reliability(summary, reliability, curves, "nope", tmp_path / "x.png", tmp_path / "x.pdf")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_panel_without_reliability_rows_is_drawn_empty(tmp_path):
-    summary, reliability = make_tables(["a", "b"], ["main"], tasks={"mc": ["option_softmax"]})
+    summary, reliability, curves = make_tables(["a", "b"], ["main"], tasks={"mc": ["option_softmax"]})
     write_table(summary, tmp_path / "s.parquet")
     write_table(reliability[reliability["model"] == "a"], tmp_path / "r.parquet")
-    plots.plot_reliability(tmp_path / "s.parquet", tmp_path / "r.parquet", "mc",
+    write_table(curves[curves["model"] == "a"], tmp_path / "c.parquet")
+    plots.plot_reliability(tmp_path / "s.parquet", tmp_path / "r.parquet", tmp_path / "c.parquet", "mc",
                            tmp_path / "mc.png", tmp_path / "mc.pdf")
     assert_figure(tmp_path / "mc.png", tmp_path / "mc.pdf")
 
@@ -173,14 +186,14 @@ def suite(tmp_path_factory):
     """Pythia-like tables: 3 sizes x (standard, deduped) at step143000, the 1.4B model also along
     training (with step0), and an unrelated family."""
     models = [f"pythia-{s}{v}" for v in ("", "-deduped") for s in SIZES] + ["gpt2"]
-    summary, reliability = make_tables(
+    summary, reliability, curves = make_tables(
         models, ["step0", "step1000", "step143000"],
         tasks={"facts": ["seq_prob", "first_token_prob"], "mc": ["option_softmax"]})
     def keep(t):  # gpt2 at one revision (renamed 'main'), pythia-1.4b* at every step
         if_gpt2 = t["revision"] == "step0"
         if_pythia = t["model"].str.startswith("pythia-1.4b") | (t["revision"] == "step143000")
         return if_gpt2.where(t["model"] == "gpt2", if_pythia)
-    summary, reliability = summary[keep(summary)], reliability[keep(reliability)]
+    summary, reliability, curves = summary[keep(summary)], reliability[keep(reliability)], curves[keep(curves)]
     summary = summary.assign(
         revision=summary["revision"].where(summary["model"] != "gpt2", "main"),
         step=summary["revision"].str.removeprefix("step").astype(float)
@@ -191,10 +204,12 @@ def suite(tmp_path_factory):
         data=summary["model"].map(lambda m: "deduped" if m.endswith("deduped") else None))
     reliability = reliability.assign(
         revision=reliability["revision"].where(reliability["model"] != "gpt2", "main"))
+    curves = curves.assign(revision=curves["revision"].where(curves["model"] != "gpt2", "main"))
     folder = tmp_path_factory.mktemp("suite")
     write_table(summary, folder / "summary.parquet")
     write_table(reliability, folder / "reliability.parquet")
-    return folder / "summary.parquet", folder / "reliability.parquet"
+    write_table(curves, folder / "curves.parquet")
+    return folder / "summary.parquet", folder / "reliability.parquet", folder / "curves.parquet"
 
 
 def selection_table(with_data=True):
@@ -256,7 +271,7 @@ def test_dynamics_rows_keep_listed_models_with_steps_sorted_by_step():
 
 
 def test_scale_and_dynamics_figures(suite, tmp_path):
-    summary, _ = suite
+    summary, *_ = suite
     plots.plot_scale(summary, ["pythia"], {"facts": "first_token_prob"},
                      tmp_path / "scale.png", tmp_path / "scale.pdf")
     height, width = assert_figure(tmp_path / "scale.png", tmp_path / "scale.pdf")
@@ -268,25 +283,25 @@ def test_scale_and_dynamics_figures(suite, tmp_path):
 
 
 def test_reliability_scale_figure(suite, tmp_path):
-    summary, reliability = suite
+    summary, reliability, curves = suite
     png, pdf = tmp_path / "out" / "rs.png", tmp_path / "out" / "rs.pdf"
-    plots.plot_reliability_scale(summary, reliability, "facts", ["pythia"], {}, png, pdf)
+    plots.plot_reliability_scale(summary, reliability, curves, "facts", ["pythia"], {}, png, pdf)
     height, width = assert_figure(png, pdf, min_width=600)
     assert width > height  # three sizes across, two data variants down
     assert_no_temp_files(png.parent)
 
 
 def test_scale_figures_raise_clearly_when_nothing_matches(suite, tmp_path):
-    summary, reliability = suite
+    summary, reliability, curves = suite
     out = tmp_path / "x.png", tmp_path / "x.pdf"
     with pytest.raises(ValueError, match=r"suites llama .*families present: gpt2, pythia"):
         plots.plot_scale(summary, ["llama"], {}, *out)
     with pytest.raises(ValueError, match=r"models nope, gpt2 .*pythia-1.4b"):
         plots.plot_dynamics(summary, ["nope", "gpt2"], {}, *out)
     with pytest.raises(ValueError, match=r"suites llama .*families present: gpt2, pythia"):
-        plots.plot_reliability_scale(summary, reliability, "facts", ["llama"], {}, *out)
+        plots.plot_reliability_scale(summary, reliability, curves, "facts", ["llama"], {}, *out)
     with pytest.raises(ValueError, match=r"'lm'.*facts, mc"):
-        plots.plot_reliability_scale(summary, reliability, "lm", ["pythia"], {}, *out)
+        plots.plot_reliability_scale(summary, reliability, curves, "lm", ["pythia"], {}, *out)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -346,8 +361,16 @@ def test_alignment_rows_follow_the_given_order_for_the_primary_method():
         plots.alignment_rows(alignment_table(), {**ALIGN_MODELS, "base-rlhf": ["epoch3"]}, {})
 
 
+def with_decoys(summary):
+    """`summary` as raw micro rows plus a temperature and a macro copy of each row (ECE 0.9, 0.8),
+    which the figures and tables of raw confidences must leave out."""
+    return pd.concat([summary.assign(recalibration="none", aggregation="micro"),
+                      summary.assign(recalibration="temperature", aggregation="micro", ece=0.9),
+                      summary.assign(recalibration="none", aggregation="macro", ece=0.8)], ignore_index=True)
+
+
 def test_rlhf_table_starts_from_the_policy_at_epoch_zero(tmp_path):
-    write_table(alignment_table(), tmp_path / "summary.parquet")
+    write_table(with_decoys(alignment_table()), tmp_path / "summary.parquet")
     plots.write_rlhf_table(tmp_path / "summary.parquet", ALIGN_MODELS, {"facts": "seq_prob"}, tmp_path / "rlhf.csv")
     table = pd.read_csv(tmp_path / "rlhf.csv")
     assert list(table.columns) == plots.RLHF_COLUMNS
@@ -355,10 +378,11 @@ def test_rlhf_table_starts_from_the_policy_at_epoch_zero(tmp_path):
     assert list(zip(facts["stage"], facts["epoch"])) == [("sft", 0), ("dpo", 1), ("rlhf", 1), ("rlhf", 2)]
     assert facts.iloc[0]["model"] == "base-sft-narrow-full" and facts.iloc[0]["revision"] == "epoch2"
     assert set(facts["method"]) == {"seq_prob"}
+    assert (table["ece"] < 0.5).all()  # no decoy row
 
 
 def test_alignment_and_diversity_figures(tmp_path):
-    write_table(alignment_table(), tmp_path / "summary.parquet")
+    write_table(with_decoys(alignment_table()), tmp_path / "summary.parquet")
     plots.plot_alignment(tmp_path / "summary.parquet", ALIGN_MODELS, {}, tmp_path / "a.png", tmp_path / "a.pdf")
     assert_figure(tmp_path / "a.png", tmp_path / "a.pdf", min_width=600)
     rng = np.random.default_rng(0)
@@ -377,3 +401,436 @@ def test_scale_rows_leave_out_aligned_models():
     aligned = table[table["model"] == "p-big"].assign(model="p-big-sft", stage="sft")
     rows = plots.scale_rows(pd.concat([table.assign(stage="base"), aligned]), ["p"], {})
     assert "p-big-sft" not in set(rows["model"])
+
+
+# --- analysis figures: recalibration, risk-coverage, agreement of the metrics ------------------
+
+RECALIBRATIONS = ["none", "temperature", "platt", "isotonic", "histogram"]
+STUDY_TASKS = {"prose": ["max_prob"], "facts": ["first_token_prob", "seq_prob"], "geography": ["option_softmax"],
+               "capitals_mc": ["continuation_sum"]}
+MC_TASKS = {"geography", "capitals_mc"}  # tasks with option probabilities: SCE is known there
+
+
+def study_runs(sizes=("xs", "s", "m", "l"), checkpoints=(1, 4, 16, 32, 64, 128, 192, 256), epochs=3,
+               preference_epochs=2):
+    """Runs like the default config's: an instruct model, a suite of sizes x (standard, deduped) at
+    its last step, the largest standard model at every checkpoint, and its aligned models (sft on
+    narrow/broad data, full/LoRA, every epoch; DPO and RLHF)."""
+    last = checkpoints[-1]
+    runs = [dict(model="smollm2-135m-instruct", revision="main", family="smollm2", stage="sft")]
+    for data in ("standard", "deduped"):
+        for k, size in enumerate(sizes):
+            steps = checkpoints if (size, data) == (sizes[-1], "standard") else (last,)
+            runs += [dict(model=f"geo-neox-{size}-{data}", revision=f"step{s}", family="geo-neox", data=data,
+                          stage="base", params=40_000 * 3.4 ** k, step=float(s)) for s in steps]
+    base = f"geo-neox-{sizes[-1]}-standard"
+    tuned = [(f"{base}-sft-{d}-{t}", "sft", d, t, epochs) for d in ("narrow", "broad") for t in ("full", "lora")]
+    tuned += [(f"{base}-{stage}", stage, "narrow", "full", preference_epochs) for stage in ("dpo", "rlhf")]
+    for model, stage, data, tuning, n in tuned:
+        runs += [dict(model=model, revision=f"epoch{e}", family="geo-neox", stage=stage, data=data, tuning=tuning,
+                      epoch=float(e)) for e in range(1, n + 1)]
+    return runs
+
+
+def study_alignment(runs):
+    """The alignment figure's models (model -> revisions): the base at its last step, then the aligned ones."""
+    base = next(r["model"] for r in runs if r.get("stage") == "base" and r["data"] == "standard"
+                and sum(x["model"] == r["model"] for x in runs) > 1)
+    order = {base: [max((r for r in runs if r["model"] == base), key=lambda r: r["step"])["revision"]]}
+    for r in runs:
+        if r.get("stage") in ("sft", "dpo", "rlhf") and r["family"] == "geo-neox":
+            order.setdefault(r["model"], []).append(r["revision"])
+    return order
+
+
+def _nll(conf, hit):
+    conf = conf.clip(1e-6, 1 - 1e-6)
+    return -(hit * np.log(conf) + (1 - hit) * np.log(1 - conf)).mean(axis=-1)
+
+
+def _recalibrated(conf, hit):
+    """recalibration -> (confidences, T): the four maps fitted on the items themselves (test data)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    logit = np.log(conf / (1 - conf))
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    temperatures = np.logspace(-1, 1, 81)
+    t = temperatures[np.argmin(_nll(sigmoid(logit / temperatures[:, None]), hit))]
+    a, b = np.meshgrid(np.linspace(0.1, 2, 39), np.linspace(-2, 2, 41))
+    fits = sigmoid(a.ravel()[:, None] * logit + b.ravel()[:, None])
+    platt = fits[np.argmin(_nll(fits, hit))]
+    iso = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(conf, hit).predict(conf)
+    edges = np.quantile(conf, np.linspace(0, 1, 11))
+    which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, 9)
+    histogram = np.array([hit[which == k].mean() for k in range(10)])[which]
+    return {"none": (conf, np.nan), "temperature": (sigmoid(logit / t), t), "platt": (platt, np.nan),
+            "isotonic": (iso, np.nan), "histogram": (histogram, np.nan)}
+
+
+def _ece(conf, hit, n_bins=10):
+    which = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    return sum(abs(conf[which == b].mean() - hit[which == b].mean()) * (which == b).mean()
+               for b in range(n_bins) if (which == b).any())
+
+
+def _smooth(conf, hit, grid, bandwidth=0.06):
+    """Kernel-smoothed accuracy on `grid` pulled towards 0 where the density is low (like relplot's
+    regulariser), and the density."""
+    weights = np.exp(-0.5 * ((grid[:, None] - conf[None, :]) / bandwidth) ** 2) / (bandwidth * np.sqrt(2 * np.pi))
+    return weights @ hit / (weights.sum(axis=1) + 0.5), weights.sum(axis=1) / len(conf)
+
+
+def analysis_tables(runs, tasks=STUDY_TASKS, n=200, seed=0):
+    """Summary (every recalibration, micro, plus macro decoys), reliability bins, curves and
+    comparisons of `runs`, shaped like metrics.summarize's and compare.compare's outputs, from
+    simulated over-confident models (larger and later models more accurate, tuned ones more
+    over-confident)."""
+    rng = np.random.default_rng(seed)
+    summary, bins, curves = [], [], []
+    edges = np.linspace(0, 1, 11)
+    grid = np.linspace(0, 1, 51)
+    for task, methods in tasks.items():
+        for run in runs:
+            labels = {k: v for k, v in run.items() if k not in ("model", "revision")}
+            skill = 0.3 * np.log10(run.get("params", 4e6) / 4e4) / 2 + 0.1 * np.log10(run.get("step", 256))
+            for method in methods:
+                z = rng.normal(skill - 0.3 + 0.2 * (run.get("stage") == "sft"), 1.3, n)
+                hit = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+                sharpen = 1.3 + 0.6 * (run.get("stage") in ("sft", "dpo", "rlhf")) + rng.gamma(2, 0.15)
+                conf = (1 / (1 + np.exp(-z * sharpen))).clip(0.01, 0.995)
+                for recalibration, (c, t) in _recalibrated(conf, hit).items():
+                    key = dict(task=task, model=run["model"], revision=run["revision"], method=method,
+                               recalibration=recalibration)
+                    which = np.minimum((c * 10).astype(int), 9)
+                    bins += [dict(**key, bin=b, bin_lower=edges[b], bin_upper=edges[b + 1],
+                                  count=int((which == b).sum()),
+                                  mean_confidence=c[which == b].mean() if (which == b).any() else np.nan,
+                                  accuracy=hit[which == b].mean() if (which == b).any() else np.nan)
+                             for b in range(10)]
+                    smooth, density = _smooth(c, hit, grid)
+                    order = np.argsort(-c, kind="stable")
+                    risk = np.cumsum(1 - hit[order]) / np.arange(1, n + 1)
+                    ece = _ece(c, hit)
+                    summary.append(dict(
+                        **key, aggregation="micro", n=n, accuracy=hit.mean(), mean_confidence=c.mean(), ece=ece,
+                        ece_ci_low=max(0, ece - 0.03), ece_ci_high=ece + 0.03, mce=2 * ece, ace=ece, brier=0.2,
+                        smece=float(np.mean(np.abs(np.interp(c, grid, smooth) - c))), aurc=risk.mean(),
+                        sce=ece * rng.uniform(0.5, 1.1) if task in MC_TASKS and recalibration in ("none", "temperature")
+                        else np.nan, temperature=t, **labels))
+                    curves.append(pd.DataFrame(dict(**key, curve="smooth_reliability", x=grid, y=smooth,
+                                                    density=density)))
+                    points = np.unique(np.linspace(0, n - 1, 40).astype(int))
+                    curves.append(pd.DataFrame(dict(**key, curve="risk_coverage", x=(points + 1) / n, y=risk[points])))
+    summary = pd.DataFrame(summary)
+    summary = pd.concat([summary, summary[summary["task"] == "geography"].assign(aggregation="macro", ece=0.8)],
+                        ignore_index=True)
+    return summary, pd.DataFrame(bins), pd.concat(curves, ignore_index=True), _comparisons(runs, summary, rng)
+
+
+def study_pairs(runs):
+    """(kind, run a, run b) like common.smk's comparison_pairs: aligned vs the base, consecutive
+    checkpoints of a model, consecutive sizes of a data variant (at the last step)."""
+    align = study_alignment(runs)
+    base = (next(iter(align)), next(iter(align.values()))[0])
+    pairs = [("aligned_vs_base", base, (m, r)) for m, revs in list(align.items())[1:] for r in revs]
+    by_model = {}
+    for r in runs:
+        by_model.setdefault(r["model"], []).append(r["revision"])
+    pairs += [("consecutive_checkpoints", (m, a), (m, b))
+              for m, revs in by_model.items() for a, b in zip(revs, revs[1:])]
+    for data in ("standard", "deduped"):
+        sizes = [(m, revs[-1]) for m, revs in by_model.items() if m.startswith("geo-neox-") and m.endswith(data)]
+        pairs += [("consecutive_sizes", a, b) for a, b in zip(sizes, sizes[1:])]
+    return pairs
+
+
+def _comparisons(runs, summary, rng):
+    """The comparisons of `study_pairs` and of every recalibration against 'none', with normal-theory
+    p-values of the differences (SE 0.02) and Benjamini-Hochberg q-values per metric."""
+    micro = summary[summary["aggregation"] == "micro"]
+    micro = micro.set_index(["task", "model", "revision", "method", "recalibration"])
+    rows = []
+    for task, method in {(t, m) for t, m in zip(summary["task"], summary["method"])}:
+        pairs = [(kind, (*a, "none"), (*b, "none")) for kind, a, b in study_pairs(runs)]
+        pairs += [("recalibration", (r["model"], r["revision"], "none"), (r["model"], r["revision"], c))
+                  for r in runs for c in RECALIBRATIONS[1:]]
+        for kind, a, b in pairs:
+            ra, rb = micro.loc[(task, a[0], a[1], method, a[2])], micro.loc[(task, b[0], b[1], method, b[2])]
+            row = dict(comparison=kind, task=task, method=method, model_a=a[0], revision_a=a[1], recalibration_a=a[2],
+                       model_b=b[0], revision_b=b[1], recalibration_b=b[2], n=200)
+            for m in ("accuracy", "ece", "sce", "smece"):
+                diff = rb[m] - ra[m]
+                row.update({f"{m}_a": ra[m], f"{m}_b": rb[m], f"{m}_diff": diff, f"{m}_ci_low": diff - 0.04,
+                            f"{m}_ci_high": diff + 0.04})
+            rows.append(row)
+    table = pd.DataFrame(rows).sort_values(["comparison", "task", "method", "model_b", "revision_b"], ignore_index=True)
+    from scipy.stats import false_discovery_control, norm
+
+    for m in ("accuracy", "ece", "sce", "smece"):
+        p = 2 * norm.sf(np.abs(table[f"{m}_diff"]) / 0.02)
+        known = ~np.isnan(p)
+        table[f"{m}_p"] = p
+        table[f"{m}_q"] = np.nan
+        table.loc[known, f"{m}_q"] = false_discovery_control(p[known])
+    return table
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A small study: 2 sizes x 2 variants, 3 checkpoints, 2 epochs of tuning, 1 of DPO and RLHF;
+    three tasks (facts with two methods, two multiple-choice tasks)."""
+    runs = study_runs(sizes=("xs", "s"), checkpoints=(1, 4, 16), epochs=2, preference_epochs=1)
+    tasks = {"facts": ["seq_prob", "first_token_prob"], "geography": ["option_softmax"],
+             "capitals_mc": ["continuation_sum"]}
+    summary, reliability, curves, comparisons = analysis_tables(runs, tasks, n=120)
+    return dict(runs=runs, summary=summary, reliability=reliability, curves=curves, comparisons=comparisons,
+                alignment=study_alignment(runs), suites=["geo-neox"], dynamics=["geo-neox-s-standard"],
+                methods={"facts": "first_token_prob"})
+
+
+def stars(fig):
+    """The (x, y) of every significance star in `fig`, rounded."""
+    return {tuple(np.round(xy, 9)) for ax in fig.axes for c in ax.collections if c.get_gid() == "significant"
+            for xy in c.get_offsets()}
+
+
+def test_select_rows_keeps_raw_micro_rows_where_the_columns_exist():
+    table = pd.DataFrame({"recalibration": ["none", "none", "temperature", "platt"],
+                          "aggregation": ["micro", "macro", "micro", "micro"], "ece": [1, 2, 3, 4]})
+    assert list(plots.select_rows(table)["ece"]) == [1]
+    assert list(plots.select_rows(table, "temperature")["ece"]) == [3]
+    assert list(plots.select_rows(table, None)["ece"]) == [1, 3, 4]
+    bins = table.drop(columns="aggregation")  # bins and curves: no aggregation column
+    assert list(plots.select_rows(bins)["ece"]) == [1, 2]
+    old = table.drop(columns=["recalibration", "aggregation"])  # a summary from before recalibration
+    assert list(plots.select_rows(old)["ece"]) == [1, 2, 3, 4]
+    assert plots.select_rows(old, "temperature").empty
+
+
+def test_recalibration_order():
+    assert plots.recalibration_order(["platt", "x", "none", "temperature", "platt"]) == \
+        ["none", "temperature", "platt", "x"]
+
+
+def test_reliability_figures_draw_the_smooth_curve_and_smece_of_raw_rows(suite):
+    summary, reliability, curves = (plots.read_table(p) for p in suite)
+    fig = plots.reliability_figure(summary, reliability, curves, "facts")
+    raw = summary[(summary["recalibration"] == "none") & (summary["aggregation"] == "micro")]
+    panels = [ax for ax in fig.axes if ax.get_title().startswith("ECE")]
+    assert len(panels) == 2 * raw[["model", "revision"]].drop_duplicates().shape[0]  # two methods each
+    expected = {f"ECE {e:.3f}" for e in raw.loc[raw["task"] == "facts", "ece"]}
+    assert {ax.get_title().split(" [")[0] for ax in panels} == expected  # no decoy (0.9, 0.8)
+    assert all("smECE" in ax.get_title() for ax in panels)
+    for ax in panels:  # the raw curve (y = 0.8 x), not the temperature one (y = x)
+        (line,) = [c for c in ax.collections if c.get_gid() == "smooth"]
+        points = np.concatenate(line.get_segments())
+        assert len(points) == 2 * 20 and np.allclose(points[:, 1], 0.8 * points[:, 0])
+    plots.plt.close(fig)
+    fig = plots.reliability_scale_figure(summary, reliability, curves, "mc", ["pythia"], {})
+    assert len([c for ax in fig.axes for c in ax.collections if c.get_gid() == "smooth"]) == 6  # 3 sizes x 2 variants
+    plots.plt.close(fig)
+
+
+def test_recalibration_figure_panels_runs_and_legend(study):
+    fig = plots.recalibration_figure(study["summary"], study["suites"], study["dynamics"], study["alignment"],
+                                     study["methods"])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["facts\nECE (first_token_prob)", "geography\nECE (option_softmax)",
+                      "capitals_mc\nECE (continuation_sum)", "T against size (final step)", "T along training",
+                      "T along alignment"]
+    runs = plots.ordered_unique(zip(study["summary"]["model"], study["summary"]["revision"]))
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [plots.model_label(m, r) for m, r in runs]
+    legend = fig.subfigs[0].legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == RECALIBRATIONS
+    labels = [t.get_text() for t in fig.axes[-1].get_xticklabels()]
+    assert labels == ["base", "narrow full e1", "narrow full e2", "narrow lora e1", "narrow lora e2",
+                      "broad full e1", "broad full e2", "broad lora e1", "broad lora e2", "dpo e1", "rlhf e1"]
+    # the temperatures drawn are those of the temperature rows, primary method only
+    temps = study["summary"].query("recalibration == 'temperature' and task == 'geography' and aggregation == 'micro'")
+    (model, (revision,)), = list(study["alignment"].items())[:1]
+    base = temps.loc[(temps["model"] == model) & (temps["revision"] == revision), "temperature"].item()
+    assert any(np.isclose(line.get_ydata()[0], base) for line in fig.axes[-1].lines)
+    plots.plt.close(fig)
+
+
+def test_recalibration_figure_leaves_out_panels_without_data(study):
+    summary = study["summary"]
+    fig = plots.recalibration_figure(summary, [], study["dynamics"], {}, study["methods"])
+    assert [ax.get_title() for ax in fig.axes][3:] == ["T along training"]
+    plots.plt.close(fig)
+    fig = plots.recalibration_figure(summary.drop(columns="temperature"), study["suites"], study["dynamics"],
+                                     study["alignment"], study["methods"])
+    assert len(fig.axes) == 3 and not fig.subfigs  # no temperatures: the ECE panels alone
+    plots.plt.close(fig)
+    with pytest.raises(ValueError, match="no recalibrated rows"):
+        plots.recalibration_figure(summary[summary["recalibration"] == "none"], [], [], {}, {})
+
+
+def test_risk_coverage_panels_group_the_runs(study):
+    rows = plots._primary_only(plots.select_rows(study["summary"]).query("task == 'facts'"), study["methods"])
+    panels = plots.risk_coverage_panels(rows, study["suites"], study["dynamics"], study["alignment"],
+                                        study["methods"])
+    assert [title for title, _ in panels] == ["geo-neox: sizes (final step)", "geo-neox-s-standard along training",
+                                              "alignment (last epoch)", "smollm2"]
+    labels = [[entry[2] for entry in entries] for _, entries in panels]
+    assert labels[0] == ["40K standard", "140K standard", "40K deduped", "140K deduped"]
+    assert labels[1] == ["step 1", "step 4", "step 16"]
+    assert labels[2] == ["base", "narrow full e2", "narrow lora e2", "broad full e2", "broad lora e2", "dpo e1",
+                         "rlhf e1"]
+    assert labels[3] == ["smollm2-135m-instruct"]
+    assert plots._thinned(pd.DataFrame({"a": range(20)}), 8)["a"].tolist() == [0, 3, 5, 8, 11, 14, 16, 19]
+
+
+def test_risk_coverage_figure_legends_carry_the_aurc(study):
+    summary, curves = study["summary"], study["curves"]
+    fig = plots.risk_coverage_figure(summary, curves, "geography", study["suites"], study["dynamics"],
+                                     study["alignment"], {})
+    assert len(fig.axes) == 4
+    assert fig.axes[3].get_title() == "smollm2"
+    raw = plots.select_rows(summary).query("task == 'geography'").set_index(["model", "revision"])["aurc"]
+    texts = [t.get_text() for t in fig.axes[3].get_legend().get_texts()]
+    assert texts == [f"smollm2-135m-instruct (AURC {raw[('smollm2-135m-instruct', 'main')]:.3f})"]
+    (line,) = fig.axes[3].lines  # the raw curve of the primary method
+    raw_curve = curves.query("task == 'geography' and model == 'smollm2-135m-instruct' and "
+                             "recalibration == 'none' and curve == 'risk_coverage'")
+    assert np.allclose(line.get_ydata(), raw_curve["y"])
+    plots.plt.close(fig)
+    # runs without curves are left out, and so are panels left empty
+    fig = plots.risk_coverage_figure(summary, curves[curves["model"] != "smollm2-135m-instruct"], "geography",
+                                     study["suites"], study["dynamics"], study["alignment"], {})
+    assert [ax.get_title() for ax in fig.axes][-1] == "alignment (last epoch)"
+    plots.plt.close(fig)
+    with pytest.raises(ValueError, match=r"no risk-coverage curves of task 'geography' \(option_softmax\)"):
+        plots.risk_coverage_figure(summary, curves[curves["task"] != "geography"], "geography", [], [], {}, {})
+
+
+def hand_comparisons():
+    """Four comparisons with hand-set differences: agree on all; ECE vs smECE flips, significant;
+    a flip where neither difference is significant; SCE unknown."""
+    rows = [("aligned_vs_base", 0.05, 0.02, 0.03, 0.01, 0.5, 0.01),
+            ("aligned_vs_base", 0.04, 0.01, -0.02, 0.01, 0.3, 0.02),
+            ("aligned_vs_base", 0.01, -0.005, 0.002, 0.6, 0.7, 0.8),
+            ("recalibration", -0.03, np.nan, -0.01, 0.02, np.nan, 0.2)]
+    return pd.DataFrame([dict(comparison=k, task="t", method="m", model_a="a", revision_a="main",
+                              recalibration_a="none", model_b="b", revision_b=f"epoch{i}",
+                              recalibration_b="platt" if k == "recalibration" else "none",
+                              ece_diff=e, sce_diff=s, smece_diff=sm, ece_q=eq, sce_q=sq, smece_q=smq)
+                         for i, (k, e, s, sm, eq, sq, smq) in enumerate(rows)])
+
+
+def test_sign_agreement_counts_by_hand():
+    table = plots.sign_agreement(hand_comparisons())
+    got = {(r.comparison, r.first, r.second): (r.n, r.agree, r.disagree, r.flips) for r in table.itertuples()}
+    assert got == {("aligned_vs_base", "ece", "sce"): (3, 2, 1, 0),
+                   ("aligned_vs_base", "ece", "smece"): (3, 2, 1, 1),
+                   ("aligned_vs_base", "sce", "smece"): (3, 1, 2, 1),
+                   ("recalibration", "ece", "smece"): (1, 1, 0, 0)}  # no SCE: no pairs with it
+    lines = plots.flipped_comparisons(hand_comparisons())
+    assert lines == ["aligned_vs_base, t (m): a -> b@epoch1: \u0394ECE +0.040*, \u0394SCE +0.010, \u0394smECE -0.020*"]
+    assert plots.metric_pair(hand_comparisons().drop(columns="sce_diff"), "ece", "sce").empty
+
+
+def test_metric_agreement_figure_panels_and_flips(study):
+    fig = plots.metric_agreement_figure(hand_comparisons())
+    panels = fig.axes
+    assert len(panels) == 4  # aligned_vs_base: three pairs; recalibration: ECE-smECE only
+    assert [ax.get_title() for ax in panels] == [
+        "agree 2/3 (67%)\n0 significant flips", "agree 2/3 (67%)\n1 significant flip",
+        "agree 1/3 (33%)\n1 significant flip", "agree 1/1 (100%)\n0 significant flips"]
+    (note,) = fig.subfigs[1].texts  # the list of flips under the panels
+    assert "b@epoch1" in note.get_text() and "epoch2" not in note.get_text()
+    plots.plt.close(fig)
+    fig = plots.metric_agreement_figure(study["comparisons"])
+    assert len(fig.axes) == 12  # four kinds x three pairs
+    plots.plt.close(fig)
+    with pytest.raises(ValueError, match="no rows"):
+        plots.metric_agreement_figure(hand_comparisons().iloc[:0])
+
+
+def marked_comparisons(study, kind, picks, drawn_models):
+    """`study`'s comparisons with every q at 0.2 except `picks` (indices of `kind` rows) at 0.01, and
+    two runs the figure draws (primary method, second model in `drawn_models`) that must stay
+    unmarked: one at exactly q = 0.05 and one whose only q < 0.05 is on a recalibrated copy of its
+    comparison. Returns the table and the picked rows."""
+    table = study["comparisons"].assign(ece_q=0.2)
+    index = table.index[table["comparison"] == kind]
+    table.loc[index[list(picks)], "ece_q"] = 0.01
+    methods = plots.primary_methods(study["summary"], study["methods"])
+    drawn = [i for k, i in enumerate(index) if k not in picks and table.loc[i, "model_b"] in drawn_models
+             and table.loc[i, "method"] == methods[table.loc[i, "task"]]]
+    table.loc[drawn[0], "ece_q"] = 0.05
+    decoy = table.loc[[drawn[1]]].assign(recalibration_a="temperature", recalibration_b="temperature", ece_q=0.001)
+    return pd.concat([table, decoy], ignore_index=True), table.loc[index[list(picks)]]
+
+
+def test_scale_figure_stars_exactly_the_significant_sizes(study):
+    suite = {r["model"] for r in study["runs"] if r.get("stage") == "base"}
+    comparisons, picked = marked_comparisons(study, "consecutive_sizes", [0, 2], suite)
+    raw = plots.select_rows(study["summary"]).set_index(["task", "method", "model", "revision"])
+    methods = plots.primary_methods(study["summary"], study["methods"])
+    picked = picked[picked["method"] == picked["task"].map(methods)]
+    expected = {(raw.loc[(t, m, mb, rb), "params"], round(raw.loc[(t, m, mb, rb), "ece"], 9))
+                for t, m, mb, rb in zip(picked["task"], picked["method"], picked["model_b"], picked["revision_b"])}
+    fig = plots.scale_figure(study["summary"], study["suites"], study["methods"], comparisons)
+    assert stars(fig) == expected and expected
+    plots.plt.close(fig)
+    fig = plots.scale_figure(study["summary"], study["suites"], study["methods"])
+    assert stars(fig) == set()
+    plots.plt.close(fig)
+
+
+def test_dynamics_and_alignment_figures_star_exactly_the_significant_runs(study):
+    methods = plots.primary_methods(study["summary"], study["methods"])
+    raw = plots.select_rows(study["summary"]).set_index(["task", "method", "model", "revision"])
+    rows = study["comparisons"].query("comparison == 'consecutive_checkpoints'").reset_index(drop=True)
+    picks = [k for k, r in rows.iterrows()
+             if r["model_b"] == "geo-neox-s-standard" and r["method"] == methods[r["task"]]][:3]
+    comparisons, picked = marked_comparisons(study, "consecutive_checkpoints", picks, study["dynamics"])
+    fig = plots.dynamics_figure(study["summary"], study["dynamics"], study["methods"], comparisons)
+    assert stars(fig) == {(raw.loc[(t, m, mb, rb), "step"], round(raw.loc[(t, m, mb, rb), "ece"], 9)) for t, m, mb, rb
+                          in zip(picked["task"], picked["method"], picked["model_b"], picked["revision_b"])}
+    assert len(stars(fig)) == 3
+    plots.plt.close(fig)
+
+    comparisons, picked = marked_comparisons(study, "aligned_vs_base", [0, 5, 7], set(study["alignment"]))
+    picked = picked[picked["method"] == picked["task"].map(methods)]
+    fig = plots.alignment_figure(study["summary"], study["alignment"], study["methods"], comparisons)
+    rows = plots.alignment_rows(plots.select_rows(study["summary"]), study["alignment"], study["methods"])
+    bars, x, _, _ = plots.alignment_axis(rows)
+    where = dict(zip(bars, x))
+    tasks = plots.ordered_unique(rows["task"])
+    got = {(j, float(xy[0])) for j, ax in enumerate(fig.axes[len(tasks):2 * len(tasks)])  # the ECE row
+           for c in ax.collections if c.get_gid() == "significant" for xy in c.get_offsets()}
+    expected = {(tasks.index(t), where[(mb, rb)])
+                for t, mb, rb in zip(picked["task"], picked["model_b"], picked["revision_b"])}
+    assert got == expected and expected
+    plots.plt.close(fig)
+
+
+def test_read_comparisons_names_missing_columns(study, tmp_path):
+    study["comparisons"].to_csv(tmp_path / "c.csv", index=False)
+    table = plots.read_comparisons(tmp_path / "c.csv")
+    assert table["revision_b"].map(type).eq(str).all()
+    study["comparisons"].drop(columns=["ece_q"]).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match=r"bad.csv lacks the columns ece_q"):
+        plots.read_comparisons(tmp_path / "bad.csv")
+
+
+def test_analysis_figures_are_written_whole(study, tmp_path):
+    write_table(study["summary"], tmp_path / "summary.parquet")
+    write_table(study["curves"], tmp_path / "curves.parquet")
+    study["comparisons"].to_csv(tmp_path / "comparisons.csv", index=False)
+    out = tmp_path / "figures"
+    args = study["suites"], study["dynamics"], study["alignment"], study["methods"]
+    plots.plot_recalibration(tmp_path / "summary.parquet", *args, out / "r.png", out / "r.pdf")
+    plots.plot_risk_coverage(tmp_path / "summary.parquet", tmp_path / "curves.parquet", "facts", *args,
+                             out / "rc.png", out / "rc.pdf")
+    plots.plot_metric_agreement(tmp_path / "comparisons.csv", out / "m.png", out / "m.pdf")
+    for name in ("r", "rc", "m"):
+        assert_figure(out / f"{name}.png", out / f"{name}.pdf")
+    for plot, arg in ((plots.plot_scale, study["suites"]), (plots.plot_dynamics, study["dynamics"]),
+                      (plots.plot_alignment, study["alignment"])):
+        plot(tmp_path / "summary.parquet", arg, study["methods"], out / "s.png", out / "s.pdf",
+             comparisons_path=tmp_path / "comparisons.csv")
+        assert_figure(out / "s.png", out / "s.pdf")
+    assert_no_temp_files(out)

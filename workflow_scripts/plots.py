@@ -1,8 +1,10 @@
-"""The plot stage: reliability diagrams per task, a summary of accuracy and ECE across tasks, and the
-study's figures against scale, training step and alignment (plus the alignment tables)."""
+"""The plot stage: reliability diagrams per task, a summary of accuracy and ECE across tasks, the
+study's figures against scale, training step and alignment (plus the alignment tables), and the
+analysis figures: recalibration, risk-coverage curves and the agreement of calibration metrics."""
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +23,66 @@ MAX_COLUMNS = 8  # reliability panels per row before wrapping into another block
 MAX_VALUE_LABELS = 24  # bars per summary panel up to which values are written on them
 TICKS = [0, 0.25, 0.5, 0.75, 1]
 STRIP = 0.22  # height of the bin-count strip relative to the (square) reliability panel
+SMOOTH_COLOUR = "black"  # the smooth reliability curve over the bars
+SIGNIFICANCE = 0.05  # q-value below which a difference is marked
+STAR = {"marker": "*", "s": 70, "edgecolors": "black", "linewidths": 0.5, "zorder": 6, "gid": "significant"}
+
+
+def select_rows(table: pd.DataFrame, recalibration: str | None = "none") -> pd.DataFrame:
+    """The rows of a summary, bins or curves table that pool items (aggregation 'micro') with
+    `recalibration` (None: every one); a table without either column counts as all 'micro' and
+    all 'none'."""
+    keep = pd.Series(True, index=table.index)
+    if recalibration is not None:
+        keep &= (table["recalibration"] == recalibration if "recalibration" in table.columns
+                 else recalibration == "none")
+    if "aggregation" in table.columns:
+        keep &= table["aggregation"] == "micro"
+    return table[keep]
+
+
+def read_summary(path) -> pd.DataFrame:
+    """The summary rows of the raw confidences, items pooled (see select_rows)."""
+    return select_rows(read_table(path))
+
+
+COMPARISON_KINDS = ("aligned_vs_base", "consecutive_checkpoints", "consecutive_sizes", "recalibration")
+COMPARISON_COLUMNS = ("comparison", "task", "method", "model_a", "revision_a", "model_b", "revision_b",
+                      "ece_diff", "ece_q")
+
+
+def read_comparisons(path) -> pd.DataFrame:
+    """comparisons.csv (compare.compare), with model and revision names as text; ValueError naming
+    the file and the missing columns."""
+    text = {f"{c}_{s}": str for c in ("model", "revision", "recalibration") for s in "ab"}
+    table = pd.read_csv(path, dtype={**text, "comparison": str, "task": str, "method": str})
+    missing = [c for c in COMPARISON_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"comparisons {path} lacks the columns {', '.join(missing)}")
+    return table
+
+
+def significant_runs(comparisons: pd.DataFrame | None, kind: str) -> set[tuple[str, str, str, str]]:
+    """(task, method, model, revision) of the second run (b) of every `kind` comparison of raw
+    confidences whose ECE difference has q < SIGNIFICANCE (none without comparisons)."""
+    if comparisons is None:
+        return set()
+    rows = comparisons[(comparisons["comparison"] == kind) & (comparisons["ece_q"] < SIGNIFICANCE)]
+    for column in ("recalibration_a", "recalibration_b"):
+        if column in rows.columns:
+            rows = rows[rows[column] == "none"]
+    return set(zip(rows["task"], rows["method"], rows["model_b"], rows["revision_b"]))
+
+
+def _marked(rows: pd.DataFrame, marks: set) -> pd.Series:
+    """Whether each summary row's (task, method, model, revision) is in `marks`."""
+    keys = zip(rows["task"], rows["method"], rows["model"], rows["revision"].astype(str))
+    return pd.Series([key in marks for key in keys], index=rows.index, dtype=bool)
+
+
+def _star_handle(label: str):
+    return matplotlib.lines.Line2D([], [], ls="", marker="*", ms=9, color="0.6", markeredgecolor="black",
+                                   markeredgewidth=0.5, label=label)
 
 
 def model_label(model: str, revision: str) -> str:
@@ -76,11 +138,12 @@ def _fmt(x: float, digits: int = 3) -> str:
 
 
 def _panel_note(stats: pd.Series) -> str:
-    """Panel title: ECE with its bootstrap CI, and accuracy."""
+    """Panel title: ECE with its bootstrap CI, smooth ECE (where known) and accuracy."""
     ci = f" [{_fmt(stats['ece_ci_low'])}, {_fmt(stats['ece_ci_high'])}]"
     if pd.isna(stats["ece_ci_low"]) and pd.isna(stats["ece_ci_high"]):
         ci = ""
-    return f"ECE {_fmt(stats['ece'])}{ci}\nacc {_fmt(stats['accuracy'])}"
+    smooth = f"smECE {_fmt(stats['smece'])}, " if pd.notna(stats.get("smece", np.nan)) else ""
+    return f"ECE {_fmt(stats['ece'])}{ci}\n{smooth}acc {_fmt(stats['accuracy'])}"
 
 
 def wrap_label(label: str, width: int = 24) -> str:
@@ -103,8 +166,32 @@ def panel_layout(columns: list, methods: list, max_columns: int = MAX_COLUMNS):
     return (n_blocks * len(methods), per_block), where
 
 
-def _draw_reliability(ax, strip, bins: pd.DataFrame, colour) -> None:
-    """Accuracy bars with the gap to the diagonal shaded on `ax`; bin counts on `strip` below."""
+def smooth_curves(curves: pd.DataFrame, task: str) -> dict[tuple, pd.DataFrame]:
+    """(model, revision, method) -> the smooth reliability curve (x, y sorted by x) of `task`'s raw
+    confidences."""
+    curves = select_rows(curves)
+    curves = curves[(curves["task"] == task) & (curves["curve"] == "smooth_reliability")]
+    return {key: group.sort_values("x") for key, group in
+            curves.groupby(["model", "revision", "method"], sort=False)}
+
+
+def _draw_smooth(ax, curve: pd.DataFrame) -> None:
+    """The smooth reliability curve (x, y), wider and more opaque where the kernel density of the
+    confidences (column `density`, where given) is higher, as relplot draws it: where no prediction
+    lies the smoothed accuracy is pulled towards 0 and the curve fades out."""
+    x, y = curve["x"].to_numpy(float), curve["y"].to_numpy(float)
+    density = curve["density"].to_numpy(float) if "density" in curve.columns else np.ones(len(x))
+    weight = np.nan_to_num(density / np.nanmax(density)) if np.nanmax(density, initial=0) > 0 else np.ones(len(x))
+    weight = (weight[:-1] + weight[1:]) / 2  # per segment
+    colours = [(*matplotlib.colors.to_rgb(SMOOTH_COLOUR), a) for a in np.clip(3 * weight, 0, 1)]
+    segments = np.stack([np.column_stack([x[:-1], y[:-1]]), np.column_stack([x[1:], y[1:]])], axis=1)
+    ax.add_collection(matplotlib.collections.LineCollection(
+        segments, colors=colours, linewidths=0.6 + 1.6 * weight, capstyle="round", zorder=5, gid="smooth"))
+
+
+def _draw_reliability(ax, strip, bins: pd.DataFrame, colour, smooth: pd.DataFrame | None = None) -> None:
+    """Accuracy bars with the gap to the diagonal shaded on `ax`, the smooth reliability curve over
+    them where given; bin counts on `strip` below."""
     bins = bins.sort_values("bin")
     width = bins["bin_upper"] - bins["bin_lower"]
     filled = bins[bins["count"] > 0]
@@ -114,6 +201,8 @@ def _draw_reliability(ax, strip, bins: pd.DataFrame, colour) -> None:
         ax.fill_between([lo, hi], [acc, acc], [lo, hi], color=GAP_COLOUR, alpha=0.25,
                         hatch="///", edgecolor=GAP_COLOUR, linewidth=0, zorder=3)
     ax.plot([0, 1], [0, 1], ls="--", color="0.3", lw=0.9, zorder=4)
+    if smooth is not None:
+        _draw_smooth(ax, smooth)
     if filled.empty:
         ax.text(0.5, 0.75, "no data", ha="center", va="center", fontsize=FONT["note"])
     ax.set(xlim=(0, 1), ylim=(0, 1), xticks=TICKS, yticks=TICKS, box_aspect=1, anchor="S")
@@ -126,14 +215,17 @@ def _draw_reliability(ax, strip, bins: pd.DataFrame, colour) -> None:
     strip.tick_params(labelsize=FONT["tick"] - 1)
 
 
-def plot_reliability(summary_path, reliability_path, task: str, png_out, pdf_out) -> None:
-    """Reliability diagrams of `task`: one column per (model, revision), one row per method."""
-    summary = read_table(summary_path)
+def reliability_figure(summary: pd.DataFrame, reliability: pd.DataFrame, curves: pd.DataFrame,
+                       task: str):
+    """Reliability diagrams of `task`'s raw confidences: one column per (model, revision), one row
+    per method, the smooth reliability curve over the bars."""
+    summary = select_rows(summary)
     columns, methods = panel_grid(summary, task)
     keys = ["model", "revision", "method"]
     stats = task_rows(summary, task).drop_duplicates(keys).set_index(keys)
-    reliability = read_table(reliability_path)
+    reliability = select_rows(reliability)
     panels = dict(tuple(reliability[reliability["task"] == task].groupby(keys, sort=False)))
+    smooth = smooth_curves(curves, task)
     empty = reliability.iloc[:0]
     colours = method_colours(summary)
     (n_rows, n_cols), where = panel_layout(columns, methods)
@@ -145,7 +237,7 @@ def plot_reliability(summary_path, reliability_path, task: str, png_out, pdf_out
         ax = fig.add_subplot(grid[2 * i, j])
         strip = fig.add_subplot(grid[2 * i + 1, j], sharex=ax)
         key = (model, revision, method)
-        _draw_reliability(ax, strip, panels.get(key, empty), colours[method])
+        _draw_reliability(ax, strip, panels.get(key, empty), colours[method], smooth.get(key))
         ax.set_title(_panel_note(stats.loc[key]) if key in stats.index else "no data",
                      fontsize=FONT["note"])
         if i % len(methods) == 0:
@@ -163,6 +255,13 @@ def plot_reliability(summary_path, reliability_path, task: str, png_out, pdf_out
         else:
             ax.tick_params(labelleft=False)
     fig.suptitle(f"Reliability diagrams: {task}", fontsize=FONT["title"] + 2)
+    return fig
+
+
+def plot_reliability(summary_path, reliability_path, curves_path, task: str, png_out, pdf_out) -> None:
+    """The reliability diagrams of `task` (see reliability_figure) as PNG and PDF."""
+    fig = reliability_figure(read_table(summary_path), read_table(reliability_path),
+                             read_table(curves_path), task)
     save_figure(fig, png_out, pdf_out)
 
 
@@ -188,7 +287,7 @@ def _grouped_bars(ax, rows: pd.DataFrame, groups: list, methods: list, colours, 
 
 def plot_summary(summary_path, png_out, pdf_out) -> None:
     """Accuracy and ECE per task (rows): grouped bars over model@revision, one bar per method."""
-    summary = read_table(summary_path)
+    summary = read_summary(summary_path)
     if summary.empty:
         raise ValueError(f"summary {summary_path} has no rows")
     tasks = ordered_unique(summary["task"])
@@ -401,11 +500,14 @@ def _no_suite(suites, families) -> ValueError:
                       f"{', '.join(map(str, families)) or 'none'})")
 
 
-def plot_scale(summary_path, suites: list[str], methods: dict[str, str], png_out, pdf_out) -> None:
+def scale_figure(summary: pd.DataFrame, suites: list[str], methods: dict[str, str],
+                 comparisons: pd.DataFrame | None = None):
     """Accuracy | ECE against parameter count (log axis), one row per task, one line per
-    (family, data) variant at each model's final revision; ECE with its bootstrap CI as a band."""
-    summary = read_table(summary_path)
+    (family, data) variant at each model's final revision; ECE with its bootstrap CI as a band and a
+    star where it differs from the next smaller size at q < 0.05 (consecutive_sizes comparisons)."""
+    summary = select_rows(summary)
     rows = scale_rows(summary, suites, methods)
+    marks = significant_runs(comparisons, "consecutive_sizes")
     if rows.empty:
         families = sorted(with_labels(summary)["family"].dropna().astype(str).unique())
         raise _no_suite(suites, families)
@@ -429,6 +531,10 @@ def plot_scale(summary_path, suites: list[str], methods: dict[str, str], png_out
                 (h,) = ax.plot(line["params"], line[metric], marker=marker, ls=ls, ms=4, lw=1.3,
                                color=colours[data], label=label, zorder=3)
                 handles.setdefault(label, h)
+            starred = line[_marked(line, marks)]
+            if not starred.empty:
+                axes[i, 1].scatter(starred["params"], starred["ece"], color=colours[data], **STAR)
+                handles.setdefault("star", _star_handle("ECE differs from the next smaller size (q < 0.05)"))
         axes[i, 0].set_title(f"{task}: accuracy", fontsize=FONT["title"] + 1)
         axes[i, 1].set_title(f"{task}: ECE ({method})", fontsize=FONT["title"] + 1)
         _style_axis(axes[i, 0], "accuracy")
@@ -440,9 +546,25 @@ def plot_scale(summary_path, suites: list[str], methods: dict[str, str], png_out
     for ax in axes[-1]:
         ax.set_xlabel("parameters", fontsize=FONT["label"])
         ax.tick_params(axis="x", labelrotation=45 if axes[0, 0].get_xticks().size > 6 else 0)
+    _figure_legend(fig, handles)
+    return fig
+
+
+def _figure_legend(fig, handles: dict) -> None:
+    """The legend above the panels; the significance star (key 'star') last, on a row of its own."""
+    star = handles.pop("star", None)
     fig.legend(handles.values(), handles.keys(), loc="outside upper center",
                ncol=min(len(handles), 4), fontsize=FONT["label"], frameon=False)
-    save_figure(fig, png_out, pdf_out)
+    if star is not None:
+        fig.legend(handles=[star], loc="outside lower center", fontsize=FONT["label"], frameon=False)
+
+
+def plot_scale(summary_path, suites: list[str], methods: dict[str, str], png_out, pdf_out,
+               comparisons_path=None) -> None:
+    """The scale figure (see scale_figure) as PNG and PDF; significance stars from
+    `comparisons_path` where given."""
+    comparisons = read_comparisons(comparisons_path) if comparisons_path else None
+    save_figure(scale_figure(read_table(summary_path), suites, methods, comparisons), png_out, pdf_out)
 
 
 def _step_formatter():
@@ -460,11 +582,14 @@ def model_colours(rows: pd.DataFrame, colours_by_variant: dict) -> dict[str, tup
     return out
 
 
-def plot_dynamics(summary_path, models: list[str], methods: dict[str, str], png_out, pdf_out) -> None:
+def dynamics_figure(summary: pd.DataFrame, models: list[str], methods: dict[str, str],
+                    comparisons: pd.DataFrame | None = None):
     """Accuracy | ECE against training step (log axis), one row per task, one line per model;
-    ECE with its bootstrap CI as a band. Step 0 is not drawn (see dynamics_rows)."""
-    summary = read_table(summary_path)
+    ECE with its bootstrap CI as a band and a star where it differs from the previous checkpoint at
+    q < 0.05 (consecutive_checkpoints comparisons). Step 0 is not drawn (see dynamics_rows)."""
+    summary = select_rows(summary)
     rows = dynamics_rows(summary, models, methods)
+    marks = significant_runs(comparisons, "consecutive_checkpoints")
     if rows.empty:
         stepped = with_labels(summary)
         present = ordered_unique(stepped.loc[stepped["step"] > 0, "model"])
@@ -489,6 +614,10 @@ def plot_dynamics(summary_path, models: list[str], methods: dict[str, str], png_
                 (h,) = ax.plot(line["step"], line[metric], marker="o", ms=2.5 if many else 4,
                                lw=1.3, color=colours[model], label=str(model), zorder=3)
                 handles.setdefault(str(model), h)
+            starred = line[_marked(line, marks)]
+            if not starred.empty:
+                axes[i, 1].scatter(starred["step"], starred["ece"], color=colours[model], **STAR)
+                handles.setdefault("star", _star_handle("ECE differs from the previous checkpoint (q < 0.05)"))
         axes[i, 0].set_title(f"{task}: accuracy", fontsize=FONT["title"] + 1)
         axes[i, 1].set_title(f"{task}: ECE ({method})", fontsize=FONT["title"] + 1)
         _style_axis(axes[i, 0], "accuracy")
@@ -506,9 +635,16 @@ def plot_dynamics(summary_path, models: list[str], methods: dict[str, str], png_
         axes[0, 0].set_xlim(steps.iloc[0] / 2, steps.iloc[0] * 2)
     for ax in axes[-1]:
         ax.set_xlabel("training step", fontsize=FONT["label"])
-    fig.legend(handles.values(), handles.keys(), loc="outside upper center",
-               ncol=min(len(handles), 4), fontsize=FONT["label"], frameon=False)
-    save_figure(fig, png_out, pdf_out)
+    _figure_legend(fig, handles)
+    return fig
+
+
+def plot_dynamics(summary_path, models: list[str], methods: dict[str, str], png_out, pdf_out,
+                  comparisons_path=None) -> None:
+    """The training-dynamics figure (see dynamics_figure) as PNG and PDF; significance stars from
+    `comparisons_path` where given."""
+    comparisons = read_comparisons(comparisons_path) if comparisons_path else None
+    save_figure(dynamics_figure(read_table(summary_path), models, methods, comparisons), png_out, pdf_out)
 
 
 def _blank_cell(ax, strip) -> None:
@@ -520,11 +656,12 @@ def _blank_cell(ax, strip) -> None:
         a.tick_params(left=False, bottom=False, labelleft=False, labelbottom=False)
 
 
-def plot_reliability_scale(summary_path, reliability_path, task: str, suites: list[str],
-                           methods: dict[str, str], png_out, pdf_out) -> None:
+def reliability_scale_figure(summary: pd.DataFrame, reliability: pd.DataFrame, curves: pd.DataFrame,
+                             task: str, suites: list[str], methods: dict[str, str]):
     """Reliability diagrams of `task`'s primary method across sizes: one column per parameter
-    count (ascending), one row per (family, data) variant, each model at its final revision."""
-    summary = read_table(summary_path)
+    count (ascending), one row per (family, data) variant, each model at its final revision; the
+    smooth reliability curve over the bars."""
+    summary = select_rows(summary)
     task_rows(summary, task)  # ValueError naming the tasks present
     rows = scale_rows(summary, suites, methods)
     rows = rows[rows["task"] == task]
@@ -539,10 +676,11 @@ def plot_reliability_scale(summary_path, reliability_path, task: str, suites: li
     sizes = list(rows.sort_values("params", kind="stable")["size"].drop_duplicates())
     variants = ordered_unique(zip(rows["family"], rows["data"]))
     colours = variant_colours(with_labels(summary)["data"])
-    reliability = read_table(reliability_path)
+    reliability = select_rows(reliability)
     keys = ["model", "revision", "method"]
     panels = dict(tuple(reliability[(reliability["task"] == task)
                                     & (reliability["method"] == method)].groupby(keys, sort=False)))
+    smooth = smooth_curves(curves, task)
     empty = reliability.iloc[:0]
     (n_rows, n_cols), where = panel_layout(sizes, variants)
 
@@ -562,7 +700,7 @@ def plot_reliability_scale(summary_path, reliability_path, task: str, suites: li
             _blank_cell(ax, strip)
         else:
             key = (stats["model"], stats["revision"], method)
-            _draw_reliability(ax, strip, panels.get(key, empty), colours[variant[1]])
+            _draw_reliability(ax, strip, panels.get(key, empty), colours[variant[1]], smooth.get(key))
         ax.set_title(_panel_note(stats) if stats is not None else "no model",
                      fontsize=FONT["note"], color="0.1" if stats is not None else "0.6")
         if i % len(variants) == 0:  # sizes head the first row of each block
@@ -583,6 +721,14 @@ def plot_reliability_scale(summary_path, reliability_path, task: str, suites: li
         elif (i, j) != first_drawn.get(i):
             ax.tick_params(labelleft=False)
     fig.suptitle(f"Reliability across scale: {task} ({method})", fontsize=FONT["title"] + 2)
+    return fig
+
+
+def plot_reliability_scale(summary_path, reliability_path, curves_path, task: str, suites: list[str],
+                           methods: dict[str, str], png_out, pdf_out) -> None:
+    """The reliability diagrams of `task` across sizes (see reliability_scale_figure) as PNG and PDF."""
+    fig = reliability_scale_figure(read_table(summary_path), read_table(reliability_path),
+                                   read_table(curves_path), task, suites, methods)
     save_figure(fig, png_out, pdf_out)
 
 
@@ -646,27 +792,38 @@ def _variant_colours(variants: list[str]) -> dict[str, str]:
     return {v: STAGE_COLOURS.get(v, colours.get(v)) for v in variants}
 
 
-def plot_alignment(summary_path, models: dict[str, list[str]], methods: dict[str, str], png_out, pdf_out) -> None:
-    """Accuracy (top) and ECE (bottom) per task (columns): one bar per (model, revision) in the
-    given order, grouped by variant and shaded by epoch; ECE with its bootstrap CI."""
-    rows = alignment_rows(read_table(summary_path), models, methods)
-    tasks = ordered_unique(rows["task"])
+def alignment_axis(rows: pd.DataFrame) -> tuple[list[tuple[str, str]], list[float], list[str], dict]:
+    """The (model, revision) bars of alignment rows in order, their x positions (a gap between
+    variants), their tick labels ('<variant> e<epoch>') and each bar's variant."""
     bars = ordered_unique(zip(rows["model"], rows["revision"]))
     variant_of = dict(zip(zip(rows["model"], rows["revision"]), rows["variant"]))
-    variants = ordered_unique(variant_of[b] for b in bars)
-    colours = _variant_colours(variants)
     x, position, previous = [], 0.0, None
     for bar in bars:
         position += 1.0 if previous in (None, variant_of[bar]) else 1.6  # a gap between variants
         previous = variant_of[bar]
         x.append(position)
+    epochs = dict(zip(zip(rows["model"], rows["revision"]), rows["epoch"]))
+    labels = [variant_of[b] if pd.isna(epochs[b]) else f"{variant_of[b]} e{int(epochs[b])}" for b in bars]
+    return bars, x, labels, variant_of
+
+
+def alignment_figure(summary: pd.DataFrame, models: dict[str, list[str]], methods: dict[str, str],
+                     comparisons: pd.DataFrame | None = None):
+    """Accuracy (top) and ECE (bottom) per task (columns): one bar per (model, revision) in the
+    given order, grouped by variant and shaded by epoch; ECE with its bootstrap CI and a star over
+    the bars whose ECE differs from the base at q < 0.05 (aligned_vs_base comparisons)."""
+    rows = alignment_rows(select_rows(summary), models, methods)
+    marks = significant_runs(comparisons, "aligned_vs_base")
+    tasks = ordered_unique(rows["task"])
+    bars, x, labels, variant_of = alignment_axis(rows)
+    variants = ordered_unique(variant_of[b] for b in bars)
+    colours = _variant_colours(variants)
     shade = {}
     for variant in variants:
         members = [b for b in bars if variant_of[b] == variant]
         for bar, colour in zip(members, _shades(colours[variant], len(members))):
             shade[bar] = colour
-    epochs = dict(zip(zip(rows["model"], rows["revision"]), rows["epoch"]))
-    labels = [variant_of[b] if pd.isna(epochs[b]) else f"{variant_of[b]} e{int(epochs[b])}" for b in bars]
+    starred = False
     fig, axes = plt.subplots(2, len(tasks), squeeze=False, layout="constrained",
                              figsize=(max(4.0, 0.9 + 0.22 * len(bars)) * len(tasks), 5.2))
     for j, task in enumerate(tasks):
@@ -686,20 +843,37 @@ def plot_alignment(summary_path, models: dict[str, list[str]], methods: dict[str
                 ax.set_title(task, fontsize=FONT["title"] + 1)
             else:
                 _ece_ylim(ax, sub)
+                top = np.fmax(sub["ece"], sub["ece_ci_high"]).to_numpy()
+                on = _marked(sub.reset_index().assign(task=task), marks).to_numpy()
+                if on.any():
+                    lift = 0.05 * ax.get_ylim()[1]
+                    ax.scatter(np.asarray(x)[on], top[on] + lift, color="0.6", **STAR)
+                    ax.set_ylim(0, max(ax.get_ylim()[1], float(np.nanmax(top[on])) + 2.5 * lift))
+                    starred = True
             ax.set_xticks(x, labels if i == 1 else [], rotation=60, ha="right", rotation_mode="anchor",
                           fontsize=FONT["tick"] - 1)
     handles = [matplotlib.patches.Patch(color=colours[v], label=v) for v in variants]
+    if starred:
+        handles.append(_star_handle("ECE differs\nfrom the base\n(q < 0.05)"))
     axes[0, -1].legend(handles=handles, fontsize=FONT["tick"], title="variant", title_fontsize=FONT["tick"],
                        loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     fig.suptitle("Calibration along alignment (bars: epochs; primary confidence method per task)",
                  fontsize=FONT["title"] + 2)
-    save_figure(fig, png_out, pdf_out)
+    return fig
+
+
+def plot_alignment(summary_path, models: dict[str, list[str]], methods: dict[str, str], png_out, pdf_out,
+                   comparisons_path=None) -> None:
+    """The alignment figure (see alignment_figure) as PNG and PDF; significance stars from
+    `comparisons_path` where given."""
+    comparisons = read_comparisons(comparisons_path) if comparisons_path else None
+    save_figure(alignment_figure(read_table(summary_path), models, methods, comparisons), png_out, pdf_out)
 
 
 def write_rlhf_table(summary_path, models: dict[str, list[str]], methods: dict[str, str], out_csv) -> None:
     """Preference optimisation per epoch (CSV): the policy it started from as epoch 0 (the last
     supervised epoch of the same data and tuning), then every epoch of DPO and RLHF."""
-    rows = alignment_rows(read_table(summary_path), models, methods)
+    rows = alignment_rows(read_summary(summary_path), models, methods)
     preference = rows[rows["variant"].isin(["dpo", "rlhf"])]
     if preference.empty:
         raise ValueError("no DPO or RLHF rows in the summary")
@@ -726,3 +900,413 @@ def plot_diversity(map_path, summary_csv, png_out, pdf_out) -> None:
     ax.set_title("Instruction responses (all-MiniLM-L6-v2 embeddings)", fontsize=FONT["title"] + 1)
     ax.legend(fontsize=FONT["tick"], markerscale=2, frameon=False, loc="best")
     save_figure(fig, png_out, pdf_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis figures: recalibration, selective prediction, agreement of the calibration metrics.
+
+RECALIBRATION_STYLES = {"none": ("o", "black"), "temperature": ("s", "tab:blue"), "platt": ("^", "tab:orange"),
+                        "isotonic": ("D", "tab:green"), "histogram": ("v", "tab:purple")}
+MAX_LINES = 8  # curves per risk-coverage panel (checkpoints are thinned, other models split)
+MAX_LISTED = 12  # disagreeing comparisons written out under the agreement panels
+MIN_COVERAGE = 0.1  # the risk-coverage axes end at the highest risk from this coverage on
+METRIC_PAIRS = (("ece", "sce"), ("ece", "smece"), ("sce", "smece"))
+METRIC_LABELS = {"ece": "ECE", "sce": "SCE", "smece": "smECE"}
+
+
+def recalibration_order(values) -> list[str]:
+    """The distinct recalibrations: 'none' first, then the known methods in RECALIBRATION_STYLES
+    order, then any others in order of first appearance."""
+    present = ordered_unique(values)
+    known = [r for r in RECALIBRATION_STYLES if r in present]
+    return known + [r for r in present if r not in RECALIBRATION_STYLES]
+
+
+def _recalibration_style(recalibration: str, order: list[str]) -> tuple[str, tuple | str]:
+    if recalibration in RECALIBRATION_STYLES:
+        return RECALIBRATION_STYLES[recalibration]
+    spare = [c for c in plt.get_cmap("tab10").colors
+             if c not in {matplotlib.colors.to_rgb(c) for _, c in RECALIBRATION_STYLES.values()}]
+    return "P", spare[order.index(recalibration) % len(spare)]
+
+
+def task_colours(tasks) -> dict[str, tuple]:
+    """One tab10 colour per task, in the order given."""
+    palette = plt.get_cmap("tab10").colors
+    return {t: palette[i % len(palette)] for i, t in enumerate(ordered_unique(tasks))}
+
+
+def temperature_panels(summary: pd.DataFrame, suites: list[str], dynamics: list[str],
+                       alignment: dict[str, list[str]], methods: dict[str, str]) -> dict[str, pd.DataFrame]:
+    """The fitted temperatures (rows of recalibration 'temperature' with a known `temperature`, micro,
+    each task's primary method) against 'parameters' (scale_rows of `suites`), 'step' (dynamics_rows
+    of `dynamics`) and 'alignment' (alignment_rows of `alignment`), leaving out those without rows."""
+    rows = select_rows(summary, "temperature")
+    if "temperature" not in rows.columns or rows["temperature"].isna().all():
+        return {}
+    panels = {"parameters": scale_rows(rows, suites, methods) if suites else rows.iloc[:0],
+              "step": dynamics_rows(rows, dynamics, methods) if dynamics else rows.iloc[:0],
+              "alignment": alignment_rows(rows, alignment, methods) if alignment else rows.iloc[:0]}
+    panels = {name: panel[panel["temperature"].notna()] for name, panel in panels.items()}
+    return {name: panel for name, panel in panels.items() if not panel.empty}
+
+
+def _draw_ece_dots(ax, rows: pd.DataFrame, runs: list, order: list[str]) -> None:
+    """One row per run: its ECE under each recalibration (hollow black ring: none), joined by a grey
+    line from the smallest to the largest."""
+    wide = rows.pivot_table(index=["model", "revision"], columns="recalibration", values="ece",
+                            aggfunc="first").reindex(pd.MultiIndex.from_tuples(runs))
+    y = np.arange(len(runs))
+    ax.hlines(y, wide.min(axis=1), wide.max(axis=1), color="0.8", lw=1.2, zorder=1)
+    for recalibration in order:
+        if recalibration not in wide.columns:
+            continue
+        marker, colour = _recalibration_style(recalibration, order)
+        if recalibration == "none":
+            ax.scatter(wide[recalibration], y, marker=marker, s=30, facecolors="none", edgecolors=colour,
+                       linewidths=1.1, zorder=4, label=recalibration)
+        else:
+            ax.scatter(wide[recalibration], y, marker=marker, s=14, color=colour, linewidths=0, zorder=3,
+                       label=recalibration)
+    ax.set_xlim(0, 1.08 * max(0.01, float(np.nanmax(wide.to_numpy()))))
+
+
+def _draw_temperatures(ax, name: str, rows: pd.DataFrame, colours: dict) -> None:
+    """The fitted temperature of each task's primary method (one colour per task) against `name`."""
+    ax.axhline(1, ls="--", color="0.5", lw=0.8, zorder=1)
+    if name == "alignment":
+        bars, x, labels, variant_of = alignment_axis(rows)
+        where = dict(zip(bars, x))
+        for task, sub in rows.groupby("task", sort=False):
+            for variant in ordered_unique(sub["variant"]):
+                part = sub[sub["variant"] == variant]
+                ax.plot([where[b] for b in zip(part["model"], part["revision"])], part["temperature"],
+                        marker="o", ms=3, lw=1, color=colours[task], zorder=3)
+        ax.set_xticks(x, labels, rotation=60, ha="right", rotation_mode="anchor", fontsize=FONT["tick"] - 1)
+        ax.set_title("T along alignment", fontsize=FONT["title"] + 1)
+        return
+    column, groups = ("params", ["family", "data"]) if name == "parameters" else ("step", ["model"])
+    styles = {}
+    for (task, *group), line in rows.groupby(["task", *groups], sort=False):
+        ls = styles.setdefault(tuple(group), FAMILY_STYLES[len(styles) % len(FAMILY_STYLES)][1])
+        line = line.drop_duplicates(column)
+        ax.plot(line[column], line["temperature"], marker="o", ms=3, lw=1, ls=ls, color=colours[task],
+                zorder=3)
+    ax.set_xscale("log")
+    if name == "parameters":
+        _size_ticks(ax, rows["params"])
+        ax.set_xlabel("parameters", fontsize=FONT["label"])
+        ax.set_title("T against size (final step)", fontsize=FONT["title"] + 1)
+        what = [variant_label(*g) for g in styles]
+    else:
+        ax.xaxis.set_major_formatter(_step_formatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("training step", fontsize=FONT["label"])
+        ax.set_title("T along training", fontsize=FONT["title"] + 1)
+        what = [str(g[0]) for g in styles]
+    if len(styles) > 1:  # the line styles need a key
+        ax.legend([matplotlib.lines.Line2D([], [], color="0.3", ls=ls) for ls in styles.values()], what,
+                  fontsize=FONT["tick"] - 1, frameon=False, loc="best")
+
+
+def recalibration_figure(summary: pd.DataFrame, suites: list[str], dynamics: list[str],
+                         alignment: dict[str, list[str]], methods: dict[str, str]):
+    """Top: per task (columns), the ECE of every run (rows, summary order) before ('none') and after
+    each recalibration, for the task's primary method. Bottom: the fitted temperature against
+    parameter count, training step and alignment stage (see temperature_panels), one colour per task."""
+    rows = _primary_only(select_rows(summary, recalibration=None), methods)
+    if "recalibration" not in rows.columns or not (rows["recalibration"] != "none").any():
+        raise ValueError("the summary has no recalibrated rows (no `recalibration` other than 'none')")
+    tasks = ordered_unique(rows["task"])
+    runs = ordered_unique(zip(rows["model"], rows["revision"]))
+    order = recalibration_order(rows["recalibration"])
+    panels = temperature_panels(summary, suites, dynamics, alignment, methods)
+    colours = task_colours(tasks)
+
+    top_height = 1.0 + 0.15 * len(runs)
+    widths = [max(1.0, 0.22 * len(alignment_axis(p)[0]) / 2.6) if name == "alignment" else 1.0
+              for name, p in panels.items()]
+    width = max(1.8 + 2.0 * len(tasks), 0.8 + 2.6 * sum(widths))
+    fig = plt.figure(layout="constrained", figsize=(width, top_height + (3.0 if panels else 0)))
+    top, bottom = fig.subfigures(2, 1, height_ratios=[top_height, 3.0]) if panels else (fig, None)
+    axes = top.subplots(1, len(tasks), sharey=True, squeeze=False)[0]
+    for ax, task in zip(axes, tasks):
+        task_rows_ = rows[rows["task"] == task]
+        _draw_ece_dots(ax, task_rows_, runs, order)
+        ax.set_title(f"{task}\nECE ({task_rows_['method'].iloc[0]})", fontsize=FONT["title"] + 1)
+        ax.set_xlabel("ECE", fontsize=FONT["label"])
+        ax.tick_params(labelsize=FONT["tick"])
+        ax.grid(axis="x", color="0.9")
+        ax.set_axisbelow(True)
+    axes[0].set_yticks(np.arange(len(runs)), [model_label(m, r) for m, r in runs], fontsize=FONT["tick"] - 0.5)
+    axes[0].set_ylim(len(runs) - 0.5, -0.5)  # the first run on top
+    handles = {}  # every recalibration drawn in any task
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    top.legend([handles[r] for r in order], order, loc="outside upper center", ncol=len(order),
+               fontsize=FONT["label"], frameon=False, title_fontsize=FONT["title"] + 2,
+               title="ECE before (none) and after each recalibration, on held-out items")
+    if panels:
+        temperature_axes = bottom.subplots(1, len(panels), squeeze=False, width_ratios=widths)[0]
+        for ax, (name, panel) in zip(temperature_axes, panels.items()):
+            _draw_temperatures(ax, name, panel, colours)
+            _style_axis(ax, "fitted temperature T")
+        present = [t for t in tasks if any((p["task"] == t).any() for p in panels.values())]
+        bottom.legend([matplotlib.lines.Line2D([], [], color=colours[t], marker="o", ms=3) for t in present],
+                      present, loc="outside right upper", fontsize=FONT["label"], frameon=False, title="task",
+                      title_fontsize=FONT["label"])
+        bottom.suptitle("Fitted temperature (T > 1: the raw confidences were over-confident)",
+                        fontsize=FONT["title"] + 1)
+    return fig
+
+
+def plot_recalibration(summary_path, suites: list[str], dynamics: list[str], alignment: dict[str, list[str]],
+                       methods: dict[str, str], png_out, pdf_out) -> None:
+    """The recalibration figure (see recalibration_figure) as PNG and PDF."""
+    fig = recalibration_figure(read_table(summary_path), suites, dynamics, alignment, methods)
+    save_figure(fig, png_out, pdf_out)
+
+
+def _thinned(rows: pd.DataFrame, n: int) -> pd.DataFrame:
+    """At most `n` rows, evenly spread, the first and last kept."""
+    if len(rows) <= n:
+        return rows
+    return rows.iloc[np.unique(np.round(np.linspace(0, len(rows) - 1, n)).astype(int))]
+
+
+def risk_coverage_panels(rows: pd.DataFrame, suites: list[str], dynamics: list[str],
+                         alignment: dict[str, list[str]], methods: dict[str, str]) -> list[tuple[str, list[tuple]]]:
+    """The panels of a risk-coverage figure over summary `rows`, as (title, [(model, revision,
+    label, colour, line style)]): each suite family's base models at their final revision (by data
+    variant, then size), each dynamics model along training (at most MAX_LINES checkpoints, evenly
+    spread), the alignment models (the base, then each tuned model at its last revision), then
+    every other model, by family, at most MAX_LINES runs a panel."""
+    rows = with_labels(rows)
+    panels, covered = [], set()
+    for family in suites:
+        sizes = scale_rows(rows, [family], methods).drop_duplicates(["model", "revision"])
+        if sizes.empty:
+            continue
+        colours = model_colours(sizes, variant_colours(rows["data"]))
+        several = sizes["data"].nunique() > 1
+        panels.append((f"{family}: sizes (final step)", [
+            (m, r, f"{humanize(p)} {d}" if several else humanize(p), colours[m], "-" if d == STANDARD else "--")
+            for m, r, p, d in zip(sizes["model"], sizes["revision"], sizes["params"], sizes["data"])]))
+        covered |= set(sizes["model"])
+    for model in dynamics:
+        steps = _thinned(dynamics_rows(rows, [model], methods).drop_duplicates("revision"), MAX_LINES)
+        if steps.empty:
+            continue
+        shades = plt.get_cmap("viridis")(np.linspace(0.05, 0.9, len(steps)))
+        panels.append((f"{model} along training", [
+            (model, r, f"step {int(s):,}", tuple(c), "-")
+            for r, s, c in zip(steps["revision"], steps["step"], shades)]))
+        covered.add(model)
+    if alignment:
+        aligned = alignment_rows(rows, alignment, methods).drop_duplicates(["model", "revision"])
+        first = next(iter(alignment))
+        aligned = aligned[(aligned["model"] == first)
+                          | ~aligned.duplicated("model", keep="last")]  # the base, then each last epoch
+        colours = _variant_colours(ordered_unique(aligned["variant"]))
+        panels.append(("alignment (last epoch)", [
+            (m, r, v if pd.isna(e) else f"{v} e{int(e)}", colours[v], "-" if m == first else "--")
+            for m, r, v, e in zip(aligned["model"], aligned["revision"], aligned["variant"], aligned["epoch"])]))
+        covered |= set(alignment)
+    rest = rows[~rows["model"].isin(covered)].drop_duplicates(["model", "revision"])
+    families = rest["family"].astype(object).where(rest["family"].notna(), "other models").astype(str)
+    palette = plt.get_cmap("tab10").colors
+    for family in ordered_unique(families):
+        members = rest[families == family]
+        for start in range(0, len(members), MAX_LINES):
+            chunk = members.iloc[start:start + MAX_LINES]
+            panels.append((family, [(m, r, model_label(m, r), palette[k % len(palette)], "-")
+                                    for k, (m, r) in enumerate(zip(chunk["model"], chunk["revision"]))]))
+    return panels
+
+
+def risk_coverage_figure(summary: pd.DataFrame, curves: pd.DataFrame, task: str, suites: list[str],
+                         dynamics: list[str], alignment: dict[str, list[str]], methods: dict[str, str]):
+    """Risk (error rate of the answered items) against coverage (the share answered, most confident
+    first) for `task`'s primary method and raw confidences, one line per run with its AURC in the
+    legend, in the panels of risk_coverage_panels; panels without curves are left out."""
+    summary = select_rows(summary)
+    rows = _primary_only(task_rows(summary, task), methods)
+    method = rows["method"].iloc[0]
+    curves = select_rows(curves)
+    curves = curves[(curves["task"] == task) & (curves["method"] == method) & (curves["curve"] == "risk_coverage")]
+    lines = {key: group.sort_values("x") for key, group in curves.groupby(["model", "revision"], sort=False)}
+    aurc = rows.drop_duplicates(["model", "revision"]).set_index(["model", "revision"])["aurc"]
+    panels = [(title, [e for e in entries if (e[0], e[1]) in lines])
+              for title, entries in risk_coverage_panels(rows, suites, dynamics, alignment, methods)]
+    panels = [(title, entries) for title, entries in panels if entries]
+    if not panels:
+        raise ValueError(f"no risk-coverage curves of task {task!r} ({method}) in the curves table")
+    n_cols = min(len(panels), 2 if len(panels) <= 4 else 3)
+    n_rows = -(-len(panels) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False, layout="constrained",
+                             figsize=(0.4 + 5.0 * n_cols, 0.5 + 2.7 * n_rows))
+    beyond = curves.loc[curves["x"] >= MIN_COVERAGE, "y"]  # risks over the first few items are noise
+    top = min(1.0, max(0.05, 1.1 * float((beyond if not beyond.empty else curves["y"]).max())))
+    for ax, (title, entries) in zip(axes.flat, panels):
+        for model, revision, label, colour, ls in entries:
+            line = lines[(model, revision)]
+            ax.plot(line["x"], line["y"], color=colour, ls=ls, lw=1.2,
+                    label=f"{label} (AURC {_fmt(aurc[(model, revision)])})")
+        ax.set(xlim=(0, 1), ylim=(0, top), xticks=TICKS)
+        ax.set_title(title, fontsize=FONT["title"] + 1)
+        ax.set_xlabel("coverage", fontsize=FONT["label"])
+        _style_axis(ax, "risk (error rate)")
+        ax.legend(fontsize=FONT["tick"] - 0.5, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.remove()
+    fig.suptitle(f"Risk-coverage: {task} ({method})", fontsize=FONT["title"] + 2)
+    return fig
+
+
+def plot_risk_coverage(summary_path, curves_path, task: str, suites: list[str], dynamics: list[str],
+                       alignment: dict[str, list[str]], methods: dict[str, str], png_out, pdf_out) -> None:
+    """The risk-coverage figure of `task` (see risk_coverage_figure) as PNG and PDF."""
+    fig = risk_coverage_figure(read_table(summary_path), read_table(curves_path), task, suites, dynamics,
+                               alignment, methods)
+    save_figure(fig, png_out, pdf_out)
+
+
+def metric_pair(comparisons: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
+    """The comparisons where both `first` and `second` differences are known, with `x`, `y` (the
+    differences), `agree` (the same sign; a zero difference is a sign of its own) and `flip` (they
+    disagree and at least one of the two has q < SIGNIFICANCE)."""
+    if f"{first}_diff" not in comparisons.columns or f"{second}_diff" not in comparisons.columns:
+        return comparisons.iloc[:0].assign(x=[], y=[], agree=[], flip=[])
+    rows = comparisons[comparisons[f"{first}_diff"].notna() & comparisons[f"{second}_diff"].notna()]
+    agree = np.sign(rows[f"{first}_diff"]) == np.sign(rows[f"{second}_diff"])
+    significant = (rows[f"{first}_q"] < SIGNIFICANCE) | (rows[f"{second}_q"] < SIGNIFICANCE)
+    return rows.assign(x=rows[f"{first}_diff"], y=rows[f"{second}_diff"], agree=agree,
+                       flip=~agree & significant)
+
+
+def comparison_kinds(comparisons: pd.DataFrame) -> list[str]:
+    """The comparison kinds present: the known ones in COMPARISON_KINDS order, then any others."""
+    present = ordered_unique(comparisons["comparison"])
+    return [k for k in COMPARISON_KINDS if k in present] + [k for k in present if k not in COMPARISON_KINDS]
+
+
+def sign_agreement(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """Per comparison kind and metric pair with any comparison where both differences are known:
+    n, agree, disagree and flips (see metric_pair)."""
+    out = []
+    for kind in comparison_kinds(comparisons):
+        rows = comparisons[comparisons["comparison"] == kind]
+        for first, second in METRIC_PAIRS:
+            pair = metric_pair(rows, first, second)
+            if not pair.empty:
+                out.append(dict(comparison=kind, first=first, second=second, n=len(pair),
+                                agree=int(pair["agree"].sum()), disagree=int((~pair["agree"]).sum()),
+                                flips=int(pair["flip"].sum())))
+    return pd.DataFrame(out, columns=["comparison", "first", "second", "n", "agree", "disagree", "flips"])
+
+
+def _comparison_label(row: pd.Series) -> str:
+    """'kind, task (method): a -> b' of one comparison."""
+    a, b = model_label(row["model_a"], row["revision_a"]), model_label(row["model_b"], row["revision_b"])
+    if row["comparison"] == "recalibration":
+        return (f"{row['comparison']}, {row['task']} ({row['method']}), {b}: "
+                f"{row['recalibration_a']} -> {row['recalibration_b']}")
+    return f"{row['comparison']}, {row['task']} ({row['method']}): {a} -> {b}"
+
+
+def flipped_comparisons(comparisons: pd.DataFrame) -> list[str]:
+    """One line per comparison where two metrics' differences have opposite signs and at least one
+    of them has q < SIGNIFICANCE: its label and every metric's difference (* where q < 0.05); the
+    comparison kinds in order, then by the smallest q."""
+    flips = pd.concat([metric_pair(comparisons, a, b)["flip"] for a, b in METRIC_PAIRS])
+    flipped = comparisons.loc[sorted(set(flips.index[flips]))]
+    qs = [f"{m}_q" for m in METRIC_LABELS if f"{m}_q" in flipped.columns]
+    order = {k: i for i, k in enumerate(comparison_kinds(comparisons))}
+    flipped = flipped.assign(_kind=flipped["comparison"].map(order), _q=flipped[qs].min(axis=1))
+    lines = []
+    for _, row in flipped.sort_values(["_kind", "_q"], kind="stable").iterrows():
+        diffs = [f"\u0394{name} {row[f'{m}_diff']:+.3f}{'*' if row[f'{m}_q'] < SIGNIFICANCE else ''}"
+                 for m, name in METRIC_LABELS.items() if f"{m}_diff" in row and pd.notna(row[f"{m}_diff"])]
+        lines.append(f"{_comparison_label(row)}: {', '.join(diffs)}")
+    return lines
+
+
+def metric_agreement_figure(comparisons: pd.DataFrame):
+    """For each comparison kind (rows) and pair of metrics (columns; SCE only where known), the
+    differences (b - a) of one metric against the other's, one point per comparison (filled where
+    either has q < 0.05, one colour per task), the quadrants of opposite signs shaded and the share
+    that agrees in the title; below, the comparisons whose sign flips with a significant difference."""
+    if comparisons.empty:
+        raise ValueError("the comparisons table has no rows")
+    kinds = comparison_kinds(comparisons)
+    pairs = [p for p in METRIC_PAIRS if not metric_pair(comparisons, *p).empty]
+    counts = sign_agreement(comparisons).set_index(["comparison", "first", "second"])
+    colours = task_colours(comparisons["task"])
+    flipped = flipped_comparisons(comparisons)
+    width = 1.3 + 2.45 * max(2, len(pairs))
+    head = (f"{len(flipped)} comparisons whose metrics disagree in sign with a difference at q < {SIGNIFICANCE} "
+            f"(* marks q < {SIGNIFICANCE}):" if flipped else
+            f"No comparison's metrics disagree in sign where a difference has q < {SIGNIFICANCE}.")
+    listed = flipped[:MAX_LISTED] + ([f"... and {len(flipped) - MAX_LISTED} more"] if len(flipped) > MAX_LISTED else [])
+    characters = int(0.95 * width * 72 / (0.62 * FONT["note"]))  # monospace: 0.6 em a character
+    lines = [head] + [wrapped for line in listed
+                      for wrapped in textwrap.wrap(line, characters, subsequent_indent="    ")]
+    text_height = 0.15 + len(lines) * 1.3 * FONT["note"] / 72
+    panels_height = 0.9 + 2.45 * len(kinds)
+    fig = plt.figure(layout="constrained", figsize=(width, panels_height + text_height))
+    top, bottom = fig.subfigures(2, 1, height_ratios=[panels_height, text_height])
+    grid = top.add_gridspec(len(kinds), len(pairs))
+    tasks_drawn = []
+    for i, kind in enumerate(kinds):
+        rows = comparisons[comparisons["comparison"] == kind]
+        first_drawn = True
+        for j, (first, second) in enumerate(pairs):
+            pair = metric_pair(rows, first, second)
+            if pair.empty:
+                continue
+            ax = top.add_subplot(grid[i, j])
+            lim = 1.15 * max(1e-3, float(np.nanmax(np.abs(pair[["x", "y"]].to_numpy()))))
+            ax.fill_between([-lim, 0], 0, lim, color=GAP_COLOUR, alpha=0.08, lw=0)
+            ax.fill_between([0, lim], -lim, 0, color=GAP_COLOUR, alpha=0.08, lw=0)
+            ax.axhline(0, color="0.5", lw=0.7)
+            ax.axvline(0, color="0.5", lw=0.7)
+            significant = (pair[f"{first}_q"] < SIGNIFICANCE) | (pair[f"{second}_q"] < SIGNIFICANCE)
+            for task, sub in pair.groupby("task", sort=False):
+                on = significant[sub.index]
+                ax.scatter(sub["x"][on], sub["y"][on], s=14, color=colours[task], linewidths=0, zorder=3)
+                ax.scatter(sub["x"][~on], sub["y"][~on], s=14, facecolors="none", edgecolors=colours[task],
+                           linewidths=0.8, zorder=3)
+                tasks_drawn.append(task)
+            ax.set(xlim=(-lim, lim), ylim=(-lim, lim), box_aspect=1)
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4, symmetric=True))
+            ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4, symmetric=True))
+            count = counts.loc[(kind, first, second)]
+            ax.set_title(f"agree {count['agree']}/{count['n']} ({100 * count['agree'] / count['n']:.0f}%)\n"
+                         f"{count['flips']} significant flip{'' if count['flips'] == 1 else 's'}",
+                         fontsize=FONT["note"])
+            ax.set_xlabel(f"\u0394{METRIC_LABELS[first]}", fontsize=FONT["label"])
+            ax.set_ylabel(f"\u0394{METRIC_LABELS[second]}", fontsize=FONT["label"])
+            ax.tick_params(labelsize=FONT["tick"] - 1)
+            if first_drawn:
+                ax.annotate(kind.replace("_", " "), xy=(0, 0.5), xycoords=ax.yaxis.label, xytext=(-4, 0),
+                            textcoords="offset points", ha="right", va="center", rotation=90,
+                            fontsize=FONT["title"] + 1, fontweight="bold")
+                first_drawn = False
+    bottom.text(0.02, 0.98, "\n".join(lines), va="top", ha="left", fontsize=FONT["note"], family="monospace",
+                transform=bottom.transSubfigure)
+    present = ordered_unique(tasks_drawn)
+    handles = [matplotlib.lines.Line2D([], [], ls="", marker="o", ms=4, color=colours[t], label=t) for t in present]
+    handles += [matplotlib.lines.Line2D([], [], ls="", marker="o", ms=4, color="0.4", label="q < 0.05 (either metric)"),
+                matplotlib.lines.Line2D([], [], ls="", marker="o", ms=4, mfc="none", color="0.4",
+                                        label="q \u2265 0.05"),
+                matplotlib.patches.Patch(color=GAP_COLOUR, alpha=0.15, label="opposite signs")]
+    top.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 4), fontsize=FONT["label"],
+               frameon=False, title="Do ECE, SCE and smECE agree on the sign of each difference (b - a)?",
+               title_fontsize=FONT["title"] + 2)
+    return fig
+
+
+def plot_metric_agreement(comparisons_path, png_out, pdf_out) -> None:
+    """The metric-agreement figure (see metric_agreement_figure) as PNG and PDF."""
+    save_figure(metric_agreement_figure(read_comparisons(comparisons_path)), png_out, pdf_out)

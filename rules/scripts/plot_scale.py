@@ -3,4 +3,4 @@ from workflow_scripts.runlog import run_logged
 
 p = snakemake.params
 run_logged(snakemake.log[0], plot_scale, snakemake.input.summary, p.suites, p.methods, snakemake.output.png,
-           snakemake.output.pdf)
+           snakemake.output.pdf, comparisons_path=snakemake.input.comparisons)
