@@ -1,7 +1,9 @@
 # Alignment of one base model (config `align`): instruction data, supervised tuning (full / LoRA),
 # a reward model, RLHF (RLOO) and DPO. Every output folder holds revisions epoch<N> that a `local:`
 # model source reads (the models are added in common.smk), the diversity of the instruction sets,
-# and the alignment figures. Included only when the config has an `align` section.
+# and the alignment figures. Included only when the config has an `align` section. Each rule's `code`
+# is the module it runs (align_data: the data; align: the training; diversity), so an edit of one
+# module reruns its rules and what depends on their outputs, nothing else.
 
 
 wildcard_constraints:
@@ -33,7 +35,7 @@ rule fetch_align_base:
 
 rule build_instructions:
     input:
-        code=code("align"),
+        code=code("align_data"),
         held_out=eval_task_tables(),
     output:
         "results/align/data/instructions/{instructions}.parquet",
@@ -55,7 +57,7 @@ if PREFERENCE:
 
     rule build_preferences:
         input:
-            code=code("align"),
+            code=code("align_data"),
             held_out=eval_task_tables(),
         output:
             "results/align/data/preferences.parquet",
@@ -176,7 +178,7 @@ if "dpo" in PREFERENCE:
 
 rule diversity:
     input:
-        code=code("align"),
+        code=code("diversity"),
         data=expand("results/align/data/instructions/{instructions}.parquet", instructions=ALIGN["instructions"]),
     output:
         map="results/align/diversity_map.parquet",
@@ -204,6 +206,7 @@ rule plot_alignment:
     input:
         code=code("plots"),
         summary="results/metrics/summary.parquet",
+        comparisons="results/metrics/comparisons.csv",
     output:
         png=report("results/figures/alignment.png", caption="../report/alignment.rst", category="Alignment"),
         pdf="results/figures/alignment.pdf",

@@ -12,6 +12,26 @@ ALIGN = config.get("align", {})
 PREFERENCE = ALIGN.get("preference", {})
 
 
+def check_datasets():
+    """The dataset options of every task, instruction set and preference set, each checked against its
+    format's keys: a misspelled one stops the run here, before any job, with one line naming it."""
+    from workflow_scripts.align_data import check_instruction_set, check_preference_data
+    from workflow_scripts.tasks import DatasetError, check_dataset_keys
+
+    try:
+        for name, task in config["tasks"].items():
+            check_dataset_keys(name, task["kind"], task["dataset"])
+        for name, dataset in ALIGN.get("instructions", {}).items():
+            check_instruction_set(name, dataset)
+        if PREFERENCE:
+            check_preference_data(PREFERENCE["data"])
+    except DatasetError as error:
+        raise ValueError(f"config: {error}") from None
+
+
+check_datasets()
+
+
 def canonical(value):
     """A config value with its mappings' keys sorted: Snakemake compares params as text, and the
     order of keys in a YAML file must not make a job look changed."""

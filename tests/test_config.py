@@ -29,13 +29,14 @@ def test_paper_dry_run_lists_every_job_of_the_study(paper_plan):
     # 16 Pythia models (8 sizes, standard and deduped) at step143000, plus 20 more revisions of
     # Pythia-1.4B: 36 checkpoints; LLaMA-7B, tuned on Alpaca and OpenAssistant, full and LoRA, for
     # 3 epochs (12), then RLHF and DPO for 3 epochs each (6): 19 more (and one kept copy of the base);
-    # 55 checkpoints, each inferred on 3 tasks (the Pile, T-REx, MMLU) in one job -> 165 confidence
-    # and score jobs; the figures of every task, against scale, training
-    # step and alignment.
+    # 55 checkpoints, each inferred on 3 tasks (the Pile, T-REx, MMLU) in one job -> 165 confidence,
+    # recalibration and score jobs; the comparisons; the figures of every task, against scale, training
+    # step and alignment, and of the calibration analysis.
     _, jobs = paper_plan
     assert jobs == {"prepare_task": 3, "fetch_checkpoint": 55, "infer": 55, "extract_confidence": 165,
-                    "score": 165, "summarize": 1, "plot_reliability": 3, "plot_summary": 1, "plot_scale": 1,
-                    "plot_dynamics": 1, "plot_reliability_scale": 3, "build_instructions": 2,
+                    "recalibrate": 165, "score": 165, "summarize": 1, "compare": 1, "plot_reliability": 3,
+                    "plot_summary": 1, "plot_scale": 1, "plot_dynamics": 1, "plot_reliability_scale": 3,
+                    "plot_recalibration": 1, "plot_risk_coverage": 3, "plot_metric_agreement": 1, "build_instructions": 2,
                     "build_preferences": 1, "fetch_align_base": 1, "tune": 4, "train_reward_model": 1,
                     "rlhf": 1, "dpo": 1, "diversity": 1, "plot_alignment": 1, "rlhf_table": 1, "plot_diversity": 1, "all": 1}
 
@@ -46,7 +47,7 @@ GPU_RULES = {"infer", "tune", "train_reward_model", "rlhf", "dpo"}
 def test_paper_jobs_declare_memory_and_gpus(paper_plan):
     out, _ = paper_plan
     blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", out, flags=re.M | re.S)
-    assert len(blocks) == 469
+    assert len(blocks) == 469 + 165 + 1 + 1 + 3 + 1  # + recalibrate, compare and the analysis figures
     for rule, block in blocks:
         if rule == "all":
             continue
@@ -81,6 +82,31 @@ def test_bad_config_stops_before_any_job_and_names_the_key(workdir, change, mess
     assert proc.returncode != 0
     assert re.search(message, proc.stdout), proc.stdout[-3000:]
     assert not (workdir / "results").exists()
+
+
+def _misspell_relations(config):
+    config["tasks"]["facts"]["dataset"] = {"format": "geonames", "relation": ["capital"]}  # for relations
+
+
+def _misspell_style(config):
+    config["align"]["instructions"]["narrow"] = {"format": "geonames", "stlye": "broad"}  # for style
+
+
+@pytest.mark.parametrize("change, line", [
+    (_misspell_relations,
+     "config: task 'facts': dataset format 'geonames' has no key(s) 'relation'; its keys: format, hub, relations"),
+    (_misspell_style,
+     "config: instruction set 'narrow': dataset format 'geonames' has no key(s) 'stlye'; its keys: format, hub, style"),
+])
+def test_a_misspelled_dataset_option_stops_the_run_before_any_job(workdir, change, line):
+    """The schema leaves dataset options open (each format has its own): a misspelled one would be
+    ignored (all relations, the narrow style). The DAG stops on one line naming it before any job."""
+    config = _config()
+    change(config)
+    proc = snakemake(workdir, write_config(workdir, config, "bad.yaml"), "--dry-run", check=False)
+    assert proc.returncode != 0
+    assert line in proc.stdout.splitlines(), proc.stdout[-3000:]
+    assert "Job stats" not in proc.stdout and not (workdir / "results").exists()
 
 
 def test_unknown_model_key_and_bad_source_are_named(workdir):

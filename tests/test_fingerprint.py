@@ -1,5 +1,6 @@
 """Resumable work keyed on its fingerprint (settings, inputs, code, libraries): the digests, the work
-folder that is kept or emptied, and a code edit that retrains pretraining and tuning from step 0."""
+folder that is kept or emptied, folders published whole, and a code edit that retrains pretraining and
+tuning from step 0."""
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,8 @@ import torch
 from conftest import build_tiny_model
 from safetensors.torch import load_file
 
-from workflow_scripts import align, pretrain, tables
-from workflow_scripts.tables import module_sources, path_digest, prepare_work_dir, stage_fingerprint
+from workflow_scripts import align, align_data, pretrain, tables
+from workflow_scripts.tables import atomic_dir, module_sources, path_digest, prepare_work_dir, stage_fingerprint
 
 PACKAGE = Path(tables.__file__).parent
 TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
@@ -49,8 +50,12 @@ def edited_copy(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- the helper
 def test_code_digests_cover_the_stage_and_every_module_it_imports(edited_copy):
     assert list(module_sources("workflow_scripts.pretrain")) == ["faults", "pretrain", "tables", "tasks"]
-    assert list(module_sources("workflow_scripts.align")) == ["align", "faults", "tables", "tasks"]
+    assert list(module_sources("workflow_scripts.align")) == ["align", "faults", "tables"]
     assert "inference" not in module_sources("workflow_scripts.align")  # a module it does not import
+    # the align stage's three modules import none of each other: an edit of one leaves the others' work
+    assert list(module_sources("workflow_scripts.align_data")) == ["align_data", "faults", "tables", "tasks"]
+    importlib.import_module("workflow_scripts.diversity")
+    assert list(module_sources("workflow_scripts.diversity")) == ["diversity", "faults", "tables"]
     tasks = edited_copy("tasks", "def _record(", "def _record(  # edited\n")  # a helper that pretrain imports
     importlib.import_module("edited_scripts.pretrain")
     original, copy = module_sources("workflow_scripts.pretrain"), module_sources("edited_scripts.pretrain")
@@ -71,6 +76,26 @@ def test_folder_digest_tells_apart_contents_of_the_same_size_and_names(tmp_path)
     assert path_digest(tmp_path / "a" / "sub" / "model.safetensors") == hashlib.sha256(b"\x00" * 64).hexdigest()
     with pytest.raises(FileNotFoundError, match="nowhere: no such file or folder"):
         path_digest(tmp_path / "nowhere")
+
+
+def test_a_folder_is_published_whole_or_not_at_all(tmp_path):
+    """``atomic_dir``: the folder built beside replaces the old one only when its block succeeds, with
+    the mode of a folder made here; a failed block and a killed one's leftovers leave nothing behind."""
+    out = tmp_path / "model"
+    with atomic_dir(out) as tmp:
+        (tmp / "weights").write_text("old")
+        assert not out.exists() and tmp.parent == tmp_path
+    (tmp_path / "made").mkdir()
+    assert out.stat().st_mode == (tmp_path / "made").stat().st_mode
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("failed")
+    assert (out / "weights").read_text() == "old"
+    (tmp_path / ".model.tmp-left").mkdir()  # left by a SIGKILL
+    with atomic_dir(out) as tmp:
+        (tmp / "weights").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["weights"] and (out / "weights").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["made", "model"]
 
 
 def test_a_work_folder_is_kept_for_its_fingerprint_and_emptied_for_another(tmp_path, caplog):
@@ -163,8 +188,8 @@ def test_pretraining_resumes_unchanged_code_and_restarts_after_a_code_edit(corpu
 def tuning_inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("fingerprint-tuning")
     base = build_tiny_model(root / "base", arch="gpt_neox")
-    align.build_instructions("narrow", {"format": "geonames", "style": "narrow"}, root / "narrow.parquet", limit=48,
-                             seed=0)
+    align_data.build_instructions("narrow", {"format": "geonames", "style": "narrow"}, root / "narrow.parquet",
+                                  limit=48, seed=0)
     return base, root / "narrow.parquet"
 
 

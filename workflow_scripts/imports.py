@@ -12,7 +12,6 @@ do not apply.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .tables import write_table
+from .tables import file_digest, write_table
 
 SAMPLES = re.compile(r"samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[0-9.:-]+)\.jsonl")
 METHODS = ["continuation_sum", "continuation_norm_chars"]  # what the sample files support
@@ -83,7 +82,7 @@ def import_samples(samples, *, task: str, data_out=None, inference_out=None) -> 
     if not items:
         raise HarnessImportError(f"{samples}: no documents")
     provenance = {"stage": "import", "task": task, "samples": str(samples),
-                  "samples_sha256": hashlib.sha256(samples.read_bytes()).hexdigest(),
+                  "samples_sha256": file_digest(samples),
                   "lm_eval_version": results.get("lm_eval_version"), "harness_config": results.get("config"),
                   "task_config": config}
     if data_out is not None:

@@ -58,7 +58,8 @@ import pyarrow.parquet as pq
 import torch
 
 from .faults import fault_point
-from .tables import PROVENANCE_KEY, atomic_path, package_versions, provenance_info, read_provenance, read_table
+from .tables import (PROVENANCE_KEY, atomic_path, file_digest, package_versions, provenance_info, read_provenance,
+                     read_table)
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path
         "kind": kind, "batch_size": batch_size, "window": window, "window_mode": window_mode,
         "max_new_tokens": max_new_tokens, "stop": stop, "bos": bos, "chat": chat, "device": str(model.device),
         "dtype": str(model.dtype), "threads": threads, "checkpoint": checkpoint,
-        "data": _file_hash(data_path), "code": _file_hash(__file__), "packages": package_versions(),
+        "data": file_digest(data_path), "code": file_digest(__file__), "packages": package_versions(),
         "provenance": provenance})
     if shards.take_finished(out_path):
         log.info("%s: written before with the same model, data, settings and code: taken as it was", out_path)
@@ -915,10 +916,6 @@ def _check_finite(lse: torch.Tensor) -> torch.Tensor:
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _file_hash(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class Progress:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .tables import model_files, prepare_work_dir, read_table, stage_fingerprint, write_table
+from .tables import atomic_dir, model_files, prepare_work_dir, read_table, stage_fingerprint, write_table
 from .tasks import geonames_facts, pydoc_prose
 
 log = logging.getLogger(__name__)
@@ -114,12 +113,8 @@ def train_tokenizer(corpus_path, out_dir, *, vocab_size: int) -> None:
     tokenizer.train_from_iterator(texts, trainer)
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS,
                                       pad_token=EOS, model_max_length=1 << 30)
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    wrapped.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        wrapped.save_pretrained(tmp)
 
 
 # ----------------------------------------------------------------------------- training
@@ -208,14 +203,11 @@ def batch_indices(step: int, batch_size: int, n_blocks: int, seed: int) -> np.nd
 
 def save_checkpoint(model, tokenizer, optimizer, schedule, losses, folder: Path) -> None:
     """Write a resumable checkpoint folder atomically (built beside it, then renamed)."""
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "losses": losses},
-               tmp / "training_state.pt")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "losses": losses},
+                   tmp / "training_state.pt")
 
 
 def _last_checkpoint(work_dir: Path, checkpoints: list[int], fingerprint: dict) -> int:
@@ -236,16 +228,12 @@ def _lr_factor(step: int, warmup: int, steps: int) -> float:
 def _publish(work_dir: Path, out_dir, checkpoints: list[int], losses: list[dict], params: int, tokenizer) -> None:
     """Hard-link the checkpoints' model files (``tables.model_files``) into ``out_dir``, each with the
     tokenizer (built beside it, then renamed)."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for step in checkpoints:
-        dst = tmp / f"step{step}"
-        dst.mkdir(parents=True)
-        for file in model_files(work_dir / f"step{step}"):
-            os.link(file, dst / file.name)
-        tokenizer.save_pretrained(dst)
-    write_table(pd.DataFrame(losses), tmp / "loss.parquet",
-                provenance={"stage": "pretrain", "params": params, "checkpoints": checkpoints})
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        for step in checkpoints:
+            dst = tmp / f"step{step}"
+            dst.mkdir()
+            for file in model_files(work_dir / f"step{step}"):
+                os.link(file, dst / file.name)
+            tokenizer.save_pretrained(dst)
+        write_table(pd.DataFrame(losses), tmp / "loss.parquet",
+                    provenance={"stage": "pretrain", "params": params, "checkpoints": checkpoints})

@@ -12,17 +12,16 @@ Sources (``models.<name>.source`` in the config):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 from .faults import fault_point
+from .tables import atomic_dir, file_digest, path_digest
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +53,14 @@ def parse_source(source: str) -> tuple[str, str]:
 def fetch_checkpoint(source: str, revision: str, out_dir, *, evict_hub_cache: bool = False) -> None:
     """Write ``source`` at ``revision`` to ``out_dir`` as a Hugging Face folder (safetensors).
 
-    The folder is built beside ``out_dir`` and renamed into place, so a killed job leaves no
-    half-written checkpoint (and the next attempt deletes what it left). Before anything is
+    The folder is built beside ``out_dir`` and renamed into place (``tables.atomic_dir``), so a killed
+    job leaves no half-written checkpoint (and the next attempt deletes what it left). Before anything is
     downloaded or written, the free disk is checked against the checkpoint's size (SourceError
     naming both). ``provenance.json`` in the folder records the source, revision and the resolved
     commit (hub) or content hash (files).
     """
     scheme, value = parse_source(source)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed attempt
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    with atomic_dir(out_dir) as tmp:
         if scheme == "hf":
             resolved = _fetch_hub(value, revision, tmp, evict_hub_cache)
         elif scheme == "local":
@@ -76,12 +70,7 @@ def fetch_checkpoint(source: str, revision: str, out_dir, *, evict_hub_cache: bo
             resolved = _fetch_gguf(path, revision, tmp, source)
         provenance = {"source": source, "revision": revision, **resolved}
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-        log.info("checkpoint %s@%s ready in %s", source, revision, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("checkpoint %s@%s ready in %s", source, revision, out_dir)
 
 
 def _fetch_hub(repo_id: str, revision: str, out: Path, evict_cache: bool) -> dict:
@@ -227,7 +216,7 @@ def _fetch_local(root: Path, revision: str, out: Path) -> dict:
         _convert(folder, out, f"local:{root}@{revision}")
     else:
         _link_files(folder, out)
-    return {"resolved_path": str(folder.resolve()), "resolved_hash": _folder_hash(out)}
+    return {"resolved_path": str(folder.resolve()), "resolved_hash": path_digest(out)}
 
 
 def _gguf_package_file(spec: str) -> Path:
@@ -269,7 +258,7 @@ def _fetch_gguf(path: Path, revision: str, out: Path, source: str) -> dict:
     model.load_state_dict(loaded.state_dict())
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return {"resolved_file": str(path), "resolved_hash": _file_hash(path)}
+    return {"resolved_file": str(path), "resolved_hash": file_digest(path)}
 
 
 def _convert(folder: Path, out: Path, where: str) -> None:
@@ -296,20 +285,3 @@ def _link_files(src: Path, dst: Path) -> None:
         except OSError:
             shutil.copyfile(real, dst / f.name)
         fault_point("fetch", dst)  # tests: killed with some files in place, not all
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _folder_hash(folder: Path) -> str:
-    """Hash of the file names and contents of a folder (weights, config, tokenizer)."""
-    digest = hashlib.sha256()
-    for f in sorted(folder.iterdir()):
-        if f.is_file():
-            digest.update(f.name.encode() + b"\0" + _file_hash(f).encode())
-    return digest.hexdigest()

@@ -1,8 +1,10 @@
 """Parquet tables written atomically, with the provenance of what made them in their metadata; the
-fingerprints of resumable work (settings, inputs, code, libraries); the files of a saved model."""
+fingerprints of resumable work (settings, inputs, code, libraries); the files of a saved model; and the
+file helpers every stage shares: digests, glob expansion, files and folders built beside and renamed."""
 from __future__ import annotations
 
 import ast
+import glob
 import hashlib
 import json
 import logging
@@ -28,6 +30,14 @@ _PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "peft", "trl",
              "scipy", "scikit-learn", "relplot", "huggingface_hub", "snakemake")
 
 
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message names the file, the row and the problem."""
+
+
+class MissingDataError(DatasetError, FileNotFoundError):
+    """A path or glob pattern that names no file."""
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the libraries that shape the numbers (missing ones are skipped)."""
     versions = {}
@@ -46,7 +56,7 @@ def code_version() -> dict:
     for name, module in sorted(sys.modules.items()):
         file = getattr(module, "__file__", None)
         if name.startswith(__package__ + ".") and file and file.endswith(".py"):
-            modules[name.rpartition(".")[2]] = hashlib.sha256(Path(file).read_bytes()).hexdigest()[:16]
+            modules[name.rpartition(".")[2]] = file_digest(file)[:16]
     try:
         version = metadata.version("llm-calibration-workflow")
     except metadata.PackageNotFoundError:
@@ -61,6 +71,19 @@ def file_digest(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def expand_files(pattern: str | os.PathLike) -> list[Path]:
+    """The files a path or glob pattern names, sorted; raises MissingDataError if there are none."""
+    pattern = str(pattern)
+    if any(ch in pattern for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        if not files:
+            raise MissingDataError(f"no file matches {pattern!r}")
+        return files
+    if not os.path.isfile(pattern):
+        raise MissingDataError(f"file not found: {pattern}")
+    return [Path(pattern)]
 
 
 def path_digest(path: str | os.PathLike) -> str:
@@ -195,6 +218,27 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike):
+    """Yield an empty folder beside ``path``; it replaces ``path`` only if the block succeeds, and is
+    removed otherwise. Folders of ``path`` that a killed process left (``.<name>.tmp-*``) are removed
+    first: one job at a time writes a given output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.tmp-"
+    for stale in path.parent.iterdir():
+        if stale.name.startswith(prefix) and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual mode
+        yield tmp
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _remove_stale_temporaries(path: Path, suffix: str) -> None:

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import bz2
 import csv
-import glob
 import gzip
-import hashlib
 import json
 import lzma
 import math
@@ -45,7 +43,7 @@ import pyarrow.parquet as pq
 from huggingface_hub import errors as hf_errors
 from huggingface_hub import snapshot_download
 
-from .tables import write_table
+from .tables import DatasetError, MissingDataError, expand_files, file_digest, write_table
 
 LETTERS = tuple(string.ascii_uppercase)  # option letters: A ... Z
 MIN_OPTIONS, MAX_OPTIONS = 2, len(LETTERS)
@@ -58,14 +56,6 @@ SCORINGS = ("letters", "continuation")
 MC_OPTIONS = ("scoring", "prompt", "description", "target_delimiter", "fewshot_delimiter", "chat")
 
 _BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used; the message names the file, the row and the problem."""
-
-
-class MissingDataError(DatasetError, FileNotFoundError):
-    """A path or glob pattern that names no file."""
 
 
 class Question(NamedTuple):
@@ -94,28 +84,11 @@ def _require(ds: dict, key: str):
     return ds[key]
 
 
-def _expand(pattern) -> list[Path]:
-    """The files a path or glob pattern names, sorted; raises MissingDataError if there are none."""
-    pattern = str(pattern)
-    if any(ch in pattern for ch in "*?["):
-        files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-        if not files:
-            raise MissingDataError(f"no file matches {pattern!r}")
-        return files
-    if not os.path.isfile(pattern):
-        raise MissingDataError(f"file not found: {pattern}")
-    return [Path(pattern)]
-
-
 def _record(path: Path, read: dict) -> Path:
     """Note `path` and its SHA-256 in `read`; an empty file is an error."""
     if path.stat().st_size == 0:
         raise DatasetError(f"{path}: file is empty")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    read[str(path)] = digest.hexdigest()
+    read[str(path)] = file_digest(path)
     return path
 
 
@@ -245,7 +218,7 @@ def _clm_text(ds: dict, read: dict) -> Iterator[tuple[str, str]]:
     split = ds.get("split", "paragraph")
     if split not in splitters:
         raise DatasetError(f"unknown split {split!r} for format 'text'; known: {', '.join(splitters)}")
-    for path, name in _names(_expand(_require(ds, "path"))).items():
+    for path, name in _names(expand_files(_require(ds, "path"))).items():
         docs = (doc.strip() for doc in splitters[split](_read_text(_record(path, read))))
         for k, doc in enumerate(doc for doc in docs if doc):
             yield f"{name}/{k}", doc
@@ -254,7 +227,7 @@ def _clm_text(ds: dict, read: dict) -> Iterator[tuple[str, str]]:
 def _clm_records(ds: dict, read: dict) -> Iterator[tuple[str, str]]:
     """One document per row of JSON-lines or Parquet files (`text_column`, default "text")."""
     column = ds.get("text_column", "text")
-    for path, name in _names(_expand(_require(ds, "path"))).items():
+    for path, name in _names(expand_files(_require(ds, "path"))).items():
         for n, text in _column_values(_record(path, read), column):
             if not (_missing(text) or isinstance(text, str)):
                 raise DatasetError(f"{path}: row {n}: {column} must be text, found {_show(text)}")
@@ -338,11 +311,11 @@ def _gen_lama(ds: dict, read: dict) -> list[dict]:
     """LAMA/T-REx rows; templates with [Y] at the end become prompts cut before [Y]."""
     templates = {}
     if "relations" in ds:
-        for path in _expand(ds["relations"]):
+        for path in expand_files(ds["relations"]):
             for n, row in _records(_record(path, read), ["relation", "template"]):
                 templates[_string(path, n, row, "relation")] = _string(path, n, row, "template")
     items, seen = [], set()
-    for path in _expand(_require(ds, "path")):
+    for path in expand_files(_require(ds, "path")):
         for n, row in _records(_record(path, read), ["sub_label", "obj_label", "predicate_id"]):
             subject, answer = _string(path, n, row, "sub_label"), _string(path, n, row, "obj_label")
             relation = _string(path, n, row, "predicate_id")
@@ -372,7 +345,7 @@ _ROME_KEYS = ("known_id", "subject", "attribute", "prompt", "relation_id")
 def _gen_rome_knowns(ds: dict, read: dict) -> list[dict]:
     """ROME's known_1000.json: a JSON array of facts with their prompts."""
     items, first_row = [], {}
-    for path in _expand(_require(ds, "path")):
+    for path in expand_files(_require(ds, "path")):
         try:
             rows = json.loads(_read_text(_record(path, read)))
         except json.JSONDecodeError as exc:
@@ -637,10 +610,10 @@ def _mc_mmlu_csv(ds: dict, read: dict, seed: int, task: str) -> list[Subject]:
         raise MissingDataError(f"no test/<subject>_test.csv files in {root}")
     out = []
     for subject in subjects:
-        test = read_mmlu_csv(_record(_expand(root / "test" / f"{subject}_test.csv")[0], read), subject)
+        test = read_mmlu_csv(_record(expand_files(root / "test" / f"{subject}_test.csv")[0], read), subject)
         dev_path = root / "dev" / f"{subject}_dev.csv"
         dev = read_mmlu_csv(_record(dev_path, read), subject) if dev_path.is_file() else []
-        val = (read_mmlu_csv(_record(_expand(root / "val" / f"{subject}_val.csv")[0], read), subject, VAL_PREFIX)
+        val = (read_mmlu_csv(_record(expand_files(root / "val" / f"{subject}_val.csv")[0], read), subject, VAL_PREFIX)
                if (root / "val").is_dir() else [])
         out.append(Subject(subject, dev, test, str(dev_path), val))
     return out
@@ -650,7 +623,7 @@ def _parquet_questions(pattern, read: dict, prefix: str = "") -> dict[str, list[
     """Questions by subject from cais/mmlu-style Parquet files (question, subject, choices, answer), with
     item ids ``<subject>/<prefix><n>``."""
     by_subject: dict[str, list[Question]] = {}
-    for path in _expand(pattern):
+    for path in expand_files(pattern):
         for n, row in _records(_record(path, read), ["question", "subject", "choices", "answer"]):
             question, subject = _string(path, n, row, "question", empty=True), _string(path, n, row, "subject")
             choices = _choice_list(path, n, "choices", row["choices"])
@@ -675,7 +648,8 @@ def _mc_mmlu_parquet(ds: dict, read: dict, seed: int, task: str) -> list[Subject
     return [Subject(s, dev.get(s, []), test[s], str(ds.get("dev")), val.get(s, [])) for s in subjects]
 
 
-_GEO_SUBJECTS = {"capital": "country_capitals", "continent": "country_continents", "currency": "country_currencies"}
+# The subject of each geonames relation's multiple-choice items (item ids <subject>/<iso>).
+GEO_SUBJECTS = {"capital": "country_capitals", "continent": "country_continents", "currency": "country_currencies"}
 _GEO_QUESTIONS = {
     "capital": "What is the capital of {}?",
     "continent": "On which continent is {} located?",
@@ -706,13 +680,13 @@ def _mc_geonames(ds: dict, read: dict, seed: int, task: str) -> list[Subject]:
             choices = [str(v) for v in rng.choice([v for v in values if v != value], 3, replace=False)]
             gold = int(rng.integers(4))
             choices.insert(gold, value)
-            item_id, question = f"{_GEO_SUBJECTS[relation]}/{iso}", _GEO_QUESTIONS[relation].format(country)
+            item_id, question = f"{GEO_SUBJECTS[relation]}/{iso}", _GEO_QUESTIONS[relation].format(country)
             questions.append(Question(item_id, question, choices, gold,
                                       {"country": country, "relation": relation}, f"geonames {item_id}"))
         shuffled = [questions[i] for i in rng.permutation(len(questions))]
         # Few-shot answers cycle through A-D: a run of one letter in the shots biases small models.
         dev = [_gold_at(q, i % 4) for i, q in enumerate(shuffled[:_GEO_DEV_SIZE])]
-        subjects.append(Subject(_GEO_SUBJECTS[relation], dev, shuffled[_GEO_DEV_SIZE:],
+        subjects.append(Subject(GEO_SUBJECTS[relation], dev, shuffled[_GEO_DEV_SIZE:],
                                 f"geonames {relation} (first {_GEO_DEV_SIZE} after the seeded shuffle)"))
     return subjects
 
@@ -724,7 +698,7 @@ def _choices_rows(pattern, columns: dict, read: dict, task: str, prefix: str = "
     """Rows of `choices_jsonl` files: question, choices (a list of strings), answer (an index), and
     optionally id and subject, under the column names of `columns` (no id: ``<subject>/<prefix><n>``)."""
     rows, count = [], Counter()
-    for path in _expand(pattern):
+    for path in expand_files(pattern):
         for n, row in _records(_record(path, read), [columns[k] for k in ("question", "choices", "answer")]):
             question = _string(path, n, row, columns["question"], empty=True)
             choices = _choice_list(path, n, columns["choices"], row[columns["choices"]])
@@ -756,7 +730,7 @@ def _arc_rows(pattern, read: dict, task: str, prefix: str = "") -> list[_Row]:
     """Rows of allenai/ai2_arc Parquet (or JSON-lines) files: id, question,
     choices {text: [...], label: [...]}, answerKey (one of the labels); no id: ``<task>/<prefix><n>``."""
     rows = []
-    for path in _expand(pattern):
+    for path in expand_files(pattern):
         for n, row in _records(_record(path, read), ["question", "choices", "answerKey"]):
             question = _string(path, n, row, "question", empty=True)
             choices = row["choices"]
@@ -819,7 +793,7 @@ def _truthfulqa_rows(pattern, targets: str, read: dict, task: str, prefix: str =
     or {choices: [...], labels: [0|1, ...]} (the hub's truthfulqa/truthful_qa multiple_choice); item ids
     ``<task>/<prefix><n>``."""
     key, rows = f"{targets}_targets", []
-    for path in _expand(pattern):
+    for path in expand_files(pattern):
         for n, row in _json_objects(_record(path, read)):
             if not isinstance(row, dict) or "question" not in row or key not in row:
                 raise DatasetError(f"{path}: row {n}: expected an object with question and {key}, found {_show(row)}")
@@ -967,20 +941,33 @@ _HUB_KEYS = ("repo_id", "revision", "files")
 
 
 def check_dataset_keys(task: str, kind: str, dataset: dict) -> None:
-    """A DatasetError naming the task, the format and the key for a key the format does not read."""
+    """A DatasetError naming the task (and the format and the key) for an unknown kind, format or
+    dataset key; the workflow checks every task of the config with it before any job runs."""
+    if kind not in KINDS:
+        raise DatasetError(f"task {task!r}: unknown kind {kind!r}; known: {', '.join(KINDS)}")
     fmt = dataset.get("format")
-    known = ("format", "hub") + DATASET_KEYS[kind][fmt]
+    if fmt not in KINDS[kind]:
+        raise DatasetError(f"task {task!r}: unknown format {fmt!r} for kind {kind!r}; "
+                           f"known: {', '.join(sorted(KINDS[kind]))}")
+    check_format_keys(f"task {task!r}", dataset, DATASET_KEYS[kind][fmt])
+
+
+def check_format_keys(where: str, dataset: dict, keys: tuple[str, ...]) -> None:
+    """A DatasetError naming ``where`` (``task 'facts'``), the dataset's format and the key, for a key
+    other than `format`, `hub` and the format's ``keys``, or a key of `hub` other than repo_id,
+    revision and files."""
+    known = ("format", "hub") + keys
     unknown = [key for key in dataset if key not in known]
     if unknown:
-        raise DatasetError(f"task {task!r}: dataset format {fmt!r} has no key(s) {', '.join(map(repr, unknown))}; "
-                           f"its keys: {', '.join(known)}")
+        raise DatasetError(f"{where}: dataset format {dataset.get('format')!r} has no key(s) "
+                           f"{', '.join(map(repr, unknown))}; its keys: {', '.join(known)}")
     hub = dataset.get("hub")
     if hub is not None:
         if not isinstance(hub, dict):
-            raise DatasetError(f"task {task!r}: dataset hub must be a mapping {{repo_id, revision, files}}")
+            raise DatasetError(f"{where}: dataset hub must be a mapping {{repo_id, revision, files}}")
         unknown = [key for key in hub if key not in _HUB_KEYS]
         if unknown:
-            raise DatasetError(f"task {task!r}: dataset hub has no key(s) {', '.join(map(repr, unknown))}; "
+            raise DatasetError(f"{where}: dataset hub has no key(s) {', '.join(map(repr, unknown))}; "
                                f"its keys: {', '.join(_HUB_KEYS)}")
 
 
@@ -1039,14 +1026,8 @@ def prepare_task(name: str, kind: str, dataset: dict, out_path, *, shots: int | 
     Multiple choice only: `shots` (None: the format's default), `scoring` (letters | continuation),
     `prompt` and `description` (format strings), `target_delimiter`, `fewshot_delimiter` and `chat`;
     None leaves the format's default. Nothing is written when the data cannot be loaded (DatasetError)."""
-    if kind not in KINDS:
-        raise DatasetError(f"task {name!r}: unknown kind {kind!r}; known: {', '.join(KINDS)}")
-    formats = KINDS[kind]
-    fmt = dataset.get("format")
-    if fmt not in formats:
-        raise DatasetError(f"task {name!r}: unknown format {fmt!r} for kind {kind!r}; "
-                           f"known: {', '.join(sorted(formats))}")
     check_dataset_keys(name, kind, dataset)
+    formats, fmt = KINDS[kind], dataset["format"]
     options = {"scoring": scoring, "prompt": prompt, "description": description,
                "target_delimiter": target_delimiter, "fewshot_delimiter": fewshot_delimiter, "chat": chat}
     read: dict[str, str] = {}

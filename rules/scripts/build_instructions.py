@@ -1,4 +1,4 @@
-from workflow_scripts.align import build_instructions
+from workflow_scripts.align_data import build_instructions
 from workflow_scripts.runlog import run_logged
 
 p = snakemake.params

@@ -1,4 +1,4 @@
-from workflow_scripts.align import diversity
+from workflow_scripts.diversity import diversity
 from workflow_scripts.runlog import run_logged
 
 p = snakemake.params
