@@ -989,19 +989,20 @@ def test_summarize_gathers_the_runs_with_union_of_labels(scored):
     M.summarize(*outputs.values(), *targets)
 
     summary = read_table(out / "summary.parquet")
-    runs = [("arc", "olmo-1b", "epoch2"), ("arc", "pythia-160m", "main"), ("mmlu", "pythia-160m", "step1000")]
+    # runs in the order given (the workflow's: as the config lists them), not sorted as strings
+    runs = [("mmlu", "pythia-160m", "step1000"), ("arc", "pythia-160m", "main"), ("arc", "olmo-1b", "epoch2")]
     assert summary[["task", "model", "revision"]].drop_duplicates().values.tolist() == [list(r) for r in runs]
     first = read_table(outputs["summary"][0])  # a run's rows keep their order: method, recalibration, micro/macro
-    pd.testing.assert_frame_equal(summary.iloc[18:][list(first.columns[:-2])].reset_index(drop=True),
+    pd.testing.assert_frame_equal(summary.iloc[:len(first)][list(first.columns[:-2])].reset_index(drop=True),
                                   first[first.columns[:-2]], check_dtype=False)
     assert list(summary.columns) == [*M.KEYS, "aggregation", *M.METRIC_COLUMNS, "params", "step", "epoch", "family",
                                      "tag", "data"]
     assert summary["step"].isna().sum() == 18  # revisions "main" and "epoch2" name no step
-    assert summary["epoch"].tolist()[:9] == [2] * 9 and summary["epoch"][9:].isna().all()
+    assert summary["epoch"].tolist()[-9:] == [2] * 9 and summary["epoch"][:-9].isna().all()
     olmo = summary["model"] == "olmo-1b"
     assert summary.loc[~olmo, "data"].isna().all() and (summary.loc[olmo, "data"] == "dolma").all()
     # tag mixes a number and text across runs: it becomes text
-    assert summary["tag"].tolist() == ["final"] * 9 + ["1"] * 18
+    assert summary["tag"].tolist() == ["1"] * 18 + ["final"] * 9
 
     csv = pd.read_csv(out / "summary.csv")
     pd.testing.assert_frame_equal(csv, summary, check_dtype=False)
@@ -1028,3 +1029,17 @@ def test_summarize_gathers_the_runs_with_union_of_labels(scored):
                                             ("epoch", None), ("epoch2b", None)])
 def test_parse_epoch(revision, epoch):
     assert M.parse_epoch(revision) == epoch
+
+
+def test_relplot_metric_modules_load_without_its_plotting_and_agree_with_the_package():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from workflow_scripts import metrics as M; "
+            "print(M.smooth_calibration_error(np.array([0.2, 0.9, 0.7, 0.6]), np.array([0, 1, 1, 0]))[0]); "
+            "print(sorted({'matplotlib', 'seaborn', 'relplot'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    import relplot
+
+    assert float(out[0]) == relplot.smECE(np.array([0.2, 0.9, 0.7, 0.6]), np.array([0.0, 1.0, 1.0, 0.0]))
+    assert out[1] == "[]"  # scoring loads neither relplot's plotting nor the package's __init__

@@ -136,6 +136,9 @@ def test_isotonic_matches_scikit_learn_and_hand_worked():
     confidence, correct = miscalibrated(300)
     direct = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(confidence, correct.astype(float))
     np.testing.assert_allclose(R.fit_isotonic(confidence, correct)(GRID), direct.predict(GRID), rtol=0, atol=1e-12)
+    tied = np.round(confidence, 1)  # many rows per distinct confidence: scikit-learn averages them first
+    direct = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(tied, correct.astype(float))
+    np.testing.assert_allclose(R.fit_isotonic(tied, correct)(GRID), direct.predict(GRID), rtol=0, atol=1e-12)
     # pool adjacent violators: [1, 0] pool to 0.5; 0.15 interpolates inside the pool; below and above clip
     function = R.fit_isotonic([0.1, 0.2, 0.3, 0.4], [True, False, True, True])
     np.testing.assert_allclose(function([0.05, 0.1, 0.15, 0.2, 0.35, 0.9]), [0.5, 0.5, 0.5, 0.5, 1.0, 1.0])

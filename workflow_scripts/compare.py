@@ -17,13 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import relplot
 import scipy.sparse
 import scipy.stats
-from relplot.kernels import BaseKernelMixin, ReflectedGaussianKernel
 
 from .metrics import (STRATA_COLUMNS, _check_n_bins, _codes, _validated, _width_bin_index,
-                      expected_calibration_error, option_matrix, static_calibration_error)
+                      expected_calibration_error, option_matrix, relplot_modules, smooth_calibration_error,
+                      static_calibration_error)
 from .tables import atomic_path, read_table
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,8 @@ _OPTIONAL_COLUMNS = (*STRATA_COLUMNS, "option_probs", "gold")
 _CHUNK_ELEMENTS = 2**19
 _CACHED_MAPS = 128
 # relplot.smooth_ece adds this to the kernel density at every evaluation point (BaseKernelMixin.smooth).
-_DENSITY_EPS = inspect.signature(BaseKernelMixin.smooth).parameters["eps"].default
+RELPLOT = relplot_modules()
+_DENSITY_EPS = inspect.signature(RELPLOT.kernels.BaseKernelMixin.smooth).parameters["eps"].default
 
 
 def resample_counts(unit_strata, n_bootstrap: int, seed: int) -> np.ndarray:
@@ -147,7 +147,7 @@ def side_statistics(rows: pd.DataFrame, n_bins: int = 10) -> Side:
         sce_items = _per_unit(row_unit, has.ravel().astype(np.float64), n_units, np.tile(positions, len(rows)),
                               len(positions))
         point["sce"] = static_calibration_error(probs, rows["gold"], n_bins)
-    smece, sigma = relplot.smECE(conf, hit, return_width=True)
+    smece, sigma = smooth_calibration_error(conf, hit)
     point["smece"] = float(smece)
     smooth_residuals, smooth_density = _smoothed_per_unit(conf, conf - hit, unit, n_units, sigma)
     return Side(units=np.asarray(units, dtype=object), unit_strata=unit_strata, point=point, sigma=float(sigma),
@@ -172,10 +172,10 @@ def _smoothed_per_unit(conf, residual, unit, n_units: int, sigma: float) -> tupl
     resample drawing unit u c_u times has apply = sum_u c_u * apply(unit u's rows). Here the grid weights of
     every unit (a sparse units x grid matrix) are multiplied by that map from the grid to t.
     """
-    if relplot.config.use_logit_scaling:
+    if RELPLOT.config.use_logit_scaling:
         raise ValueError("relplot.config.use_logit_scaling is set: its logit kernel is not linear in the rows, "
                          "so the resampled smECE cannot be built from per-unit sums")
-    points = max(round(10 / sigma), relplot.config.smECE_mesh_pts)  # as relplot.metrics.smooth_ece
+    points = max(round(10 / sigma), RELPLOT.config.smECE_mesh_pts)  # as relplot.metrics.smooth_ece
     grid = max(2000, round(20 / sigma)) // 2 + 1  # as GaussianKernel.apply
     position = conf * (grid - 1)  # as smooth_round_to_grid
     cell = position.astype(int).clip(0, grid - 2)
@@ -200,7 +200,7 @@ def _grid_to_points(sigma: float, grid: int, points: int, first: int, stop: int)
     relplot.kernels.interpolate at the evaluation points t[first:stop] of np.linspace(0, 1, points): row k
     holds, for every grid point, its weight at t[first + k]; and its column sums."""
     t = np.linspace(0, 1, points)[first:stop]
-    kernel = ReflectedGaussianKernel(sigma).kernel_ev(grid)
+    kernel = RELPLOT.kernels.ReflectedGaussianKernel(sigma).kernel_ev(grid)
     # interpolate: t lies between grid points left and left + 1.
     left = (t * (grid - 1)).astype(int).clip(0, grid - 2)
     weight = (t - left * (1 / (grid - 1))) / (1 / (grid - 1))

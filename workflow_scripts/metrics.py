@@ -1,9 +1,13 @@
 """Calibration metrics of confidences against correctness: the "score" and "summarize" stages."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 import os
 import re
+import sys
+import types
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -14,6 +18,7 @@ from .sources import parse_step
 from .tables import atomic_path, read_provenance, read_table, write_table
 
 KEYS = ("task", "model", "revision", "method", "recalibration")
+_RELPLOT_CORE = "_relplot_core"  # the name relplot_modules loads relplot's metric modules under
 METRIC_NAMES = ("n", "accuracy", "mean_confidence", "ece", "mce", "ace", "brier", "brier_multiclass", "letter_mass",
                 "auroc", "rmsce", "ece_debiased", "smece", "nll", "sce", "aurc", "eaurc", "acc_at_coverage_50",
                 "acc_at_coverage_80", "ece_ci_low", "ece_ci_high")
@@ -182,14 +187,28 @@ def debiased_calibration_error(confidence, correct, n_bins: int = 10) -> float:
     return float(np.sum(count * (2.0 * np.abs(gap) - folded)) / len(conf))
 
 
+def relplot_modules() -> types.SimpleNamespace:
+    """relplot's own `metrics`, `kernels` and `config` modules, loaded without the package's __init__,
+    which imports its plotting (matplotlib, seaborn, scikit-learn's ensembles): 1.6 s of each of the
+    ~130 scoring jobs of the default run, for code no metric uses. They are loaded as the package
+    `_relplot_core`, so an `import relplot` elsewhere gets the whole package, unaffected."""
+    if _RELPLOT_CORE not in sys.modules:
+        found = importlib.util.find_spec("relplot")
+        if found is None:
+            raise ModuleNotFoundError("relplot is not installed (requirements.txt)", name="relplot")
+        spec = importlib.util.spec_from_file_location(_RELPLOT_CORE, found.origin,
+                                                      submodule_search_locations=found.submodule_search_locations)
+        sys.modules[_RELPLOT_CORE] = importlib.util.module_from_spec(spec)  # its __init__ is not run
+    return types.SimpleNamespace(**{name: importlib.import_module(f"{_RELPLOT_CORE}.{name}")
+                                    for name in ("metrics", "kernels", "config")})
+
+
 def smooth_calibration_error(confidence, correct) -> tuple[float, float]:
     """smECE of Blasiok & Nakkiran (2023), `relplot.smECE`, and the kernel bandwidth its fixed-point
     search chose: the reflected-Gaussian kernel smoothing of the residuals confidence - correct,
     integrated in absolute value against the smoothed density of the confidences."""
-    import relplot  # imports matplotlib and seaborn (~1.5 s): only where smECE is computed
-
     conf, hit = _validated(confidence, correct)
-    value, bandwidth = relplot.smECE(conf, hit, return_width=True)
+    value, bandwidth = relplot_modules().metrics.smECE(conf, hit, return_width=True)
     return float(value), float(bandwidth)
 
 
@@ -199,13 +218,11 @@ def smooth_reliability_curve(confidence, correct, bandwidth: float, n_points: in
     relplot.smECE and relplot.prepare_rel_diagram under relplot's default config), and density, the kernel
     density of the confidences. Where the density is near 0, relplot's regulariser pulls y towards 0:
     draw y weighted by density, as relplot does."""
-    from relplot.kernels import ReflectedGaussianKernel  # see smooth_calibration_error
-
     conf, hit = _validated(confidence, correct)
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be positive, got {bandwidth!r}")
     grid = np.linspace(0.0, 1.0, n_points)
-    kernel = ReflectedGaussianKernel(bandwidth)
+    kernel = relplot_modules().kernels.ReflectedGaussianKernel(bandwidth)
     accuracy, _ = kernel.smooth(conf, hit, grid)
     return pd.DataFrame({"x": grid, "y": accuracy, "density": kernel.kde(conf, grid)})
 
@@ -690,14 +707,13 @@ def parse_epoch(revision: str) -> int | None:
 
 
 def _concatenated(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """The tables at `paths` one after another, runs ordered by task, model and revision (each run's rows
-    in their own order)."""
+    """The tables at `paths` one after another, in the order given (the workflow's: tasks, then models
+    and revisions as the config lists them, so step4 comes before step16), each run's rows in their own order."""
     if not paths:
         raise ValueError("no tables to summarize")
     frames = [read_table(path) for path in paths]
     filled = [frame for frame in frames if not frame.empty] or frames[:1]
-    return pd.concat(filled, ignore_index=True, sort=False).sort_values(list(KEYS[:3]), kind="stable",
-                                                                       ignore_index=True)
+    return pd.concat(filled, ignore_index=True, sort=False)
 
 
 def _text_if_mixed(summary: pd.DataFrame) -> pd.DataFrame:
