@@ -4,10 +4,11 @@ import re
 import sys
 from pathlib import Path
 
+from workflow_scripts.registry import ALIGNED as ALIGNED_ORIGINS, build_registry
+
 TASKS = dict(config["tasks"])  # and, below, the tasks of imported lm-evaluation-harness runs
 REGULAR_TASKS = sorted(config["tasks"])  # the tasks this workflow builds and runs models on
 CODE = Path(workflow.basedir) / "workflow_scripts"
-LABELS = ("family", "data", "stage", "size", "tuning")
 ALIGN = config.get("align", {})
 PREFERENCE = ALIGN.get("preference", {})
 
@@ -59,11 +60,17 @@ def run_outputs(stage, suffix=".parquet"):
 
 def model_resource(name, default):
     """A resource of the model's jobs (memory, GPUs, run time), from models.<model>.resources."""
-    return lambda wildcards: MODELS[wildcards.model].get("resources", {}).get(name, default)
+    return lambda wildcards: MODELS[wildcards.model].resources.get(name, default)
 
 
 def model_labels(wildcards):
-    return {k: MODELS[wildcards.model][k] for k in LABELS if k in MODELS[wildcards.model]}
+    return MODELS[wildcards.model].labels
+
+
+def revision_numbers(wildcards):
+    """The training step and epoch that a revision holds (None where unknown), as the registry has them."""
+    revision = MODELS[wildcards.model].revision(wildcards.revision)
+    return {"step": revision.step, "epoch": revision.epoch}
 
 
 def inference_settings(task, model):
@@ -72,7 +79,7 @@ def inference_settings(task, model):
     settings = {k: v for k, v in config["inference"].items() if k != "threads"}  # threads: the rule's
     settings.update({k: TASKS[task][k] for k in ("window", "window_mode", "max_new_tokens", "stop", "chat")
                      if k in TASKS[task]})
-    settings.update(MODELS[model].get("inference", {}))
+    settings.update(MODELS[model].inference)
     return canonical(settings)
 
 
@@ -105,68 +112,6 @@ def dataset_files(wildcards):
     return files
 
 
-def pretrained_models():
-    """The suite trained here (config `pretrain`), as model entries: name -> config of the model."""
-    if "pretrain" not in config:
-        return {}
-    pre = config["pretrain"]
-    final = f"step{pre['steps']}"
-    models = {}
-    for size in pre["sizes"]:
-        for data in pre["data"]:
-            every_step = size == pre.get("dynamics") and data == pre["data"][0]
-            models[f"{pre['family']}-{size}-{data}"] = {
-                "source": f"local:results/pretrain/models/{pre['family']}-{size}-{data}",
-                "revisions": [f"step{s}" for s in pre["checkpoints"]] if every_step else [final],
-                "family": pre["family"], "data": data, "stage": "base", "size": size}
-    clash = sorted(set(models) & set(config["models"]))
-    if clash:
-        raise ValueError(f"config: models {clash} are also names of the pretrain suite; rename them")
-    return models
-
-
-def align_base_revision(models):
-    """The revision of the base model that alignment starts from (default: its last one)."""
-    base = models[ALIGN["base"]]
-    revision = ALIGN.get("revision", base["revisions"][-1])
-    if revision not in base["revisions"]:
-        raise ValueError(f"config: align.revision {revision!r} is not a revision of {ALIGN['base']!r} "
-                         f"({', '.join(base['revisions'])}); add it there so the base is evaluated too")
-    return revision
-
-
-def aligned_models(models):
-    """The models the align stage trains (config `align`): (supervised runs: name -> {data, tuning},
-    preference-tuned names: stage -> name, model entries: name -> config of the model)."""
-    if not ALIGN:
-        return {}, {}, {}
-    base = ALIGN["base"]
-    if base not in models:
-        raise ValueError(f"config: align.base {base!r} is not a model (models: {', '.join(models)})")
-    align_base_revision(models)
-    labels = {k: models[base][k] for k in ("family", "size", "inference", "resources") if k in models[base]}
-    tuned = {f"{base}-sft-{data}-{tuning}": {"data": data, "tuning": tuning}
-             for data in ALIGN["instructions"] for tuning in ALIGN["tuning"]}
-    entries = {name: {"source": f"local:results/align/models/{name}", **labels, "stage": "sft", **run,
-                      "revisions": [f"epoch{e}" for e in range(1, ALIGN["epochs"] + 1)]}
-               for name, run in tuned.items()}
-    names = {}
-    if PREFERENCE:
-        policy = f"{base}-sft-{PREFERENCE['policy']}"
-        if policy not in tuned:
-            known = ", ".join(f"{run['data']}-{run['tuning']}" for run in tuned.values())
-            raise ValueError(f"config: align.preference.policy {PREFERENCE['policy']!r} is not a tuned model ({known})")
-        for stage in ("rlhf", "dpo"):
-            if stage in PREFERENCE:
-                names[stage] = name = f"{base}-{stage}"
-                entries[name] = {"source": f"local:results/align/models/{name}", **labels, "stage": stage,
-                                 **tuned[policy], "revisions": [f"epoch{e}" for e in range(1, PREFERENCE[stage]["epochs"] + 1)]}
-    clash = sorted(set(entries) & set(models))
-    if clash:
-        raise ValueError(f"config: models {clash} are also names of aligned models; rename them")
-    return tuned, names, entries
-
-
 def first_import(task):
     """The samples file of an imported task that its task table is built from (the first model's)."""
     return next(IMPORTS[model][task] for model in IMPORTS if task in IMPORTS[model])
@@ -191,17 +136,20 @@ def imported_runs():
     return runs
 
 
-PRETRAINED = pretrained_models()
-TUNED, ALIGNED_NAMES, ALIGNED = aligned_models({**config["models"], **PRETRAINED})
-MODELS = {**config["models"], **PRETRAINED, **ALIGNED}
+# Every model, from the registry (workflow_scripts/registry.py): its names, revisions, labels and parents.
+REGISTRY = build_registry(config)
+MODELS = REGISTRY.models
+PRETRAINED = REGISTRY.of("pretrain")
+TUNED = REGISTRY.of("tune")
+ALIGNED = REGISTRY.of(*ALIGNED_ORIGINS)
+ALIGNED_NAMES = {m.origin: name for name, m in ALIGNED.items() if m.origin in ("rlhf", "dpo")}
 IMPORTS = imported_runs()
-for clash, what in ((set(IMPORTS) & set(MODELS), "models"), ({t for r in IMPORTS.values() for t in r} & set(TASKS), "tasks")):
-    if clash:
-        raise ValueError(f"config: imports: {sorted(clash)} are also names of {what}; rename them")
-RUNS = [(task, model, revision) for task in REGULAR_TASKS for model in MODELS for revision in MODELS[model]["revisions"]]
+clash = {t for r in IMPORTS.values() for t in r} & set(TASKS)
+if clash:
+    raise ValueError(f"config: imports: {sorted(clash)} are also names of tasks; rename them")
+RUNS = [(task, model, revision) for task in REGULAR_TASKS for model in MODELS if MODELS[model].origin != "imports"
+        for revision in MODELS[model].revision_names]
 RUNS += [(task, model, "lm_eval") for model in IMPORTS for task in sorted(IMPORTS[model])]
-MODELS.update({model: {"source": f"lm_eval:{run['lm_eval']}", "revisions": ["lm_eval"], **run.get("labels", {})}
-               for model, run in config["imports"].items()})
 if IMPORTS:
     from workflow_scripts.imports import METHODS as IMPORTED_METHODS
 
@@ -229,11 +177,7 @@ def trained_model_dir(wildcards):
 
 def training_output(model):
     """The folder a model trained here is read from: the suite's or the align stage's (or none)."""
-    if model in PRETRAINED:
-        return [f"results/pretrain/models/{model}"]
-    if model in ALIGNED:
-        return [f"results/align/models/{model}"]
-    return []
+    return [MODELS[model].folder] if MODELS[model].folder else []
 
 
 def eval_task_tables():
@@ -241,9 +185,21 @@ def eval_task_tables():
     return [f"results/data/{t}.parquet" for t in TASKS if TASKS[t]["kind"] != "clm"]
 
 
+def align_base():
+    """(model, revision) that the align stage tunes."""
+    tuned = next(iter(TUNED.values()))
+    return tuned.parent, tuned.parent_revision
+
+
+def policy():
+    """(model, revision) that preference optimisation starts from: the tuned policy at its last epoch."""
+    preference = MODELS[next(iter(ALIGNED_NAMES.values()))]
+    return preference.parent, preference.parent_revision
+
+
 def policy_dir():
-    """The tuned model that preference optimisation starts from (its last epoch is used)."""
-    return f"results/align/models/{ALIGN['base']}-sft-{PREFERENCE['policy']}"
+    """The training output of the tuned policy (the rules read its revision policy()[1])."""
+    return training_output(policy()[0])[0]
 
 
 def align_resources():
@@ -253,8 +209,9 @@ def align_resources():
 
 
 def primary_methods():
-    """The first configured confidence method of every task: the one the study's figures use."""
-    return {t: methods_of(t)[0] for t in TASKS}
+    """The first configured confidence method of every task: the one the study's figures use (keys
+    sorted: as a rule's params, the order of the tasks in the config must not rerun it)."""
+    return canonical({t: methods_of(t)[0] for t in TASKS})
 
 
 def study_figures():
@@ -275,15 +232,6 @@ def study_figures():
     return targets
 
 
-def revision_order(revisions):
-    """Revisions by their step or epoch number where every one has one (step4 before step16), else as listed."""
-    from workflow_scripts.metrics import parse_epoch
-    from workflow_scripts.sources import parse_step
-
-    numbers = [parse_step(r) if parse_step(r) is not None else parse_epoch(r) for r in revisions]
-    return list(revisions) if None in numbers else [r for _, r in sorted(zip(numbers, revisions))]
-
-
 def comparison_pairs():
     """The model pairs of results/metrics/comparisons.csv, each {comparison, a, b} (differences are b - a):
     every aligned model's revisions against the base revision it was tuned from, consecutive revisions of
@@ -294,20 +242,18 @@ def comparison_pairs():
     def pair(kind, a, b):
         pairs.append({"comparison": kind, "a": {"model": a[0], "revision": a[1]}, "b": {"model": b[0], "revision": b[1]}})
 
-    if ALIGN:
-        base = (ALIGN["base"], align_base_revision(MODELS))
-        for name in ALIGNED:
-            for revision in ALIGNED[name]["revisions"]:
-                pair("aligned_vs_base", base, (name, revision))
-    for name, entry in MODELS.items():
-        revisions = revision_order(entry["revisions"])
+    for name, model in ALIGNED.items():
+        for revision in model.revision_names:
+            pair("aligned_vs_base", REGISTRY.base_of(name), (name, revision))
+    for name, model in MODELS.items():
+        revisions = model.ordered_revisions()
         for a, b in zip(revisions, revisions[1:]):
             pair("consecutive_checkpoints", (name, a), (name, b))
     for family in config["figures"].get("suites", []):
         variants = {}
-        for name, entry in MODELS.items():
-            if entry.get("family") == family and entry.get("stage", "base") == "base":
-                variants.setdefault(entry.get("data"), []).append((name, revision_order(entry["revisions"])[-1]))
+        for name, model in MODELS.items():
+            if model.labels.get("family") == family and model.labels.get("stage", "base") == "base":
+                variants.setdefault(model.labels.get("data"), []).append((name, model.ordered_revisions()[-1]))
         for members in variants.values():
             for a, b in zip(members, members[1:]):
                 pair("consecutive_sizes", a, b)
@@ -317,8 +263,8 @@ def comparison_pairs():
 def alignment_models():
     """The models of the alignment figure, in order: the base at its tuned revision, then every
     supervised run, then DPO and RLHF (last), as {model: [revisions]}."""
-    base = ALIGN["base"]
-    order = {base: [align_base_revision(MODELS)]}
-    order.update({name: ALIGNED[name]["revisions"] for name in TUNED})
-    order.update({ALIGNED_NAMES[s]: ALIGNED[ALIGNED_NAMES[s]]["revisions"] for s in ("dpo", "rlhf") if s in ALIGNED_NAMES})
+    base, revision = align_base()
+    order = {base: [revision]}
+    order.update({name: model.revision_names for name, model in TUNED.items()})
+    order.update({ALIGNED_NAMES[s]: ALIGNED[ALIGNED_NAMES[s]].revision_names for s in ("dpo", "rlhf") if s in ALIGNED_NAMES})
     return order

@@ -46,7 +46,7 @@ rule fetch_checkpoint:
     output:
         checkpoint("{model}", "{revision}"),
     params:
-        source=lambda wc: MODELS[wc.model]["source"],
+        source=lambda wc: MODELS[wc.model].source,
         evict_hub_cache=config["evict_hub_cache"],
     log:
         "results/logs/fetch_checkpoint/{model}/{revision}.log",

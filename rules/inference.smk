@@ -13,7 +13,7 @@ rule infer:
         # by name, as are the inputs and outputs (the order of the config's tasks changes nothing)
         tasks=lambda wc: canonical({task: {"kind": TASKS[task]["kind"], "settings": inference_settings(task, wc.model)}
                                     for task in REGULAR_TASKS}),
-        source=lambda wc: MODELS[wc.model]["source"],
+        source=lambda wc: MODELS[wc.model].source,
     threads: config["inference"]["threads"]
     log:
         "results/logs/infer/{model}/{revision}.log",

@@ -1,5 +1,5 @@
 # The suite trained here (config `pretrain`): corpus, tokenizer, and one model per size and data variant.
-# Its checkpoints are read back as revisions step<N> of `local:` model sources (see common.smk).
+# Its checkpoints are read back as revisions step<N> of `local:` model sources (workflow_scripts/registry.py).
 
 
 wildcard_constraints:
@@ -47,12 +47,12 @@ rule train_tokenizer:
 rule pretrain:
     input:
         code=code("pretrain"),
-        corpus=lambda wc: f"results/pretrain/corpus/{PRETRAINED[wc.pretrained]['data']}.parquet",
+        corpus=lambda wc: f"results/pretrain/corpus/{PRETRAINED[wc.pretrained].labels['data']}.parquet",
         tokenizer="results/pretrain/tokenizer",
     output:
         directory("results/pretrain/models/{pretrained}"),
     params:
-        size=lambda wc: canonical(config["pretrain"]["sizes"][PRETRAINED[wc.pretrained]["size"]]),
+        size=lambda wc: canonical(config["pretrain"]["sizes"][PRETRAINED[wc.pretrained].labels["size"]]),
         training=lambda wc: canonical({k: config["pretrain"][k] for k in ("steps", "checkpoints", "batch_size", "seq_len", "lr", "warmup")}),
         seed=config["seed"],
         work_dir=lambda wc: f"results/pretrain/work/{wc.pretrained}",

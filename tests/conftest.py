@@ -9,6 +9,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def inference_settings(kind: str, **changes) -> dict:
+    """The settings of an inference task of ``kind`` that the infer rule passes for a config that sets
+    none (the schema's defaults: section `inference` less threads, then the task's keys), with ``changes``."""
+    from snakemake.utils import validate
+
+    from workflow_scripts.inference import KIND_SETTINGS, SETTINGS
+
+    config = {"tasks": {"t": {"kind": kind, "dataset": {"format": "any"}}}}
+    validate(config, schema=str(ROOT / "config" / "schema.yaml"))
+    task = config["tasks"]["t"]
+    return {**{k: config["inference"][k] for k in SETTINGS}, **{k: task[k] for k in KIND_SETTINGS[kind]}, **changes}
+
+
 def fixtures_dir() -> Path:
     """The shared real-data fixtures (../shared/fixtures, or CALIBRATION_FIXTURES); skips the test where absent."""
     root = Path(os.environ.get("CALIBRATION_FIXTURES") or ROOT.parent / "shared" / "fixtures")

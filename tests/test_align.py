@@ -331,12 +331,6 @@ def test_a_model_saved_in_shards_is_copied_whole(base, tokenizer, tmp_path):
         align._copy_model(tmp_path / "saved", tmp_path / "again", tokenizer)
 
 
-def test_last_epoch_picks_the_largest_number(tmp_path):
-    for n in (1, 2, 10):
-        (tmp_path / f"epoch{n}").mkdir()
-    assert align.last_epoch(tmp_path).name == "epoch10"
-
-
 def test_mean_pairwise_cosine_distance_matches_a_direct_loop():
     from sklearn.metrics.pairwise import cosine_distances
 
@@ -396,24 +390,24 @@ class Named(list):
 # rules/pretrain.smk and rules/align.smk, from the config `c`), and the schema key of every argument
 # that the config sets.
 RULES = {
-    "build_corpus": (pretrain, "build_corpus", lambda c, f: dict(
+    "build_corpus": (pretrain, "build_corpus", lambda c: dict(
         params=Named(corpus=c["pretrain"]["corpus"], seed=c["seed"]), input=Named(held_out=[]),
         wildcards=Named(data="standard")), {**section("pretrain.corpus"), "seed": "seed"}),
-    "train_tokenizer": (pretrain, "train_tokenizer", lambda c, f: dict(
+    "train_tokenizer": (pretrain, "train_tokenizer", lambda c: dict(
         params=Named(vocab_size=c["pretrain"]["vocab_size"]), input=Named(corpus="corpus.parquet")),
         {"vocab_size": "pretrain.vocab_size"}),
-    "pretrain": (pretrain, "train_model", lambda c, f: dict(
+    "pretrain": (pretrain, "train_model", lambda c: dict(
         params=Named(size=c["pretrain"]["sizes"]["s"], training={k: c["pretrain"][k] for k in (
             "steps", "checkpoints", "batch_size", "seq_len", "lr", "warmup")}, seed=c["seed"], work_dir="work"),
         input=Named(corpus="corpus.parquet", tokenizer="tokenizer"), threads=c["pretrain"]["threads"]),
         {**{k: f"pretrain.{k}" for k in ("batch_size", "seq_len", "lr", "warmup", "threads")}, "seed": "seed"}),
-    "build_instructions": (align_data, "build_instructions", lambda c, f: dict(
+    "build_instructions": (align_data, "build_instructions", lambda c: dict(
         params=Named(dataset=c["align"]["instructions"]["narrow"], limit=c["align"]["limit"], seed=c["seed"]),
         input=Named(held_out=[]), wildcards=Named(instructions="narrow")), {"limit": "align.limit", "seed": "seed"}),
-    "build_preferences": (align_data, "build_preferences", lambda c, f: dict(
+    "build_preferences": (align_data, "build_preferences", lambda c: dict(
         params=Named(dataset=c["align"]["preference"]["data"], limit=c["align"]["preference"]["limit"],
                      seed=c["seed"]), input=Named(held_out=[])), {"limit": "align.preference.limit", "seed": "seed"}),
-    "tune": (align, "tune", lambda c, f: dict(
+    "tune": (align, "tune", lambda c: dict(
         params=Named(tuning="full", lr=c["align"]["tuning"]["full"]["lr"],
                      lora={k: v for k, v in c["align"]["tuning"]["full"].items() if k != "lr"},
                      training={k: c["align"][k] for k in ("epochs", "batch_size", "gradient_accumulation_steps",
@@ -421,21 +415,24 @@ RULES = {
         input=Named(base="base", data="narrow.parquet"), threads=c["align"]["threads"]),
         {**{k: f"align.{k}" for k in ("epochs", "batch_size", "gradient_accumulation_steps", "max_length", "threads")},
          "lr": "align.tuning.*.lr", "seed": "seed"}),
-    "train_reward_model": (align, "train_reward_model", lambda c, f: dict(
-        params=Named(settings=c["align"]["preference"]["reward"], max_length=c["align"]["max_length"], seed=c["seed"]),
-        input=Named(policy=f, pairs="pairs.parquet"), threads=c["align"]["threads"]),
+    "train_reward_model": (align, "train_reward_model", lambda c: dict(
+        params=Named(settings=c["align"]["preference"]["reward"], policy_revision="epoch1",
+                     max_length=c["align"]["max_length"], seed=c["seed"]),
+        input=Named(policy="policy", pairs="pairs.parquet"), threads=c["align"]["threads"]),
         {**section("align.preference.reward"), "max_length": "align.max_length", "threads": "align.threads",
          "seed": "seed"}),
-    "rlhf": (align, "rlhf", lambda c, f: dict(
-        params=Named(settings=c["align"]["preference"]["rlhf"], seed=c["seed"], work_dir="work"),
-        input=Named(policy=f, reward_model="reward", pairs="pairs.parquet"), threads=c["align"]["threads"]),
+    "rlhf": (align, "rlhf", lambda c: dict(
+        params=Named(settings=c["align"]["preference"]["rlhf"], policy_revision="epoch1", seed=c["seed"],
+                     work_dir="work"),
+        input=Named(policy="policy", reward_model="reward", pairs="pairs.parquet"), threads=c["align"]["threads"]),
         {**section("align.preference.rlhf"), "threads": "align.threads", "seed": "seed"}),
-    "dpo": (align, "dpo", lambda c, f: dict(
-        params=Named(settings=c["align"]["preference"]["dpo"], max_length=c["align"]["max_length"], seed=c["seed"],
-                     work_dir="work"), input=Named(policy=f, pairs="pairs.parquet"), threads=c["align"]["threads"]),
+    "dpo": (align, "dpo", lambda c: dict(
+        params=Named(settings=c["align"]["preference"]["dpo"], policy_revision="epoch1",
+                     max_length=c["align"]["max_length"], seed=c["seed"], work_dir="work"),
+        input=Named(policy="policy", pairs="pairs.parquet"), threads=c["align"]["threads"]),
         {**section("align.preference.dpo"), "max_length": "align.max_length", "threads": "align.threads",
          "seed": "seed"}),
-    "diversity": (diversity, "diversity", lambda c, f: dict(
+    "diversity": (diversity, "diversity", lambda c: dict(
         params=Named(names=["narrow"], settings=c["align"]["diversity"], seed=c["seed"]),
         input=Named(data=["narrow.parquet"]), output=Named(map="map.parquet", csv="diversity.csv"),
         threads=c["align"]["threads"]),
@@ -444,7 +441,7 @@ RULES = {
 
 
 @pytest.mark.parametrize("rule", RULES)
-def test_a_config_of_empty_sections_trains_with_the_schema_defaults(rule, tmp_path, monkeypatch):
+def test_a_config_of_empty_sections_trains_with_the_schema_defaults(rule, monkeypatch):
     """The schema is the one source of defaults: with a config that sets nothing it can leave out
     (validated as the Snakefile does), each rule script passes the schema's default of every setting,
     and the stage function has no default of its own for any of them to disagree with."""
@@ -456,13 +453,12 @@ def test_a_config_of_empty_sections_trains_with_the_schema_defaults(rule, tmp_pa
                         "tuning": {"full": {}},
                         "preference": {"policy": "narrow-full", "data": {"format": "geonames"}, "rlhf": {}, "dpo": {}}}}
     validate(config, schema=str(ROOT / "config" / "schema.yaml"))
-    (tmp_path / "policy" / "epoch1").mkdir(parents=True)
     module, name, job, expected = RULES[rule]
     function, calls = getattr(module, name), []
     monkeypatch.setattr(module, name, lambda *args, **kwargs: calls.append((args, kwargs)))
     monkeypatch.setattr(runlog, "run_logged", lambda log, fn, *args, **kwargs: fn(*args, **kwargs))
     snakemake = SimpleNamespace(**{"output": Named(out="out"), "log": ["log"], "threads": 1,
-                                   **job(config, tmp_path / "policy")})
+                                   **job(config)})
     runpy.run_path(str(ROOT / "rules" / "scripts" / f"{rule}.py"), init_globals={"snakemake": snakemake})
 
     (args, kwargs), = calls
@@ -470,3 +466,50 @@ def test_a_config_of_empty_sections_trains_with_the_schema_defaults(rule, tmp_pa
     signature.bind(*args, **kwargs)  # a call that the stage function takes: every argument it needs, no other
     assert {key: kwargs[key] for key in expected} == {key: schema_default(path) for key, path in expected.items()}
     assert [key for key in expected if signature.parameters[key].default is not inspect.Parameter.empty] == []
+
+
+def kind_default(kind: str, key: str):
+    """The default that config/schema.yaml gives the task key ``key`` on tasks of ``kind`` (``tasks.*.allOf``)."""
+    for block in SCHEMA["properties"]["tasks"]["additionalProperties"]["allOf"]:
+        if block["if"]["properties"]["kind"]["const"] == kind and key in block["then"]["properties"]:
+            return block["then"]["properties"][key]["default"]
+    raise KeyError(f"the schema gives {kind} tasks no default {key}")
+
+
+def test_a_config_of_empty_sections_infers_with_the_schema_defaults(monkeypatch):
+    """The same for the infer rule: each task's settings (as rules/common.smk's inference_settings builds them:
+    section `inference` less threads, then the task's own keys) are the schema's defaults of its kind, every one
+    that the stage takes and no other, and neither infer_checkpoint nor the task's run has a default of its own."""
+    from snakemake.utils import validate
+
+    from workflow_scripts import inference
+
+    config = {"models": {"m": {"source": "local:m"}},
+              "tasks": {kind: {"kind": kind, "dataset": {"format": "geonames"}} for kind in inference.KIND_SETTINGS}}
+    validate(config, schema=str(ROOT / "config" / "schema.yaml"))
+    common = {k: v for k, v in config["inference"].items() if k != "threads"}
+    own = ("window", "window_mode", "max_new_tokens", "stop", "chat")
+    tasks = {name: {"kind": task["kind"], "settings": {**common, **{k: task[k] for k in own if k in task}}}
+             for name, task in config["tasks"].items()}
+    function, calls = inference.infer_checkpoint, []
+    monkeypatch.setattr(inference, "infer_checkpoint", lambda *args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.setattr(runlog, "run_logged", lambda log, fn, *args, **kwargs: fn(*args, **kwargs))
+    snakemake = SimpleNamespace(params=Named(tasks=tasks, source="local:m"),
+                                wildcards=Named(model="m", revision="main"),
+                                input=Named(checkpoint="checkpoint", data=[f"{t}.parquet" for t in tasks]),
+                                output=[f"{t}.out.parquet" for t in tasks], log=["log"],
+                                threads=config["inference"]["threads"])
+    runpy.run_path(str(ROOT / "rules" / "scripts" / "infer.py"), init_globals={"snakemake": snakemake})
+
+    (args, kwargs), = calls
+    signature = inspect.signature(function)
+    signature.bind(*args, **kwargs)
+    assert kwargs["threads"] == schema_default("inference.threads")
+    assert signature.parameters["threads"].default is inspect.Parameter.empty
+    for task in args[1]:
+        kind = task["kind"]
+        inference.check_settings(kind, task["settings"])  # every setting the kind takes, no other
+        assert task["settings"] == {**{k: schema_default(f"inference.{k}") for k in inference.SETTINGS},
+                                    **{k: kind_default(kind, k) for k in inference.KIND_SETTINGS[kind]}}
+    assert [name for name, p in inspect.signature(inference._infer_task).parameters.items()
+            if p.default is not inspect.Parameter.empty] == []

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAMILIES, build_family_model, build_llama_tokenizer, build_tokenizer
+from conftest import FAMILIES, build_family_model, build_llama_tokenizer, build_tokenizer, inference_settings
 
 from workflow_scripts import inference
 from workflow_scripts.inference import (InferenceError, check_output_head, context_length, encode, encode_options,
@@ -247,6 +247,7 @@ def test_the_add_bos_choice_is_in_the_provenance(name, tmp_path):
     write_table(facts, tmp_path / "facts.parquet")
     for add_bos in ("auto", False):
         out = tmp_path / f"raw-{add_bos}.parquet"
-        run_inference("generation", tmp_path / "facts.parquet", folder, out, max_new_tokens=3, add_bos=add_bos)
+        run_inference("generation", tmp_path / "facts.parquet", folder, out, threads=1,
+                      **inference_settings("generation", max_new_tokens=3, add_bos=add_bos))
         info = read_provenance(out)
         assert info["add_bos"] == add_bos and info["bos"] == (name == "llama" and add_bos == "auto")

@@ -1,7 +1,9 @@
 """Fault injection on the whole workflow: runs killed with SIGKILL (Snakemake and its jobs at once,
 as a power loss would) mid-download, mid-inference and mid-write resume to the tables of an
-uninterrupted run; two clean runs write byte-equal tables; every table traces back to its model
-commit, data hash, config and code; a later failure does not keep a temporary checkpoint.
+uninterrupted run; the default config killed mid-pretraining and mid-tuning stops on its lock, and
+`--unlock`, then `--rerun-incomplete`, finish it with the weights of an uninterrupted run; two clean
+runs write byte-equal tables; every table traces back to its model commit, data hash, config and code;
+a later failure does not keep a temporary checkpoint.
 
 The model is served by a Hugging Face Hub on localhost (tests/fake_hub.py), so the download is
 a real one through huggingface_hub; the kills inside jobs come from workflow_scripts.faults."""
@@ -16,7 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pydoc_data.topics
 import pytest
+import torch
 from fake_hub import FakeHub
+from safetensors.torch import load_file
 
 from workflow import SNAKEMAKE, copy_workflow, planned_jobs, write_config
 from workflow_scripts.tables import read_provenance
@@ -67,8 +71,7 @@ def _workdir(root: Path) -> tuple[Path, Path]:
     return workdir, write_config(workdir, _config())
 
 
-def _run(workdir: Path, config: Path, hub: FakeHub, *args: str, fault: str | None = None,
-         kill_on_download: bool = False) -> subprocess.CompletedProcess:
+def _start(workdir: Path, config: Path, hub: FakeHub, *args: str, fault: str | None = None) -> subprocess.Popen:
     """Snakemake in a session of its own (so a fault kills it and its jobs, and nothing else)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CALIBRATION_"))}
     env.update(HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(workdir / "hf-cache"), HF_HUB_DISABLE_TELEMETRY="1",
@@ -77,12 +80,21 @@ def _run(workdir: Path, config: Path, hub: FakeHub, *args: str, fault: str | Non
         env["CALIBRATION_FAULT"] = fault
     cmd = SNAKEMAKE + ["--directory", str(workdir), "--snakefile", str(workdir / "Snakefile"),
                        "--configfile", str(config), "--cores", "2", *args]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, text=True,
+    return subprocess.Popen(cmd, env=env, start_new_session=True, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, _ = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out)
+
+
+def _run(workdir: Path, config: Path, hub: FakeHub, *args: str, fault: str | None = None,
+         kill_on_download: bool = False) -> subprocess.CompletedProcess:
+    proc = _start(workdir, config, hub, *args, fault=fault)
     if kill_on_download:
         hub.on_partial("model.safetensors", lambda: os.killpg(proc.pid, signal.SIGKILL))
-    out, _ = proc.communicate(timeout=600)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out)
+    return _finish(proc)
 
 
 def _complete(workdir, config, hub, *args) -> None:
@@ -109,7 +121,9 @@ def test_two_clean_runs_write_byte_equal_tables(reference, hub, tmp_path):
     workdir, config = _workdir(tmp_path / "again")
     _complete(workdir, config, hub)
     first, second = _tables(reference[0]), _tables(workdir)
-    assert len(first) == 2 * 5 + 3  # per task: data, inference, confidence, metrics and bins; summaries
+    # per task: data, inference, confidence, recalibrated, metrics, bins, sweep, subjects, curves; the summaries
+    # (summary.parquet and .csv, reliability, bin_sweep, subjects, curves)
+    assert len(first) == 2 * 9 + 6
     assert first.keys() == second.keys()
     assert [path for path in first if first[path] != second[path]] == []
 
@@ -168,6 +182,66 @@ def test_runs_killed_mid_download_mid_inference_and_mid_write_resume_to_equal_ta
     assert planned_jobs(workdir, config, "--", TARGET) == {}
 
 
+# The default config (config/config.yaml) up to one tuned model's first epoch: the corpus, the tokenizer and
+# the pretraining of the align base, the task tables, the instruction set, the tuning, then inference.
+BASE = "geo-neox-l-standard"
+TUNED = f"{BASE}-sft-narrow-full"
+FIRST_EPOCH = f"results/inference/geography/{TUNED}/epoch1.parquet"
+
+
+def _published_weights(workdir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """The weights of every published revision of the align base and of the tuned model, by folder."""
+    results = workdir / "results"
+    folders = [*(results / "pretrain" / "models" / BASE).glob("step*"),
+               *(results / "align" / "models" / TUNED).glob("epoch*")]
+    return {str(f.relative_to(results)): load_file(f / "model.safetensors") for f in sorted(folders)}
+
+
+def _stops_on_the_lock_until_unlocked(workdir: Path, config: Path, hub: FakeHub) -> None:
+    """After a kill the next run stops on the lock the kill left, with Snakemake's message; --unlock removes it."""
+    proc = _run(workdir, config, hub, FIRST_EPOCH)
+    assert proc.returncode == 1 and "Directory cannot be locked" in proc.stdout, proc.stdout[-3000:]
+    _unlock(workdir, config, hub)
+
+
+def test_the_default_run_killed_in_training_is_finished_by_unlock_then_rerun_incomplete(hub, tmp_path, request):
+    """The README's two commands after a kill, on the real default config: killed (SIGKILL of Snakemake and its
+    jobs) after pretraining's checkpoint at step 192, then after tuning's first epoch. Each time the next run
+    stops on the lock, `--unlock` removes it and `--rerun-incomplete` resumes the training where it stopped;
+    the published weights are those of an uninterrupted run (beside it, at the same time)."""
+    reference, killed = (copy_workflow(tmp_path / name) for name in ("reference", "killed"))
+    config = killed / "config" / "config.yaml"
+    uninterrupted = _start(reference, reference / "config" / "config.yaml", hub, f"results/align/models/{TUNED}")
+    request.addfinalizer(lambda: uninterrupted.poll() is None and os.killpg(uninterrupted.pid, signal.SIGKILL))
+    logs, models = killed / "results" / "logs", killed / "results" / "align" / "models"
+
+    proc = _run(killed, config, hub, FIRST_EPOCH, fault="train@*/pretrain/work/*/step192")
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-3000:]
+    assert not (killed / "results" / "pretrain" / "models" / BASE).exists()
+    _stops_on_the_lock_until_unlocked(killed, config, hub)
+
+    proc = _run(killed, config, hub, FIRST_EPOCH, "--rerun-incomplete", fault="train@*/align/work/*/checkpoint-*")
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-3000:]
+    assert "resuming from step 192" in (logs / "pretrain" / f"{BASE}.log").read_text()
+    assert not (models / TUNED).exists()
+    _stops_on_the_lock_until_unlocked(killed, config, hub)
+
+    proc = _run(killed, config, hub, FIRST_EPOCH, "--rerun-incomplete")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "resuming from results/align/work/" in (logs / "tune" / f"{TUNED}.log").read_text()
+    assert (killed / FIRST_EPOCH).is_file()
+    proc = _finish(uninterrupted)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    got, expected = _published_weights(killed), _published_weights(reference)
+    assert list(got) == list(expected) and len(expected) == 8 + 3  # the base's 8 checkpoints, 3 epochs
+    for folder, weights in expected.items():
+        for name, tensor in weights.items():
+            if folder.startswith("pretrain") or folder.endswith("epoch1"):  # saved before the kill, or resumed exactly
+                assert torch.equal(got[folder][name], tensor), (folder, name)
+            else:  # resumed by the Trainer, as test_align.py's resumed tuning
+                torch.testing.assert_close(got[folder][name], tensor, atol=1e-6, rtol=1e-5)
+
+
 def test_every_table_traces_back_to_model_data_config_and_code(reference, hub):
     workdir, _ = reference
     summary = pd.read_csv(workdir / TARGET)
@@ -176,7 +250,9 @@ def test_every_table_traces_back_to_model_data_config_and_code(reference, hub):
     for row in summary.itertuples():
         score = inputs[f"results/metrics/{row.task}/{row.model}/{row.revision}.parquet"]
         assert score["n_bins"] == 10 and score["n_bootstrap"] == 50 and score["seed"] == 0
-        confidence = score["input"]
+        recalibrated = score["input"]
+        assert recalibrated["stage"] == "recalibrate" and recalibrated["folds"] == 5
+        confidence = recalibrated["input"]
         assert row.method in confidence["methods"]
         infer = confidence["inference"]
         assert infer["checkpoint"] == {"source": "hf:org/tiny", "revision": "main", "resolved_commit": hub.commit}
@@ -186,7 +262,8 @@ def test_every_table_traces_back_to_model_data_config_and_code(reference, hub):
         assert data["files"] and all(len(digest) == 64 for digest in data["files"].values())
         if row.task == "prose":
             assert data["files"] == {"data/prose.txt": prose}
-        for stage, module in [(score, "metrics"), (confidence, "confidence"), (infer, "inference"), (data, "tasks")]:
+        for stage, module in [(score, "metrics"), (recalibrated, "recalibrate"), (confidence, "confidence"),
+                              (infer, "inference"), (data, "tasks")]:
             assert module in stage["code"]["modules"] and stage["packages"]["torch" if module == "inference" else "pandas"]
 
 
@@ -201,9 +278,9 @@ def test_a_changed_dataset_file_reruns_its_dependants(reference, hub, monkeypatc
     finally:
         path.write_text(original)
     # The prose task from its data on. One job infers every task of a checkpoint, so the other
-    # task's inference runs again too, and so do its confidence and scores (equal to before).
-    assert jobs == {"prepare_task": 1, "fetch_checkpoint": 1, "infer": 1, "extract_confidence": 2, "score": 2,
-                    "summarize": 1}
+    # task's inference runs again too, and so do its confidence, recalibration and scores (equal to before).
+    assert jobs == {"prepare_task": 1, "fetch_checkpoint": 1, "infer": 1, "extract_confidence": 2, "recalibrate": 2,
+                    "score": 2, "summarize": 1}
 
 
 def test_a_later_failure_does_not_keep_the_temporary_checkpoint(tmp_path, hub):

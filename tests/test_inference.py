@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import build_tiny_model, inference_settings
 
 from workflow_scripts import inference
 from workflow_scripts.inference import (Batches, InferenceError, cut_answer, encode_pair, generate_answers,
@@ -59,12 +59,25 @@ def test_clm_inference_streams_row_groups_with_provenance(tiny_model, tiny_model
     write_table(DOCS, tmp_path / "docs.parquet", provenance={"task": "docs"})
     monkeypatch.setattr(inference, "BATCHES_PER_ROW_GROUP", 1)  # a row group per batch of windows
     out = tmp_path / "raw.parquet"
-    run_inference("clm", tmp_path / "docs.parquet", tiny_model_dir, out, batch_size=2, window=16,
-                  provenance={"task": "docs"})
+    run_inference("clm", tmp_path / "docs.parquet", tiny_model_dir, out, threads=1, provenance={"task": "docs"},
+                  **inference_settings("clm", batch_size=2, window=16))
     assert pq.ParquetFile(out).num_row_groups > 1
     assert read_provenance(out)["kind"] == "clm" and read_provenance(out)["data"]["task"] == "docs"
     expected = score_tokens(model, tok, DOCS, window=16, batch_size=2)
     pd.testing.assert_frame_equal(read_table(out), expected, check_dtype=False, atol=1e-6)
+
+
+def test_a_task_takes_every_setting_of_its_kind_and_no_other(tiny_model_dir, tmp_path):
+    """No setting has a default here (the schema's are passed): one missing, or one of another kind, is named."""
+    settings = inference_settings("generation", window=16)
+    del settings["stop"]
+    with pytest.raises(ValueError, match=r"settings of a generation task: missing stop; unknown window \(it takes "
+                                         r"add_bos, batch_size, device, dtype, max_new_tokens, stop\)"):
+        run_inference("generation", tmp_path / "facts.parquet", tiny_model_dir, tmp_path / "raw.parquet", threads=1,
+                      **settings)
+    with pytest.raises(ValueError, match="unknown task kind 'cloze'"):
+        inference.check_settings("cloze", settings)
+    assert list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------- multiple choice

@@ -11,16 +11,10 @@ from safetensors.torch import load_file
 
 from workflow_scripts import pretrain
 from workflow_scripts.pretrain import batch_indices, build_corpus, train_model, train_tokenizer
-from workflow_scripts.sources import fetch_checkpoint, parse_step
+from workflow_scripts.sources import fetch_checkpoint
 from workflow_scripts.tables import read_table, write_table
 
 TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
-
-
-@pytest.mark.parametrize("revision,step", [("step0", 0), ("step143000", 143000), ("main", None),
-                                           ("step12a", None), ("epoch1", None), ("mystep5", None)])
-def test_parse_step(revision, step):
-    assert parse_step(revision) == step
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ the very table of an uninterrupted job; and inputs it refuses with a clear error
 are not single tokens)."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import build_tiny_model, inference_settings
 
 from workflow_scripts import inference
 from workflow_scripts.inference import InferenceError, Shards, run_inference, score_options
@@ -29,7 +30,9 @@ DATASETS = {
     "generation": ({"format": "geonames", "relations": ["capital", "continent"]}, {"limit": 10}),
     "multiple_choice": ({"format": "geonames", "relations": ["capital", "continent"]}, {"limit": 12, "shots": 2}),
 }
-SETTINGS = {"batch_size": 2, "window": 16, "max_new_tokens": 3}
+SETTINGS = {"clm": inference_settings("clm", batch_size=2, window=16),
+            "generation": inference_settings("generation", batch_size=2, max_new_tokens=3),
+            "multiple_choice": inference_settings("multiple_choice", batch_size=2)}
 # The batch step of each kind, and which of its arguments holds the batch's items.
 COUNTED = {"clm": ("_window_stats", 2), "generation": ("_greedy", 2), "multiple_choice": ("_next_token_logprobs", 3)}
 
@@ -51,7 +54,7 @@ def small_shards(monkeypatch):
 
 
 def _run(kind, tables, model_dir, out, **settings):
-    run_inference(kind, tables / f"{kind}.parquet", model_dir, out, **{**SETTINGS, **settings})
+    run_inference(kind, tables / f"{kind}.parquet", model_dir, out, threads=1, **{**SETTINGS[kind], **settings})
 
 
 def _count_items(monkeypatch, kind) -> list[int]:
@@ -132,12 +135,12 @@ def test_a_checkpoint_job_runs_again_only_the_tasks_it_has_not_written(tables, t
     for kind in DATASETS:
         _run(kind, tables, tiny_model_dir, tmp_path / f"{kind}.reference.parquet")
     tasks = [{"kind": kind, "data": tables / f"{kind}.parquet", "out": tmp_path / f"{kind}.parquet",
-              "settings": SETTINGS} for kind in DATASETS]
+              "settings": SETTINGS[kind]} for kind in DATASETS]
     calls = {kind: _count_items(monkeypatch, kind) for kind in DATASETS}
 
     revive = _dies_after_a_shard(monkeypatch, lambda shards: shards.folder.name.startswith("multiple_choice"))
     with pytest.raises(KeyboardInterrupt):  # killed in the last task
-        inference.infer_checkpoint(tiny_model_dir, tasks)
+        inference.infer_checkpoint(tiny_model_dir, tasks, threads=1)
     revive()
     assert _work_left(tmp_path / "clm.parquet") == _work_left(tmp_path / "generation.parquet") == ["finished.parquet"]
     assert _work_left(tmp_path / "multiple_choice.parquet") == ["shard-00000.parquet"]
@@ -145,7 +148,7 @@ def test_a_checkpoint_job_runs_again_only_the_tasks_it_has_not_written(tables, t
         (tmp_path / f"{kind}.parquet").unlink(missing_ok=True)  # as Snakemake does before the rerun
         calls[kind].clear()
     with caplog.at_level(logging.INFO, logger="workflow_scripts.inference"):
-        inference.infer_checkpoint(tiny_model_dir, tasks)
+        inference.infer_checkpoint(tiny_model_dir, tasks, threads=1)
     assert calls["clm"] == calls["generation"] == [] and calls["multiple_choice"]  # the finished tasks: taken
     assert caplog.text.count("taken as it was") == 2
     for kind in DATASETS:
@@ -155,9 +158,10 @@ def test_a_checkpoint_job_runs_again_only_the_tasks_it_has_not_written(tables, t
     # a task added: only it runs; another setting: the task runs again
     (tmp_path / "clm.parquet").unlink()
     calls["clm"].clear()
-    inference.infer_checkpoint(tiny_model_dir, tasks[:1])
+    inference.infer_checkpoint(tiny_model_dir, tasks[:1], threads=1)
     assert calls["clm"] == []
-    inference.infer_checkpoint(tiny_model_dir, [{**tasks[0], "settings": {**SETTINGS, "batch_size": 3}}])
+    inference.infer_checkpoint(tiny_model_dir, [{**tasks[0], "settings": {**SETTINGS["clm"], "batch_size": 3}}],
+                               threads=1)
     assert calls["clm"] and _work_left(tmp_path / "clm.parquet") == ["finished.parquet"]
 
 
@@ -198,10 +202,11 @@ def test_a_batch_size_halved_after_out_of_memory_is_kept_on_resume(tables, tiny_
 
 
 KILLED_JOB = """
+import json
 import sys
 from workflow_scripts import inference
 inference.SHARD_ITEMS = 5
-inference.run_inference("multiple_choice", sys.argv[1], sys.argv[2], sys.argv[3], batch_size=2)
+inference.run_inference("multiple_choice", sys.argv[1], sys.argv[2], sys.argv[3], threads=1, **json.loads(sys.argv[4]))
 """
 
 
@@ -209,7 +214,8 @@ def test_sigkill_after_the_first_shard_then_resume(tables, tiny_model_dir, tmp_p
     """A real SIGKILL (the fault hook of workflow_scripts.faults) in a process of its own."""
     data, out = tables / "multiple_choice.parquet", tmp_path / "raw.parquet"
     env = {**os.environ, "CALIBRATION_FAULT": f"infer@{tmp_path}/*"}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED_JOB), str(data), str(tiny_model_dir), str(out)],
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLED_JOB), str(data), str(tiny_model_dir), str(out),
+                           json.dumps(SETTINGS["multiple_choice"])],
                           env=env, start_new_session=True, capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not out.exists()
@@ -275,7 +281,8 @@ def test_option_letters_of_two_tokens_are_scored_whole(tables, tmp_path, caplog)
     _model_for(tokenizer, tmp_path)
     out = tmp_path / "out" / "raw.parquet"
     with caplog.at_level(logging.WARNING, logger="workflow_scripts.inference"):
-        run_inference("multiple_choice", tables / "multiple_choice.parquet", tmp_path, out, batch_size=4)
+        run_inference("multiple_choice", tables / "multiple_choice.parquet", tmp_path, out, threads=1,
+                      **inference_settings("multiple_choice", batch_size=4))
     assert caplog.text.count("of several tokens after the prompt") == 1  # said once, not per question
     assert read_table(out)["letter_mass"].isna().all()
     assert f"{len(data)} of {len(data)} questions" in caplog.text
@@ -300,5 +307,6 @@ def test_an_option_merged_into_the_prompt_is_a_clear_error(tables, tmp_path):
     _model_for(tokenizer, tmp_path)
     out = tmp_path / "out" / "raw.parquet"
     with pytest.raises(InferenceError, match=r"item \S+: option\(s\) \[' A'\] add no token after the prompt"):
-        run_inference("multiple_choice", tables / "multiple_choice.parquet", tmp_path, out, batch_size=4)
+        run_inference("multiple_choice", tables / "multiple_choice.parquet", tmp_path, out, threads=1,
+                      **inference_settings("multiple_choice", batch_size=4))
     assert not out.parent.exists() or list(out.parent.iterdir()) == []

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .faults import fault_point
 from .tables import atomic_dir, model_files, prepare_work_dir, read_table, stage_fingerprint, write_table
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ def _train(make_trainer, work_dir, out_dir, settings: dict, inputs: dict, epochs
     fingerprint = stage_fingerprint(__name__, settings, inputs)
     resume = _resume_point(work_dir, fingerprint)
     trainer = make_trainer()
+    trainer.add_callback(_fault_after_save())
     if resume and not hasattr(trainer.model, "peft_config"):
         from transformers import AutoModelForCausalLM
 
@@ -159,6 +161,17 @@ def _train(make_trainer, work_dir, out_dir, settings: dict, inputs: dict, epochs
         history = pd.DataFrame(trainer.state.log_history)
         write_table(history, tmp / history_name, provenance={"stage": "align", "settings": settings,
                                                              "inputs": fingerprint["inputs"]})
+
+
+def _fault_after_save():
+    """A trainer callback at the fault point ``train`` (tests: killed after a checkpoint is saved)."""
+    from transformers import TrainerCallback
+
+    class FaultAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            fault_point("train", Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    return FaultAfterSave()
 
 
 def _copy_model(src: Path, dst: Path, tokenizer) -> None:
@@ -331,11 +344,3 @@ def dpo(policy_dir, pairs_path, out_dir, work_dir, *, epochs: int, batch_size: i
 
     _train(make_trainer, work_dir, out_dir, settings, {"policy": policy_dir, "data": pairs_path}, epochs,
            lambda checkpoint, folder, epoch: _copy_model(checkpoint, folder / f"epoch{epoch}", tokenizer))
-
-
-def last_epoch(folder) -> Path:
-    """The ``epoch<N>`` sub-folder of a training output with the largest N."""
-    epochs = sorted(Path(folder).glob("epoch*"), key=lambda p: int(p.name.removeprefix("epoch")))
-    if not epochs:
-        raise FileNotFoundError(f"{folder}: no epoch<N> checkpoints")
-    return epochs[-1]

@@ -7,6 +7,8 @@ die at that point. The points:
 
 - ``fetch``: a checkpoint folder half built (its first file linked or copied, the rest not);
 - ``infer``: an inference job after it wrote its first shard of results;
+- ``train``: a training job after it saved a checkpoint to resume from (pretraining: ``<work>/step<N>``;
+  tuning, RLHF, DPO: the Trainer's ``<work>/checkpoint-<step>``);
 - ``write``: a file complete in its temporary name, before the rename that publishes it.
 
 Unset (the normal case) it does nothing. tests/test_faults.py kills runs this way and checks that

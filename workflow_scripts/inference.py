@@ -84,6 +84,11 @@ ANSWER_SCHEMA = pa.schema([("item_id", pa.string()), ("token_ids", pa.list_(pa.i
                            ("answer_text", pa.string()), ("gold_first_ids", pa.list_(pa.int64())),
                            ("first_text", pa.int64()), ("truncated", pa.bool_())])
 SCHEMAS = {"clm": TOKEN_SCHEMA, "generation": ANSWER_SCHEMA, "multiple_choice": OPTION_SCHEMA}
+# The settings of a task: config `inference` (every kind), then the task's own keys, each kind its own
+# (config/schema.yaml gives every default; none is set here).
+SETTINGS = ("batch_size", "add_bos", "device", "dtype")
+KIND_SETTINGS = {"clm": ("window", "window_mode"), "generation": ("max_new_tokens", "stop"),
+                 "multiple_choice": ("chat",)}
 
 
 try:  # glibc: give the heap's free pages back to the system after each batch (see Batches)
@@ -107,18 +112,31 @@ class Window(NamedTuple):
     ends_document: bool
 
 
-def infer_checkpoint(checkpoint_dir, tasks: list[dict], *, threads: int = 1) -> None:
+def check_settings(kind: str, settings: dict) -> None:
+    """ValueError naming the settings that a task of ``kind`` lacks or does not take (``SETTINGS`` and
+    its ``KIND_SETTINGS``, each given)."""
+    if kind not in KIND_SETTINGS:
+        raise ValueError(f"unknown task kind {kind!r}")
+    expected = {*SETTINGS, *KIND_SETTINGS[kind]}
+    missing, unknown = sorted(expected - set(settings)), sorted(set(settings) - expected)
+    if missing or unknown:
+        problems = [f"{what} {', '.join(keys)}" for what, keys in (("missing", missing), ("unknown", unknown)) if keys]
+        raise ValueError(f"settings of a {kind} task: {'; '.join(problems)} (it takes {', '.join(sorted(expected))})")
+
+
+def infer_checkpoint(checkpoint_dir, tasks: list[dict], *, threads: int) -> None:
     """Run the checkpoint, loaded once, on each task and write the raw log-probabilities of each.
 
     A task is a dict: ``kind``, ``data`` (the task table), ``out`` (the Parquet file to write),
-    ``settings`` (``batch_size``, ``window``, ``window_mode``, ``max_new_tokens``, ``stop``,
-    ``add_bos``, ``device``, ``dtype``: the last two the same for every task) and ``provenance``
-    (stored in the table's metadata).
+    ``settings`` (every one of ``SETTINGS`` and of its kind's ``KIND_SETTINGS``: ``device`` and ``dtype``
+    the same for every task) and ``provenance`` (stored in the table's metadata).
 
     Finished work goes to shards beside each ``out`` as it comes, then the finished table (see
     ``Shards``): a task whose table was written before with the same fingerprint is not run again.
     Nothing is written at an ``out`` unless its task succeeds."""
-    placement = {(t["settings"].get("device", "auto"), t["settings"].get("dtype", "auto")) for t in tasks}
+    for task in tasks:
+        check_settings(task["kind"], task["settings"])
+    placement = {(t["settings"]["device"], t["settings"]["dtype"]) for t in tasks}
     if len(placement) != 1:
         raise ValueError(f"{checkpoint_dir}: the tasks ask for different devices or dtypes: {sorted(placement)}")
     [(device, dtype)] = placement
@@ -126,33 +144,26 @@ def infer_checkpoint(checkpoint_dir, tasks: list[dict], *, threads: int = 1) -> 
     model, tokenizer = load_model(checkpoint_dir, device=device, dtype=dtype)
     for number, task in enumerate(tasks, 1):
         log.info("task %d/%d: %s on %s", number, len(tasks), task["kind"], task["data"])
-        settings = {k: v for k, v in task["settings"].items() if k not in ("device", "dtype")}
-        _infer_task(model, tokenizer, checkpoint_dir, task["kind"], task["data"], task["out"], threads=threads,
-                    provenance=task.get("provenance"), **settings)
+        _infer_task(model, tokenizer, checkpoint_dir, task["kind"], task["data"], task["out"], task["settings"],
+                    threads=threads, provenance=task.get("provenance"))
 
 
-def run_inference(kind: str, data_path, checkpoint_dir, out_path, *, threads: int = 1,
-                  provenance: dict | None = None, **settings) -> None:
+def run_inference(kind: str, data_path, checkpoint_dir, out_path, *, threads: int, provenance: dict | None = None,
+                  **settings) -> None:
     """Run the checkpoint on one task table (``infer_checkpoint`` with one task)."""
     infer_checkpoint(checkpoint_dir, [{"kind": kind, "data": data_path, "out": out_path, "settings": settings,
                                        "provenance": provenance}], threads=threads)
 
 
-def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path, *, batch_size: int = 8,
-                window: int = 1024, window_mode: str | dict = "rolling", max_new_tokens: int = 12,
-                stop: list[str] | None = None, add_bos: str | bool = "auto", chat: bool = False, threads: int = 1,
-                provenance: dict | None = None) -> None:
-    """Write the table of one task at ``out_path``."""
-    if kind not in SCHEMAS:
-        raise ValueError(f"unknown task kind {kind!r}")
-    if chat and kind != "multiple_choice":
-        raise ValueError(f"chat: true applies to multiple-choice tasks, not to {kind}")
+def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path, settings: dict, *, threads: int,
+                provenance: dict | None) -> None:
+    """Write the table of one task at ``out_path`` (``settings``: as ``check_settings`` takes them)."""
     checkpoint = _read_json(Path(checkpoint_dir) / "provenance.json")
-    stop = stop if stop is not None else ["\n"]
+    batch_size, add_bos = settings["batch_size"], settings["add_bos"]
+    own = {key: settings[key] for key in KIND_SETTINGS[kind]}
     bos = resolve_add_bos(tokenizer, add_bos)
     shards = Shards(out_path, {
-        "kind": kind, "batch_size": batch_size, "window": window, "window_mode": window_mode,
-        "max_new_tokens": max_new_tokens, "stop": stop, "bos": bos, "chat": chat, "device": str(model.device),
+        "kind": kind, "batch_size": batch_size, **own, "bos": bos, "device": str(model.device),
         "dtype": str(model.dtype), "threads": threads, "checkpoint": checkpoint,
         "data": file_digest(data_path), "code": file_digest(__file__), "packages": package_versions(),
         "provenance": provenance})
@@ -162,22 +173,22 @@ def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path
     data = read_table(data_path)
     info = {"stage": "infer", "kind": kind, **(provenance or {}), "checkpoint": checkpoint,
             "data": read_provenance(data_path), "device": str(model.device), "dtype": str(model.dtype),
-            "params": model.num_parameters(), "add_bos": add_bos, "bos": bos, "chat": chat,
+            "params": model.num_parameters(), "add_bos": add_bos, "bos": bos, **own,
             "context": context_length(model, tokenizer)}
     batches = Batches(shards.batch_size or batch_size)
     started = time.perf_counter()
     try:
         if kind == "clm":
-            for frame in iter_token_scores(model, tokenizer, data, window=window, window_mode=window_mode,
-                                           batch_size=batch_size, skip_groups=len(shards), batches=batches):
+            for frame in iter_token_scores(model, tokenizer, data, **own, batch_size=batch_size,
+                                           skip_groups=len(shards), batches=batches):
                 shards.add(frame, TOKEN_SCHEMA, batches.size)
             rows = write_row_groups(shards.frames(), out_path, TOKEN_SCHEMA, provenance=info)
         else:
             if kind == "generation":
-                frames = iter_answers(model, tokenizer, data, max_new_tokens=max_new_tokens, stop=stop,
-                                      batch_size=batch_size, bos=bos, skip=shards.item_ids(), batches=batches)
+                frames = iter_answers(model, tokenizer, data, **own, batch_size=batch_size, bos=bos,
+                                      skip=shards.item_ids(), batches=batches)
             else:
-                frames = iter_option_scores(model, tokenizer, data, batch_size=batch_size, bos=bos, chat=chat,
+                frames = iter_option_scores(model, tokenizer, data, **own, batch_size=batch_size, bos=bos,
                                             skip=shards.item_ids(), batches=batches)
             pending = []
             for frame in frames:
@@ -192,7 +203,7 @@ def _infer_task(model, tokenizer, checkpoint_dir, kind: str, data_path, out_path
                 log.warning("%d of %d prompts of %s are longer than the model's context (%d tokens%s) and were "
                             "left-truncated (column truncated)", truncated, len(result), data_path,
                             context_length(model, tokenizer),
-                            f", less {max_new_tokens} to generate" if kind == "generation" else "")
+                            f", less {own['max_new_tokens']} to generate" if kind == "generation" else "")
             rows = write_row_groups([result] if len(result) else [], out_path, SCHEMAS[kind], provenance=info)
     except InferenceError as error:  # the same model and settings would fail the same way: keep nothing
         shards.remove()

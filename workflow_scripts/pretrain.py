@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .faults import fault_point
 from .tables import atomic_dir, model_files, prepare_work_dir, read_table, stage_fingerprint, write_table
 from .tasks import geonames_facts, pydoc_prose
 
@@ -208,6 +209,7 @@ def save_checkpoint(model, tokenizer, optimizer, schedule, losses, folder: Path)
         tokenizer.save_pretrained(tmp)
         torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "losses": losses},
                    tmp / "training_state.pt")
+    fault_point("train", folder)  # tests: killed after a checkpoint is saved
 
 
 def _last_checkpoint(work_dir: Path, checkpoints: list[int], fingerprint: dict) -> int:

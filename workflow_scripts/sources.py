@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 from importlib import metadata
 from pathlib import Path
@@ -33,12 +32,6 @@ HUB_SUPPORT_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.py", "tokeni
 
 class SourceError(RuntimeError):
     """A model source that cannot be read: names the source and the revision."""
-
-
-def parse_step(revision: str) -> int | None:
-    """The training step a revision names (``step1000`` -> 1000, Pythia's convention), else None."""
-    match = re.fullmatch(r"step(\d+)", revision)
-    return int(match.group(1)) if match else None
 
 
 def parse_source(source: str) -> tuple[str, str]:

@@ -1,6 +1,9 @@
-from workflow_scripts.align import dpo, last_epoch
+from pathlib import Path
+
+from workflow_scripts.align import dpo
 from workflow_scripts.runlog import run_logged
 
 p = snakemake.params
-run_logged(snakemake.log[0], dpo, last_epoch(snakemake.input.policy), snakemake.input.pairs, snakemake.output[0],
-           p.work_dir, max_length=p.max_length, seed=p.seed, threads=snakemake.threads, **p.settings)
+run_logged(snakemake.log[0], dpo, Path(snakemake.input.policy) / p.policy_revision, snakemake.input.pairs,
+           snakemake.output[0], p.work_dir, max_length=p.max_length, seed=p.seed, threads=snakemake.threads,
+           **p.settings)

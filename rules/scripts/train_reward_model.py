@@ -1,6 +1,9 @@
-from workflow_scripts.align import last_epoch, train_reward_model
+from pathlib import Path
+
+from workflow_scripts.align import train_reward_model
 from workflow_scripts.runlog import run_logged
 
 p = snakemake.params
-run_logged(snakemake.log[0], train_reward_model, last_epoch(snakemake.input.policy), snakemake.input.pairs,
-           snakemake.output[0], max_length=p.max_length, seed=p.seed, threads=snakemake.threads, **p.settings)
+run_logged(snakemake.log[0], train_reward_model, Path(snakemake.input.policy) / p.policy_revision,
+           snakemake.input.pairs, snakemake.output[0], max_length=p.max_length, seed=p.seed, threads=snakemake.threads,
+           **p.settings)
