@@ -45,15 +45,15 @@ include: "rules/figures.smk"
 # Seconds of pandas each: on a cluster they run where snakemake runs, not as cluster jobs.
 localrules: all, import_task_table, import_lm_eval, extract_confidence, recalibrate, score, summarize, compare, plot_reliability,
     plot_summary, plot_scale, plot_dynamics, plot_reliability_scale, plot_pretrain_loss, plot_recalibration,
-    plot_risk_coverage, plot_metric_agreement
+    plot_risk_coverage, plot_metric_agreement, plot_reliability_group, plot_summary_table
 
 
 rule all:
     input:
         "results/metrics/summary.csv",
         "results/metrics/comparisons.csv",
-        expand("results/figures/reliability_{task}.png", task=TASKS),
-        "results/figures/summary.png",
+        reliability_figures(),
+        overview_targets(),
         study_figures(),
         analysis_figures(),
     default_target: True

@@ -1,7 +1,7 @@
 # Alignment of one base model (config `align`): instruction data, supervised tuning (full / LoRA),
 # a reward model, RLHF (RLOO) and DPO. Every output folder holds revisions epoch<N> that a `local:`
-# model source reads (the models are added in common.smk), the diversity of the instruction sets,
-# and the alignment figures. Included only when the config has an `align` section. Each rule's `code`
+# model source reads (the models of workflow_scripts/registry.py), the diversity of the instruction
+# sets, and the alignment figures. Included only when the config has an `align` section. Each rule's `code`
 # is the module it runs (align_data: the data; align: the training; diversity), so an edit of one
 # module reruns its rules and what depends on their outputs, nothing else.
 
@@ -16,12 +16,12 @@ rule fetch_align_base:
     # jobs added or changed later do not refetch it and so do not retrain the others.
     input:
         code=code("sources"),
-        trained=training_output(ALIGN["base"]),
+        trained=training_output(align_base()[0]),
     output:
         directory("results/align/base"),
     params:
-        source=MODELS[ALIGN["base"]]["source"],
-        revision=align_base_revision(MODELS),
+        source=MODELS[align_base()[0]].source,
+        revision=align_base()[1],
     priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
     log:
         "results/logs/fetch_align_base.log",
@@ -79,13 +79,13 @@ rule tune:
     input:
         code=code("align"),
         base="results/align/base",
-        data=lambda wc: f"results/align/data/instructions/{TUNED[wc.tuned]['data']}.parquet",
+        data=lambda wc: f"results/align/data/instructions/{TUNED[wc.tuned].labels['data']}.parquet",
     output:
         directory("results/align/models/{tuned}"),
     params:
-        tuning=lambda wc: TUNED[wc.tuned]["tuning"],
-        lr=lambda wc: ALIGN["tuning"][TUNED[wc.tuned]["tuning"]]["lr"],  # the schema's default where unset
-        lora=lambda wc: canonical({k: v for k, v in ALIGN["tuning"][TUNED[wc.tuned]["tuning"]].items() if k != "lr"}),
+        tuning=lambda wc: TUNED[wc.tuned].labels["tuning"],
+        lr=lambda wc: ALIGN["tuning"][TUNED[wc.tuned].labels["tuning"]]["lr"],  # the schema's default where unset
+        lora=lambda wc: canonical({k: v for k, v in ALIGN["tuning"][TUNED[wc.tuned].labels["tuning"]].items() if k != "lr"}),
         training=canonical({k: ALIGN[k] for k in ("epochs", "batch_size", "gradient_accumulation_steps", "max_length")}),
         seed=config["seed"],
         work_dir=lambda wc: f"results/align/work/{wc.tuned}",
@@ -112,6 +112,7 @@ if "rlhf" in PREFERENCE:
             directory("results/align/reward_model"),
         params:
             settings=canonical(PREFERENCE["reward"]),
+            policy_revision=policy()[1],
             max_length=ALIGN["max_length"],
             seed=config["seed"],
         threads: ALIGN["threads"]
@@ -136,6 +137,7 @@ if "rlhf" in PREFERENCE:
             directory(f"results/align/models/{ALIGNED_NAMES['rlhf']}"),
         params:
             settings=canonical(PREFERENCE["rlhf"]),
+            policy_revision=policy()[1],
             seed=config["seed"],
             work_dir=f"results/align/work/{ALIGNED_NAMES['rlhf']}",
         threads: ALIGN["threads"]
@@ -161,6 +163,7 @@ if "dpo" in PREFERENCE:
             directory(f"results/align/models/{ALIGNED_NAMES['dpo']}"),
         params:
             settings=canonical(PREFERENCE["dpo"]),
+            policy_revision=policy()[1],
             max_length=ALIGN["max_length"],
             seed=config["seed"],
             work_dir=f"results/align/work/{ALIGNED_NAMES['dpo']}",
@@ -208,7 +211,8 @@ rule plot_alignment:
         summary="results/metrics/summary.parquet",
         comparisons="results/metrics/comparisons.csv",
     output:
-        png=report("results/figures/alignment.png", caption="../report/alignment.rst", category="Alignment"),
+        png=report("results/figures/alignment.png", caption="../report/alignment.rst", category="3. Alignment",
+                   labels={"figure": "accuracy and ECE along alignment"}),
         pdf="results/figures/alignment.pdf",
     params:
         models=alignment_models(),
@@ -228,7 +232,8 @@ rule rlhf_table:
         code=code("plots"),
         summary="results/metrics/summary.parquet",
     output:
-        report("results/metrics/rlhf.csv", caption="../report/rlhf.rst", category="Alignment"),
+        report("results/metrics/rlhf.csv", caption="../report/rlhf.rst", category="3. Alignment",
+               labels={"figure": "preference optimisation per epoch (table)"}),
     params:
         models=alignment_models(),
         methods=primary_methods(),
@@ -248,7 +253,8 @@ rule plot_diversity:
         map="results/align/diversity_map.parquet",
         summary="results/metrics/diversity.csv",
     output:
-        png=report("results/figures/diversity.png", caption="../report/diversity.rst", category="Alignment"),
+        png=report("results/figures/diversity.png", caption="../report/diversity.rst", category="3. Alignment",
+                   labels={"figure": "diversity of the instruction sets"}),
         pdf="results/figures/diversity.pdf",
     log:
         "results/logs/plot_diversity.log",

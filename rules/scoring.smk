@@ -55,6 +55,7 @@ rule score:
     params:
         metrics=canonical(config["metrics"]),
         labels=model_labels,
+        revision_numbers=revision_numbers,  # the revision's step and epoch (the model registry's)
     log:
         "results/logs/score/{task}/{model}/{revision}.log",
     benchmark:
@@ -68,6 +69,7 @@ rule score:
 rule summarize:
     input:
         code=code("metrics"),
+        order_code=code("plots"),  # the rows come in the figures' natural order (plots.natural_order)
         summaries=run_outputs("metrics"),
         bins=run_outputs("metrics", ".bins.parquet"),
         sweeps=run_outputs("metrics", ".sweep.parquet"),

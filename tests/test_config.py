@@ -36,7 +36,8 @@ def test_paper_dry_run_lists_every_job_of_the_study(paper_plan):
     assert jobs == {"prepare_task": 3, "fetch_checkpoint": 55, "infer": 55, "extract_confidence": 165,
                     "recalibrate": 165, "score": 165, "summarize": 1, "compare": 1, "plot_reliability": 3,
                     "plot_summary": 1, "plot_scale": 1, "plot_dynamics": 1, "plot_reliability_scale": 3,
-                    "plot_recalibration": 1, "plot_risk_coverage": 3, "plot_metric_agreement": 1, "build_instructions": 2,
+                    "plot_recalibration": 1, "plot_risk_coverage": 3, "plot_metric_agreement": 1,
+                    "plot_reliability_group": 18, "plot_summary_table": 1, "build_instructions": 2,
                     "build_preferences": 1, "fetch_align_base": 1, "tune": 4, "train_reward_model": 1,
                     "rlhf": 1, "dpo": 1, "diversity": 1, "plot_alignment": 1, "rlhf_table": 1, "plot_diversity": 1, "all": 1}
 
@@ -47,7 +48,8 @@ GPU_RULES = {"infer", "tune", "train_reward_model", "rlhf", "dpo"}
 def test_paper_jobs_declare_memory_and_gpus(paper_plan):
     out, _ = paper_plan
     blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", out, flags=re.M | re.S)
-    assert len(blocks) == 469 + 165 + 1 + 1 + 3 + 1  # + recalibrate, compare and the analysis figures
+    # + recalibrate, compare, the analysis figures, the reliability groups and the summary table
+    assert len(blocks) == 469 + 165 + 1 + 1 + 3 + 1 + 18 + 1
     for rule, block in blocks:
         if rule == "all":
             continue
@@ -75,6 +77,7 @@ def _config(**task_changes) -> dict:
     ({"window_mode": "sliding"}, r"window_mode"),
     ({"scoring": "continuation"}, r"tasks\.facts\.scoring: .*multiple_choice tasks only"),  # facts: a generation task
     ({"chat": True}, r"tasks\.facts\.chat: .*multiple_choice tasks only"),
+    ({"window": 64}, r"tasks\.facts\.window: .*clm tasks only"),  # each kind's inference keys on that kind only
 ])
 def test_bad_config_stops_before_any_job_and_names_the_key(workdir, change, message):
     path = write_config(workdir, _config(**change), "bad.yaml")

@@ -796,22 +796,23 @@ OUTPUTS = ("summary", "bins", "sweep", "subjects", "curves")
 def _score(source, out, **kwargs):
     """Score `source` into out/<output>.parquet for every output; returns those paths."""
     paths = {name: out / f"{name}.parquet" for name in OUTPUTS}
-    M.score(source, *paths.values(), **{"task": "t", "model": "m", "revision": "r", **kwargs})
+    M.score(source, *paths.values(), **{"task": "t", "model": "m", "revision": "r", "step": None, "epoch": None,
+                                        **kwargs})
     return paths
 
 
 @pytest.fixture()
 def scored(tmp_path):
     rng = np.random.default_rng(0)
-    runs = [("mmlu", "pythia-160m", "step1000", {"family": "pythia", "tag": 1}),
-            ("arc", "pythia-160m", "main", {"family": "pythia", "tag": 1}),
-            ("arc", "olmo-1b", "epoch2", {"family": "olmo", "data": "dolma", "tag": "final"})]
+    runs = [("mmlu", "pythia-160m", "step1000", {"step": 1000}, {"family": "pythia", "tag": 1}),
+            ("arc", "pythia-160m", "main", {}, {"family": "pythia", "tag": 1}),
+            ("arc", "olmo-1b", "epoch2", {"epoch": 2}, {"family": "olmo", "data": "dolma", "tag": "final"})]
     outputs = {name: [] for name in OUTPUTS}
-    for task, model, revision, labels in runs:
+    for task, model, revision, numbers, labels in runs:
         source = tmp_path / "recalibrated" / task / model / f"{revision}.parquet"
         _recalibrated_table(source, rng, n_questions=150, n_tokens=80)
         paths = _score(source, tmp_path / "metrics" / task / model / revision, task=task, model=model,
-                       revision=revision, n_bins=10, n_bootstrap=100, seed=0, labels=labels)
+                       revision=revision, **numbers, n_bins=10, n_bootstrap=100, seed=0, labels=labels)
         for name, path in paths.items():
             outputs[name].append(path)
     return tmp_path, outputs
@@ -833,7 +834,7 @@ def test_score_writes_rows_per_method_recalibration_and_aggregation(scored):
     assert summary["n"].tolist() == [80] * 3 + [150] * 6  # macro rows count every item too
     assert (summary["task"] == "mmlu").all() and (summary["revision"] == "step1000").all()
     assert (summary["family"] == "pythia").all() and (summary["tag"] == 1).all()
-    assert (summary["params"] == 1234).all() and (summary["step"] == 1000).all()  # from provenance, revision
+    assert (summary["params"] == 1234).all() and (summary["step"] == 1000).all()  # from provenance, argument
     assert summary["epoch"].isna().all()
     # the mean of the per-fold temperatures on temperature rows (every subject has rows of both folds)
     scaled = summary["recalibration"] == "temperature"
@@ -1025,10 +1026,14 @@ def test_summarize_gathers_the_runs_with_union_of_labels(scored):
         assert set(read_provenance(target)["inputs"]) == {str(path) for path in outputs[name]}
 
 
-@pytest.mark.parametrize("revision,epoch", [("epoch1", 1), ("epoch12", 12), ("main", None), ("step3", None),
-                                            ("epoch", None), ("epoch2b", None)])
-def test_parse_epoch(revision, epoch):
-    assert M.parse_epoch(revision) == epoch
+def test_score_takes_the_step_and_epoch_it_is_given_not_the_revision_name(tmp_path):
+    """The model registry's numbers: a revision's name is never read (``main`` of a model at step 7)."""
+    _recalibrated_table(tmp_path / "r.parquet", np.random.default_rng(2), 20, 10)
+    summary = read_table(_score(tmp_path / "r.parquet", tmp_path / "main", revision="main", step=7, epoch=3,
+                                n_bootstrap=0)["summary"])
+    assert (summary["step"] == 7).all() and (summary["epoch"] == 3).all()
+    summary = read_table(_score(tmp_path / "r.parquet", tmp_path / "step5", revision="step5", n_bootstrap=0)["summary"])
+    assert summary["step"].isna().all() and summary["epoch"].isna().all()
 
 
 def test_relplot_metric_modules_load_without_its_plotting_and_agree_with_the_package():

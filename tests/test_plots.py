@@ -132,20 +132,26 @@ def test_panel_without_reliability_rows_is_drawn_empty(tmp_path):
     assert_figure(tmp_path / "mc.png", tmp_path / "mc.pdf")
 
 
-def test_panel_grid_keeps_summary_order():
+def test_panel_grid_is_in_natural_order_whatever_the_summary_order():
     summary = pd.DataFrame({
-        "task": ["facts"] * 6 + ["mc"],
-        "model": ["m2", "m2", "m1", "m1", "m2", "m1", "m3"],
-        "revision": ["main", "main", "main", "main", "step1", "main", "main"],
+        "task": ["facts"] * 7 + ["mc"],
+        "model": ["m2", "m2", "m1", "m1", "m2", "m1", "m2", "m3"],
+        "revision": ["main", "main", "main", "main", "step16", "main", "step4", "main"],
+        "step": [None, None, None, None, 16, None, 4, None],
         "method": ["seq_prob", "first_token_prob", "seq_prob", "first_token_prob", "seq_prob",
-                   "seq_prob", "option_softmax"],
+                   "seq_prob", "seq_prob", "option_softmax"],
     })
     columns, methods = plots.panel_grid(summary, "facts")
-    assert columns == [("m2", "main"), ("m1", "main"), ("m2", "step1")]
-    assert methods == ["seq_prob", "first_token_prob"]
+    assert columns == [("m1", "main"), ("m2", "step4"), ("m2", "step16"), ("m2", "main")]  # main: no step, last
+    assert methods == ["first_token_prob", "seq_prob"]
+    assert plots.panel_grid(summary, "facts", primary="seq_prob")[1] == ["seq_prob", "first_token_prob"]
+    assert plots.panel_grid(summary, "facts", runs=[("m2", "step16"), ("m1", "main")])[0] == \
+        [("m1", "main"), ("m2", "step16")]
     assert plots.panel_grid(summary, "mc") == ([("m3", "main")], ["option_softmax"])
     with pytest.raises(ValueError, match="'lm'.*facts, mc"):
         plots.panel_grid(summary, "lm")
+    with pytest.raises(ValueError, match="no summary rows of the runs m3@x"):
+        plots.panel_grid(summary, "facts", runs=[("m3", "x")])
 
 
 def test_panel_layout_wraps_columns_into_balanced_blocks():
@@ -171,9 +177,11 @@ def test_labels():
 def test_method_colours_are_stable_and_avoid_the_gap_red():
     summary = pd.DataFrame({"method": ["b", "a", "b", "c"]})
     colours = plots.method_colours(summary)
-    assert list(colours) == ["b", "a", "c"]
+    assert list(colours) == ["a", "b", "c"]  # by name, whatever the order of the rows
+    assert plots.method_colours(summary.iloc[::-1]) == colours
     assert len(set(colours.values())) == 3
-    assert plots.matplotlib.colors.to_rgb(plots.GAP_COLOUR) not in colours.values()
+    for unused in (plots.GAP_COLOUR, "tab:gray", "tab:brown"):
+        assert plots.matplotlib.colors.to_rgb(unused) not in colours.values()
 
 
 # --- calibration against scale and along training ---------------------------------------------
@@ -261,9 +269,9 @@ def test_scale_rows_without_data_column_and_bad_method():
 
 
 def test_dynamics_rows_keep_listed_models_with_steps_sorted_by_step():
-    rows = plots.dynamics_rows(selection_table(), ["p-small", "p-big", "p-nostep"], {"t2": "z"})
+    rows = plots.dynamics_rows(selection_table(), ["p-big", "p-small", "p-nostep"], {"t2": "z"})
     assert list(rows["task"]) == ["t1"] * 6 + ["t2"] * 6
-    assert list(rows["model"])[:6] == ["p-small"] * 3 + ["p-big"] * 3  # in the order given
+    assert list(rows["model"])[:6] == ["p-small"] * 3 + ["p-big"] * 3  # natural order: by size
     assert list(rows["step"])[:6] == [20, 100, 5000] * 2  # step0 dropped (log axis)
     assert set(rows.loc[rows["task"] == "t2", "method"]) == {"z"}
     assert set(rows.loc[rows["task"] == "t1", "method"]) == {"m1"}
@@ -315,13 +323,14 @@ def test_pretrain_loss_table_and_figure(tmp_path):
         write_table(pd.DataFrame({"step": [1, 2, 3], "loss": [start, start - 1, start - 1.5],
                                   "lr": [1e-3] * 3, "tokens": [64, 128, 192]}), folder / "loss.parquet")
         dirs.append(folder)
-    plot_pretrain_loss(dirs, tmp_path / "loss.csv", tmp_path / "loss.png", tmp_path / "loss.pdf")
+    variants = {"toy-xs-standard": "standard", "toy-xs-deduped": "deduped"}
+    plot_pretrain_loss(dirs, variants, tmp_path / "loss.csv", tmp_path / "loss.png", tmp_path / "loss.pdf")
     table = pd.read_csv(tmp_path / "loss.csv")
     assert list(table.columns) == ["model", "step", "loss", "lr", "tokens"] and len(table) == 6
     assert table.groupby("model")["loss"].first().to_dict() == {"toy-xs-deduped": 7.2, "toy-xs-standard": 7.0}
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no trained models"):
-        plot_pretrain_loss([], tmp_path / "x.csv", tmp_path / "x.png", tmp_path / "x.pdf")
+        plot_pretrain_loss([], {}, tmp_path / "x.csv", tmp_path / "x.png", tmp_path / "x.pdf")
 
 
 # --- calibration along alignment ---------------------------------------------------------------
@@ -350,9 +359,11 @@ def alignment_table():
     return pd.DataFrame(rows)
 
 
-def test_alignment_rows_follow_the_given_order_for_the_primary_method():
-    rows = plots.alignment_rows(alignment_table(), ALIGN_MODELS, {"facts": "first_token_prob"})
+def test_alignment_rows_are_in_natural_order_for_the_primary_method():
+    given = {"base": ALIGN_MODELS["base"], **dict(reversed(list(ALIGN_MODELS.items())[1:]))}  # the others reversed
+    rows = plots.alignment_rows(alignment_table(), given, {"facts": "first_token_prob"})
     facts = rows[rows["task"] == "facts"]
+    # the base first, then by data, stage (sft, dpo, rlhf), tuning (full, lora), epoch
     assert list(zip(facts["model"], facts["revision"])) == [(m, r) for m, revs in ALIGN_MODELS.items() for r in revs]
     assert set(rows["method"]) == {"first_token_prob", "option_softmax"}
     assert list(facts["variant"]) == ["base", "narrow full", "narrow full", "narrow lora", "narrow lora", "dpo",
@@ -635,16 +646,18 @@ def test_recalibration_figure_panels_runs_and_legend(study):
     fig = plots.recalibration_figure(study["summary"], study["suites"], study["dynamics"], study["alignment"],
                                      study["methods"])
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["facts\nECE (first_token_prob)", "geography\nECE (option_softmax)",
-                      "capitals_mc\nECE (continuation_sum)", "T against size (final step)", "T along training",
+    assert titles == ["capitals_mc\nECE (continuation_sum)", "facts\nECE (first_token_prob)",
+                      "geography\nECE (option_softmax)", "T against size (final step)", "T along training",
                       "T along alignment"]
-    runs = plots.ordered_unique(zip(study["summary"]["model"], study["summary"]["revision"]))
+    runs = plots.natural_runs(study["summary"])
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [plots.model_label(m, r) for m, r in runs]
+    assert runs[:4] == [("geo-neox-xs-standard", "step16"), ("geo-neox-s-standard", "step1"),
+                        ("geo-neox-s-standard", "step4"), ("geo-neox-s-standard", "step16")]
     legend = fig.subfigs[0].legends[0]
     assert [t.get_text() for t in legend.get_texts()] == RECALIBRATIONS
     labels = [t.get_text() for t in fig.axes[-1].get_xticklabels()]
-    assert labels == ["base", "narrow full e1", "narrow full e2", "narrow lora e1", "narrow lora e2",
-                      "broad full e1", "broad full e2", "broad lora e1", "broad lora e2", "dpo e1", "rlhf e1"]
+    assert labels == ["base", "broad full e1", "broad full e2", "broad lora e1", "broad lora e2",
+                      "narrow full e1", "narrow full e2", "narrow lora e1", "narrow lora e2", "dpo e1", "rlhf e1"]
     # the temperatures drawn are those of the temperature rows, primary method only
     temps = study["summary"].query("recalibration == 'temperature' and task == 'geography' and aggregation == 'micro'")
     (model, (revision,)), = list(study["alignment"].items())[:1]
@@ -675,7 +688,7 @@ def test_risk_coverage_panels_group_the_runs(study):
     labels = [[entry[2] for entry in entries] for _, entries in panels]
     assert labels[0] == ["40K standard", "140K standard", "40K deduped", "140K deduped"]
     assert labels[1] == ["step 1", "step 4", "step 16"]
-    assert labels[2] == ["base", "narrow full e2", "narrow lora e2", "broad full e2", "broad lora e2", "dpo e1",
+    assert labels[2] == ["base", "broad full e2", "broad lora e2", "narrow full e2", "narrow lora e2", "dpo e1",
                          "rlhf e1"]
     assert labels[3] == ["smollm2-135m-instruct"]
     assert plots._thinned(pd.DataFrame({"a": range(20)}), 8)["a"].tolist() == [0, 3, 5, 8, 11, 14, 16, 19]
@@ -834,3 +847,265 @@ def test_analysis_figures_are_written_whole(study, tmp_path):
              comparisons_path=tmp_path / "comparisons.csv")
         assert_figure(out / "s.png", out / "s.pdf")
     assert_no_temp_files(out)
+
+
+# --- the natural order of runs, the overview heatmap, reliability diagrams per group --------------
+
+def natural_expected(runs):
+    """The runs of study_runs in the order a reader expects: by family; within geo-neox the standard
+    base models by size (the largest along training, by step), the deduplicated ones by size, then the
+    tuned models by data (broad, narrow), stage (sft, dpo, rlhf), tuning (full, lora) and epoch."""
+    def key(run):
+        stage = run.get("stage", "base")
+        data = run.get("data", "standard")
+        data_rank = (0, data != "standard", data) if stage == "base" else (1, False, data)
+        return (run["family"], data_rank, run.get("params", 0), ["base", "sft", "dpo", "rlhf"].index(stage),
+                run.get("tuning", ""), run.get("step", 0), run.get("epoch", 0))
+    return [(r["model"], r["revision"]) for r in sorted(runs, key=key)]
+
+
+def overview_table(runs, tasks=STUDY_TASKS, seed=0):
+    """A summary of `runs`: per task and method a raw micro row (accuracy and ECE at random, the same
+    accuracy for every method of a generation task), with decoys (a temperature and a macro row)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for task, methods in tasks.items():
+        for run in runs:
+            accuracy = rng.uniform(0.1, 0.9)
+            for method in methods:
+                if task != "facts":
+                    accuracy = rng.uniform(0.1, 0.9)
+                row = dict(task=task, method=method, n=100, accuracy=accuracy, ece=rng.uniform(0, 0.4), **run)
+                rows += [{**row, "recalibration": "none", "aggregation": "micro"},
+                         {**row, "recalibration": "temperature", "aggregation": "micro", "ece": 0.99},
+                         {**row, "recalibration": "none", "aggregation": "macro", "ece": 0.98}]
+    return pd.DataFrame(rows)
+
+
+def test_natural_key_and_parameter_counts():
+    assert sorted(["step16", "step4", "step128", "Step1"], key=plots.natural_key) == \
+        ["Step1", "step4", "step16", "step128"]
+    assert sorted(["m-10", None, "m-9"], key=plots.natural_key) == ["m-9", "m-10", None]
+    assert [plots.parameter_count(p, s) for p, s in ((70_426_624, None), ("1.4b", None), (np.nan, "160M"),
+                                                      (None, "xs"), ("2.8B", "ignored"))] == \
+        pytest.approx([70_426_624, 1.4e9, 1.6e8, np.nan, 2.8e9], nan_ok=True)
+    assert [plots.stage_rank(s) for s in (None, "base", "sft", "dpo", "rlhf")] == [(0,), (0,), (1,), (2,), (3,)]
+    assert plots.stage_rank("reward") > plots.stage_rank("rlhf")
+
+
+def test_natural_runs_whatever_the_input_order():
+    runs = study_runs()
+    table = overview_table(runs)
+    expected = natural_expected(runs)
+    assert expected[:3] == [("geo-neox-xs-standard", "step256"), ("geo-neox-s-standard", "step256"),
+                            ("geo-neox-m-standard", "step256")]
+    assert [r for m, r in expected if m == "geo-neox-l-standard"] == [f"step{s}" for s in (1, 4, 16, 32, 64, 128,
+                                                                                              192, 256)]
+    assert expected[-5:] == [("geo-neox-l-standard-dpo", "epoch1"), ("geo-neox-l-standard-dpo", "epoch2"),
+                             ("geo-neox-l-standard-rlhf", "epoch1"), ("geo-neox-l-standard-rlhf", "epoch2"),
+                             ("smollm2-135m-instruct", "main")]
+    for seed in range(3):
+        shuffled = table.sample(frac=1, random_state=seed)
+        assert plots.natural_runs(shuffled) == expected
+        ordered = plots.natural_order(shuffled)
+        assert plots.ordered_unique(ordered["task"]) == sorted(STUDY_TASKS)
+        first = ordered[ordered["task"] == "capitals_mc"]
+        assert plots.ordered_unique(zip(first["model"], first["revision"])) == expected
+        assert list(first["recalibration"][:3]) == ["none", "none", "temperature"]
+        assert list(first["aggregation"][:2]) == ["micro", "macro"]
+
+
+def test_natural_order_ranks_data_of_base_models_first_and_counts_sizes():
+    runs = [dict(model="llama-7b", revision="main", family="llama", stage="base", params=6.7e9),
+            dict(model="llama-7b-sft-alpaca-full", revision="epoch10", family="llama", stage="sft", data="alpaca",
+                 tuning="full", epoch=10),
+            dict(model="llama-7b-sft-alpaca-full", revision="epoch9", family="llama", stage="sft", data="alpaca",
+                 tuning="full", epoch=9),
+            dict(model="llama-7b-sft-alpaca-lora", revision="epoch1", family="llama", stage="sft", data="alpaca",
+                 tuning="lora", epoch=1),
+            dict(model="llama-7b-rlhf", revision="epoch1", family="llama", stage="rlhf", data="alpaca", tuning="full",
+                 epoch=1),
+            dict(model="pythia-1.4b", revision="main", family="pythia", size="1.4b"),  # a size label, no params
+            dict(model="pythia-160m", revision="main", family="pythia", size="160m"),
+            dict(model="pythia-70m-deduped", revision="main", family="pythia", data="deduped", size="70m"),
+            dict(model="gpt2", revision="main")]  # no family: last
+    table = overview_table(runs, {"t": ["m"]}).iloc[::-1]
+    assert plots.natural_runs(table) == [
+        ("llama-7b", "main"), ("llama-7b-sft-alpaca-full", "epoch9"), ("llama-7b-sft-alpaca-full", "epoch10"),
+        ("llama-7b-sft-alpaca-lora", "epoch1"), ("llama-7b-rlhf", "epoch1"), ("pythia-160m", "main"),
+        ("pythia-1.4b", "main"), ("pythia-70m-deduped", "main"), ("gpt2", "main")]
+    assert plots.final_revisions(table)["llama-7b-sft-alpaca-full"] == "epoch10"
+
+
+def test_shared_prefix_and_column_labels():
+    assert plots.shared_prefix(["geo-neox-l-standard", "geo-neox-l-deduped", "geo-neox-m"]) == "geo-neox-"
+    assert plots.shared_prefix(["abc", "abd"]) == ""  # not at a separator
+    assert plots.shared_prefix(["only-one", "only-one"]) == ""
+    assert plots.column_labels([("m-a", "epoch1"), ("m-b", "epoch2")]) == ("m-", ["a@epoch1", "b@epoch2"])
+    assert plots.column_labels([("m", "step1"), ("m", "step4")]) == ("m", ["step1", "step4"])
+    assert plots.column_labels([("gpt2", "main")]) == ("", ["gpt2"])
+    assert plots.short_label("geo-neox-l-standard", "step4", "geo-neox") == "l-standard@step4"
+    assert plots.short_label("geo-neox", "main", "geo-neox") == "geo-neox"
+    assert plots.short_label("pythia-70m", "main", np.nan) == "pythia-70m"
+
+
+def test_summary_grid_groups_runs_by_family_in_natural_order():
+    runs = study_runs(sizes=("xs", "s"), checkpoints=(1, 16, 4), epochs=2, preference_epochs=1)
+    table = overview_table(runs).sample(frac=1, random_state=1)
+    grid = plots.summary_grid(table, {"facts": "seq_prob"})
+    kinds = [(e["kind"], e.get("run") or e["label"]) for e in grid["rows"]]
+    expected = natural_expected(runs)
+    assert kinds == [("family", "geo-neox")] + [("run", r) for r in expected[:-1]] + \
+        [("family", "smollm2"), ("run", expected[-1])]
+    stages = [e["stage"] for e in grid["rows"] if e["kind"] == "run"]
+    assert stages == ["base"] * 6 + ["sft"] * 8 + ["dpo", "rlhf", "sft"]
+    labels = [e["label"] for e in grid["rows"]]
+    assert labels[:4] == ["geo-neox", "xs-standard@step4", "s-standard@step1", "s-standard@step4"]
+    ece = dict(grid["columns"]["ece"])
+    assert list(ece) == ["capitals_mc", "facts", "geography", "prose"]
+    assert ece["facts"] == ["seq_prob", "first_token_prob"]  # the primary method first
+    assert dict(grid["columns"]["accuracy"])["facts"] == ["seq_prob"]  # one accuracy for all methods
+    two = {"mc": ["b", "a"]}
+    assert dict(plots.summary_grid(overview_table(runs[:3], two))["columns"]["accuracy"]) == {"mc": ["a", "b"]}
+
+
+def heat_axes(fig):
+    """The heatmap panels of a summary_figure (axes whose title is a task), left to right."""
+    return sorted([ax for ax in fig.axes if ax.texts and not ax.get_yticklabels()],
+                  key=lambda ax: ax.get_position().x0)
+
+
+def test_summary_figure_rows_columns_and_cells(tmp_path):
+    runs = study_runs(sizes=("xs", "s"), checkpoints=(1, 16, 4), epochs=2, preference_epochs=1)
+    table = overview_table(runs).sample(frac=1, random_state=2)
+    fig = plots.summary_figure(table, {"facts": "seq_prob"})
+    grid = plots.summary_grid(table, {"facts": "seq_prob"})
+    (labels_axis,) = [ax for ax in fig.axes if ax.get_yticklabels()]
+    assert [t.get_text() for t in labels_axis.get_yticklabels()] == [e["label"] for e in grid["rows"]]
+    bold = [t.get_text() for t in labels_axis.get_yticklabels() if t.get_fontweight() == "bold"]
+    assert bold == ["geo-neox", "smollm2"]
+    assert [t.get_text() for t in labels_axis.texts] == ["base", "sft", "dpo", "rlhf", "sft"]  # stage strip
+    heats = heat_axes(fig)
+    assert len(heats) == 2 * 4  # accuracy and ECE of four tasks
+    assert [t.get_text() for t in fig.texts][:8] == ["capitals_mc\nn = 100", "facts\nn = 100", "geography\nn = 100",
+                                                     "prose\nn = 100"] * 2
+    facts_accuracy, facts_ece = heats[1], heats[5]
+    assert [t.get_text() for t in facts_accuracy.get_xticklabels()] == ["all methods"]
+    assert [t.get_text() for t in facts_ece.get_xticklabels()] == ["seq_prob", "first_token_prob"]
+    raw = plots.select_rows(table).set_index(["task", "model", "revision", "method"])
+    y = next(i for i, e in enumerate(grid["rows"]) if e.get("run") == ("geo-neox-s-standard", "step4"))
+    cells = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in facts_ece.texts}
+    assert cells[(1, y)] == f"{raw.loc[('facts', 'geo-neox-s-standard', 'step4', 'first_token_prob'), 'ece']:.2f}"
+    assert len(facts_ece.texts) == 2 * (len(grid["rows"]) - 2)  # a value in every cell but the headers
+    colourbars = [ax.get_title() for ax in fig.axes if ax.get_title() in ("accuracy", "ECE")]
+    assert colourbars == ["accuracy", "ECE"]
+    plots.plt.close(fig)
+
+
+def test_summary_figure_grows_by_rows_with_fixed_fonts(tmp_path):
+    """A hundred checkpoints: the figure grows by ROW_HEIGHT a run; widths and font sizes stay."""
+    few = study_runs(sizes=("xs", "s"), checkpoints=(1, 4, 16), epochs=1, preference_epochs=1)
+    many = study_runs(sizes=("xs", "s"), checkpoints=tuple(range(1, 92)), epochs=1, preference_epochs=1)
+    figures = [plots.summary_figure(overview_table(runs)) for runs in (few, many)]
+    (w1, h1), (w2, h2) = (f.get_size_inches() for f in figures)
+    assert len(many) - len(few) == 88 and len(many) >= 100
+    assert w1 == pytest.approx(w2, abs=0.3)
+    assert h2 - h1 == pytest.approx(88 * plots.ROW_HEIGHT, abs=0.05)
+    for fig in figures:
+        (labels_axis,) = [ax for ax in fig.axes if ax.get_yticklabels()]
+        sizes = {t.get_fontsize() for t in labels_axis.get_yticklabels() if t.get_fontweight() != "bold"}
+        assert sizes == {plots.FONT["tick"]}
+        assert {t.get_fontsize() for ax in heat_axes(fig) for t in ax.texts} == {plots.FONT["value"]}
+    plots.save_figure(figures[1], tmp_path / "many.png", tmp_path / "many.pdf")
+    height, width = assert_figure(tmp_path / "many.png", tmp_path / "many.pdf")
+    assert height == pytest.approx(h2 * plots.DPI, abs=2) and width == pytest.approx(w2 * plots.DPI, abs=2)
+    plots.plt.close(figures[0])
+
+
+def test_summary_figure_leaves_cells_of_missing_runs_blank():
+    runs = study_runs(sizes=("xs",), checkpoints=(4,), epochs=1, preference_epochs=1)[:3]
+    table = overview_table(runs, {"a": ["m"], "b": ["m"]})
+    table = table[~((table["task"] == "b") & (table["model"] == runs[0]["model"]))]
+    fig = plots.summary_figure(table)
+    b_ece = heat_axes(fig)[3]
+    assert [t.get_text() for t in b_ece.texts].count("n/a") == 1
+    plots.plt.close(fig)
+    with pytest.raises(ValueError, match="no rows of raw confidences"):
+        plots.summary_figure(table[table["recalibration"] != "none"])
+
+
+def test_summary_table_html_lists_every_row_in_natural_order(tmp_path):
+    runs = study_runs(sizes=("xs", "s"), checkpoints=(16, 4), epochs=1, preference_epochs=1)
+    table = overview_table(runs, {"b": ["m"], "a": ["m"]}).sample(frac=1, random_state=0)
+    write_table(table, tmp_path / "summary.parquet")
+    plots.write_summary_table(tmp_path / "summary.parquet", tmp_path / "out" / "summary.html")
+    html = (tmp_path / "out" / "summary.html").read_text()
+    assert html.count("<tr") == len(table) + 1
+    assert f"{len(table)} rows: {len(runs)} runs" in html
+    cells = [line.strip()[4:-5] for line in html.splitlines() if line.strip().startswith("<td>")]
+    width = len(table.columns)
+    models = cells[list(table.columns).index("model")::width]
+    assert plots.ordered_unique(models) == plots.ordered_unique(m for m, _ in natural_expected(runs))
+    assert cells[0] == "a" and cells[-width] == "b"  # tasks by name
+    assert_no_temp_files(tmp_path / "out")
+
+
+def test_reliability_figure_of_a_group_in_natural_order(study):
+    s, r, c = study["summary"], study["reliability"], study["curves"]
+    group = [("geo-neox-s-standard", "step16"), ("geo-neox-xs-deduped", "step16"), ("geo-neox-xs-standard", "step16"),
+             ("geo-neox-s-deduped", "step16")]
+    fig = plots.reliability_figure(s, r, c, "facts", group, {"facts": "seq_prob"}, "geo-neox-base")
+    assert plots.reliability_runs(fig) == ["xs-standard@step16", "s-standard@step16", "xs-deduped@step16",
+                                           "s-deduped@step16"]
+    assert fig._suptitle.get_text() == "Reliability diagrams: facts, geo-neox-base\nmodels geo-neox-\u2026"
+    panels = [ax for ax in fig.axes if ax.get_title().startswith("ECE")]
+    assert len(panels) == 4 * 2  # four runs, two methods
+    methods = [t.get_text() for ax in fig.axes for t in ax.texts if t.get_rotation() == 90]
+    assert methods == ["seq_prob", "first_token_prob"]  # the primary method's row first
+    plots.plt.close(fig)
+    steps = [("geo-neox-s-standard", f"step{k}") for k in (16, 1, 4)]
+    fig = plots.reliability_figure(s, r, c, "geography", steps, {}, "geo-neox-s-standard-training")
+    assert plots.reliability_runs(fig) == ["step1", "step4", "step16"]
+    assert fig._suptitle.get_text().endswith("\nmodel geo-neox-s-standard")
+    plots.plt.close(fig)
+    with pytest.raises(ValueError, match="no summary rows of the runs nope"):
+        plots.reliability_figure(s, r, c, "facts", [("nope", "main")])
+
+
+def test_reliability_index_has_a_panel_per_group(study, tmp_path):
+    s, c = study["summary"], study["curves"]
+    groups = {"smollm2-sft": [["smollm2-135m-instruct", "main"]],
+              "geo-neox-s-standard-training": [["geo-neox-s-standard", f"step{k}"] for k in (16, 4, 1)],
+              "geo-neox-tuned": [[m, r] for m, revs in list(study["alignment"].items())[1:] for r in revs],
+              "absent": [["nope", "main"]]}
+    fig = plots.reliability_index_figure(s, c, "facts", groups, {"facts": "seq_prob"})
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    assert titles == ["geo-neox-s-standard-training\nmodel geo-neox-s-standard",
+                      f"geo-neox-tuned, {plots.MAX_LINES} of 10 runs\nmodels geo-neox-s-standard-\u2026",
+                      "smollm2-sft"]  # groups by their first run; 'absent' has no rows
+    raw = plots.select_rows(s).query("task == 'facts' and method == 'seq_prob'").set_index(["model", "revision"])
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == [f"step{k}: ECE {raw.loc[('geo-neox-s-standard', f'step{k}'), 'ece']:.3f}" for k in (1, 4, 16)]
+    assert [len([c for c in ax.collections if c.get_gid() == "index"]) for ax in fig.axes] == [3, plots.MAX_LINES, 1]
+    plots.plt.close(fig)
+    write_table(s, tmp_path / "s.parquet")
+    write_table(c, tmp_path / "c.parquet")
+    plots.plot_reliability_index(tmp_path / "s.parquet", tmp_path / "c.parquet", "facts", groups, {},
+                                 tmp_path / "i.png", tmp_path / "i.pdf")
+    assert_figure(tmp_path / "i.png", tmp_path / "i.pdf", min_width=1500)
+    with pytest.raises(ValueError, match="no run of the groups absent"):
+        plots.reliability_index_figure(s, c, "facts", {"absent": [["nope", "main"]]})
+
+
+def test_captions_state_the_figures_constants():
+    """The numbers the captions write out are those the figures use."""
+    from pathlib import Path
+
+    report = Path(__file__).resolve().parents[1] / "report"
+    text = {p.stem: " ".join(p.read_text().split()) for p in report.glob("*.rst")}
+    assert f"at most {plots.MAX_COLUMNS} a row" in text["reliability"]
+    assert f"at most {plots.MAX_LINES} runs a panel" in text["reliability_index"]
+    assert f"at most {plots.MAX_LINES} checkpoints" in text["risk_coverage"]
+    assert f"at most {plots.MAX_LINES} a panel" in text["risk_coverage"]
+    assert f"{plots.MIN_COVERAGE:.0%} coverage" in text["risk_coverage"]
+    assert f"(at most {plots.MAX_LISTED})" in text["metric_agreement"]

@@ -25,6 +25,13 @@ def tiny_config(model_dir) -> dict:
     }
 
 
+# The figure jobs of the tiny config that follow the summary (3 tasks), and the jobs that follow a change of
+# every run's recalibrated table.
+FIGURES = {"plot_reliability": 3, "plot_reliability_group": 3, "plot_summary": 1, "plot_summary_table": 1,
+           "plot_recalibration": 1, "plot_risk_coverage": 3, "plot_metric_agreement": 1, "all": 1}
+SCORING = {"score": 3, "summarize": 1, "compare": 1, **FIGURES}
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model_dir):
     """One complete run of the tiny config; the tests below inspect it and dry-run changes to it."""
@@ -48,14 +55,31 @@ def test_run_writes_the_contract_tables_and_figures(finished_run):
     assert (summary["family"] == "tiny").all()
     pd.testing.assert_frame_equal(pd.read_parquet(results / "metrics" / "summary.parquet"), summary,
                                   check_dtype=False)
+    assert set(summary["recalibration"]) == {"none", "temperature", "platt", "isotonic", "histogram"}
+    assert set(summary["aggregation"]) == {"micro"}  # no task of two subjects
+    # every recalibrated row is scored on all items (5-fold cross-fitting), its fitted T on temperature rows only
+    assert summary.groupby(["task", "method"])["n"].nunique().eq(1).all()
+    assert summary["temperature"].notna().tolist() == (summary["recalibration"] == "temperature").tolist()
+    for column in ("smece", "ece_debiased", "rmsce", "nll", "aurc", "eaurc", "acc_at_coverage_50"):
+        assert summary[column].notna().all(), column
+    assert summary["sce"].notna().tolist() == \
+        ((summary["task"] == "geo") & summary["recalibration"].isin(["none", "temperature"])).tolist()
     bins = pd.read_parquet(results / "metrics" / "reliability.parquet")
-    assert bins.groupby(["task", "method"])["count"].sum().to_dict() == \
-        summary.set_index(["task", "method"])["n"].to_dict()
+    assert bins.groupby(["task", "method", "recalibration"])["count"].sum().to_dict() == \
+        summary.set_index(["task", "method", "recalibration"])["n"].to_dict()
+    sweep = pd.read_parquet(results / "metrics" / "bin_sweep.parquet")
+    assert sorted(set(sweep["n_bins"])) == [5, 10, 15, 20] and len(sweep) == 4 * len(summary)
+    curves = pd.read_parquet(results / "metrics" / "curves.parquet")
+    assert set(curves["curve"]) == {"smooth_reliability", "risk_coverage"}
+    assert set(pd.read_parquet(results / "metrics" / "subjects.parquet")["task"]) == {"geo"}
+    comparisons = pd.read_csv(results / "metrics" / "comparisons.csv")
+    assert set(comparisons["comparison"]) == {"recalibration"} and len(comparisons) == 4 * 4  # 4 methods x 4 maps
     confidence = pd.read_parquet(results / "confidence" / "geo" / "tiny" / "main.parquet")
     assert list(confidence.columns[:4]) == ["item_id", "method", "confidence", "correct"]
     provenance = read_provenance(results / "inference" / "geo" / "tiny" / "main.parquet")
     assert provenance["checkpoint"]["source"].startswith("local:") and provenance["packages"]["torch"]
-    for name in ("reliability_prose", "reliability_facts", "reliability_geo", "summary"):
+    for name in ("reliability_prose", "reliability_facts", "reliability_geo", "summary", "recalibration",
+                 "risk_coverage_geo", "metric_agreement"):
         for ext in ("png", "pdf"):
             assert (results / "figures" / f"{name}.{ext}").stat().st_size > 1000
     assert not (results / "checkpoints" / "tiny" / "main").exists()  # temporary: gone after inference
@@ -69,7 +93,7 @@ def test_report_holds_every_figure(finished_run):
     html = (workdir / "report.html").read_text()
     for name in ("reliability_prose.png", "reliability_facts.png", "reliability_geo.png", "summary.png"):
         assert name in html
-    assert "Reliability diagrams" in html
+    assert "4. Per task" in html  # the reliability diagrams' category
 
 
 def test_complete_run_has_nothing_to_do(finished_run):
@@ -90,8 +114,7 @@ def test_changing_the_bin_count_reruns_scoring_not_inference(finished_run):
     workdir, config = finished_run
     changed = copy.deepcopy(config)
     changed["metrics"]["n_bins"] = 5
-    assert planned_jobs(workdir, write_config(workdir, changed, "bins.yaml")) == {
-        "score": 3, "summarize": 1, "plot_reliability": 3, "plot_summary": 1, "all": 1}
+    assert planned_jobs(workdir, write_config(workdir, changed, "bins.yaml")) == SCORING
 
 
 def test_adding_a_confidence_method_reruns_no_inference(finished_run):
@@ -99,7 +122,7 @@ def test_adding_a_confidence_method_reruns_no_inference(finished_run):
     changed = copy.deepcopy(config)
     changed["tasks"]["facts"]["methods"].append("mean_token_prob")
     assert planned_jobs(workdir, write_config(workdir, changed, "method.yaml")) == {
-        "extract_confidence": 1, "score": 1, "summarize": 1, "plot_reliability": 3, "plot_summary": 1, "all": 1}
+        "extract_confidence": 1, "recalibrate": 1, **SCORING, "score": 1}
 
 
 def test_adding_a_model_runs_only_that_models_jobs(finished_run, tiny_model_dir):
@@ -107,8 +130,7 @@ def test_adding_a_model_runs_only_that_models_jobs(finished_run, tiny_model_dir)
     changed = copy.deepcopy(config)
     changed["models"]["tiny2"] = {"source": f"local:{tiny_model_dir}", "revisions": ["main"]}
     assert planned_jobs(workdir, write_config(workdir, changed, "model.yaml")) == {
-        "fetch_checkpoint": 1, "infer": 1, "extract_confidence": 3, "score": 3, "summarize": 1,
-        "plot_reliability": 3, "plot_summary": 1, "all": 1}
+        "fetch_checkpoint": 1, "infer": 1, "extract_confidence": 3, "recalibrate": 3, **SCORING}
 
 
 def test_adding_a_task_runs_the_model_on_that_task_only(tmp_path, tiny_model_dir):
@@ -138,9 +160,11 @@ def test_editing_a_stage_module_reruns_that_stage_and_what_follows(finished_run)
     workdir, config = finished_run
     path = write_config(workdir, config, "code.yaml")
     for module, expected in [
-        ("plots", {"plot_reliability": 3, "plot_summary": 1, "all": 1}),
-        ("confidence", {"extract_confidence": 3, "score": 3, "summarize": 1, "plot_reliability": 3,
-                        "plot_summary": 1, "all": 1}),
+        ("plots", {"summarize": 1, **FIGURES}),
+        ("confidence", {"extract_confidence": 3, "recalibrate": 3, **SCORING}),
+        ("recalibrate", {"recalibrate": 3, **SCORING}),
+        ("metrics", SCORING),
+        ("compare", {"compare": 1, "plot_metric_agreement": 1, "all": 1}),
     ]:
         file = workdir / "workflow_scripts" / f"{module}.py"
         original = _edit(file)
@@ -173,8 +197,12 @@ def test_real_fixture_data_through_the_workflow(tmp_path, tiny_model_dir):
         "inference": {"threads": 1},
     }
     snakemake(workdir, write_config(workdir, config), "--cores", "2")
-    summary = pd.read_csv(workdir / "results" / "metrics" / "summary.csv").set_index(["task", "method"])
-    assert summary.loc[("mmlu", "option_softmax"), "n"] == 8  # 4 questions x 2 subjects
+    summary = pd.read_csv(workdir / "results" / "metrics" / "summary.csv")
+    # the mmlu fixture has val rows: recalibration is fitted on them and scores the test questions only
+    mmlu = summary.query("task == 'mmlu' and aggregation == 'micro'").set_index("recalibration")["n"]
+    assert mmlu.to_dict() == {"none": 8, "temperature": 8, "platt": 8, "isotonic": 8, "histogram": 8}  # 4 x 2 subjects
+    assert read_provenance(workdir / "results" / "recalibrated" / "mmlu" / "tiny" / "main.parquet")["fit"] == "val split"
+    summary = summary.query("recalibration == 'none' and aggregation == 'micro'").set_index(["task", "method"])
     assert summary.loc[("knowns", "first_token_prob"), "n"] >= 3
     data = pd.read_parquet(workdir / "results" / "data" / "mmlu.parquet")
     assert data["prompt"][0].startswith(

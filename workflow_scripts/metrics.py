@@ -5,7 +5,6 @@ import importlib
 import importlib.util
 import math
 import os
-import re
 import sys
 import types
 from collections.abc import Mapping, Sequence
@@ -14,7 +13,6 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr
 
-from .sources import parse_step
 from .tables import atomic_path, read_provenance, read_table, write_table
 
 KEYS = ("task", "model", "revision", "method", "recalibration")
@@ -628,6 +626,8 @@ def score(
     task: str,
     model: str,
     revision: str,
+    step: int | None,
+    epoch: int | None,
     n_bins: int = 10,
     n_bootstrap: int = 1000,
     seed: int = 0,
@@ -639,7 +639,9 @@ def score(
     interval; "macro": the mean of the per-subject metrics, where the rows have >= 2 subjects), reliability
     bins, the ECE at SWEEP_BINS bins, metrics per subject (rows with a `subject`), and the curves
     "smooth_reliability" (at smECE's bandwidth) and "risk_coverage". Rows come by method, then
-    recalibration in the table's order, then micro before macro.
+    recalibration in the table's order, then micro before macro. Every summary row holds `params` (counted
+    by the inference stage), `step` and `epoch` (the training step and epoch of the revision, as the model
+    registry has them; None where unknown) and `labels`.
 
     The ECE interval resamples the rows of an item_id together, stratified by the first of
     STRATA_COLUMNS the rows fill; brier_multiclass and sce need the columns option_probs and gold,
@@ -666,8 +668,8 @@ def score(
     keys = {"task": task, "model": model, "revision": revision}
     source = read_provenance(recalibrated_path)
     inference = source.get("input", {}).get("inference", {})  # from the provenance of the confidence table
-    # params is counted from the loaded model by the inference stage; step and epoch come from the revision name.
-    model_info = {"params": inference.get("params"), "step": parse_step(revision), "epoch": parse_epoch(revision)}
+    # params is counted from the loaded model by the inference stage; step and epoch are the model registry's.
+    model_info = {"params": inference.get("params"), "step": step, "epoch": epoch}
     groups = dict(iter(table.groupby(["method", "recalibration"], sort=False)))
     order = [(method, recalibration) for method in sorted(table["method"].unique())
              for recalibration in table["recalibration"].unique() if (method, recalibration) in groups]
@@ -698,12 +700,6 @@ def score(
     write_table(subjects.astype({column: "float64" for column in METRIC_COLUMNS} | {"n": "int64"}),
                 subjects_out, provenance)
     write_table(_keyed(tables["curves"])[[*KEYS, "curve", "x", "y", "density"]], curves_out, provenance)
-
-
-def parse_epoch(revision: str) -> int | None:
-    """The training epoch a revision of an aligned model names (``epoch2`` -> 2), else None."""
-    match = re.fullmatch(r"epoch(\d+)", revision)
-    return int(match.group(1)) if match else None
 
 
 def _concatenated(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
@@ -746,7 +742,9 @@ def summarize(
 
     Label columns are the union over runs; a run without a label has it empty.
     """
-    summary = _text_if_mixed(_concatenated(summary_paths))
+    from .plots import natural_order  # the figures' order of runs, one sort key for both
+
+    summary = natural_order(_text_if_mixed(_concatenated(summary_paths))).reset_index(drop=True)
     write_table(summary, summary_parquet, _gathered(summary_paths))
     with atomic_path(summary_csv, suffix=".csv") as tmp:
         summary.to_csv(tmp, index=False)

@@ -20,7 +20,6 @@ DPI = 150
 GAP_COLOUR = "tab:red"
 FONT = {"title": 8, "label": 8, "tick": 7, "note": 7, "value": 6}
 MAX_COLUMNS = 8  # reliability panels per row before wrapping into another block
-MAX_VALUE_LABELS = 24  # bars per summary panel up to which values are written on them
 TICKS = [0, 0.25, 0.5, 0.75, 1]
 STRIP = 0.22  # height of the bin-count strip relative to the (square) reliability panel
 SMOOTH_COLOUR = "black"  # the smooth reliability curve over the bars
@@ -100,10 +99,117 @@ def ordered_unique(values) -> list:
     return list(dict.fromkeys(values))
 
 
+# ---------------------------------------------------------------------------------------------
+# The natural order of runs: every figure and table orders its models and revisions by run_keys.
+
+STAGES = ("base", "sft", "dpo", "rlhf")  # the order of training stages; a run without a stage is a base model
+COUNT_UNITS = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
+
+
+def _missing(value) -> bool:
+    return value is None or (not isinstance(value, (str, tuple, list)) and pd.isna(value))
+
+
+def natural_key(text) -> tuple:
+    """A sort key of text with its digit runs as numbers ('step4' < 'step16', 'm-9' < 'm-10'), case
+    folded; missing values (None, NaN) last."""
+    if _missing(text):
+        return (1,)
+    parts = re.split(r"(\d+)", str(text).casefold())
+    return (0, *[int(p) if i % 2 else p for i, p in enumerate(parts)])
+
+
+def parameter_count(params, size=None) -> float:
+    """A model's parameter count: `params` where it is a number, else a count label in `params` or
+    `size` such as '1.4b' or '160M'; NaN where neither gives one."""
+    for value in (params, size):
+        if _missing(value):
+            continue
+        number = pd.to_numeric(value, errors="coerce")
+        if pd.notna(number):
+            return float(number)
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmbt])\s*", str(value), flags=re.IGNORECASE)
+        if match:
+            return float(match.group(1)) * COUNT_UNITS[match.group(2).lower()]
+    return float("nan")
+
+
+def stage_rank(stage) -> tuple:
+    """Sort key of a stage: base (or none), sft, dpo, rlhf, then any other by name."""
+    stage = "base" if _missing(stage) else str(stage).casefold()
+    return (STAGES.index(stage),) if stage in STAGES else (len(STAGES), natural_key(stage))
+
+
+def _number_key(value) -> float:
+    value = pd.to_numeric(value, errors="coerce")
+    return float("inf") if pd.isna(value) else float(value)
+
+
+def run_keys(table: pd.DataFrame) -> dict[tuple[str, str], tuple]:
+    """(model, revision) -> its sort key in the natural order of runs, from the label columns of
+    `table` (those missing count as unknown): by family (runs without one last), then data (within a
+    family the data variants of its base models come first, 'standard' before the others, then those
+    of the tuned stages; a run without `data` has 'standard'), then parameter count (`params`, else a
+    `size` like '1.4b'; unknown last), then stage (base, sft, dpo, rlhf), tuning, model name, then the
+    revision by step, epoch (unknown last) and name (digits as numbers: step4 before step16)."""
+    columns = ("family", "data", "stage", "tuning", "size", "params", "step", "epoch")
+    runs = table.drop_duplicates(["model", "revision"])
+    runs = runs.assign(**{c: np.nan for c in columns if c not in runs.columns})
+    data = runs["data"].astype(object).where(runs["data"].notna(), STANDARD).astype(str)
+    families = runs["family"].map(natural_key)
+    first_stage = {}  # (family, data) -> the earliest stage that uses it
+    for family, variant, stage in zip(families, data, runs["stage"]):
+        first_stage[(family, variant)] = min(first_stage.get((family, variant), (len(STAGES) + 1,)), stage_rank(stage))
+    keys = {}
+    for (_, run), family, variant in zip(runs.iterrows(), families, data):
+        keys[(run["model"], run["revision"])] = (
+            family, first_stage[(family, variant)], variant != STANDARD, natural_key(variant),
+            _number_key(parameter_count(run["params"], run["size"])), stage_rank(run["stage"]),
+            natural_key(run["tuning"]), natural_key(run["model"]),
+            _number_key(run["step"]), _number_key(run["epoch"]), natural_key(run["revision"]))
+    return keys
+
+
+def natural_runs(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """The distinct (model, revision) of `table` in natural order (see run_keys)."""
+    keys = run_keys(table)
+    return sorted(keys, key=keys.get)
+
+
+def natural_order(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a summary-like table in natural order: by task (by name, digits as numbers), run
+    (run_keys), method (by name), recalibration ('none' first, see recalibration_order), aggregation
+    (micro first); rows equal in all of these keep their order. Columns it lacks are left out of the key."""
+    if table.empty:
+        return table
+    ranks = {}
+    if "task" in table.columns:
+        tasks = sorted(ordered_unique(table["task"]), key=natural_key)
+        ranks["task"] = table["task"].map({t: i for i, t in enumerate(tasks)})
+    if {"model", "revision"} <= set(table.columns):
+        runs = {run: i for i, run in enumerate(natural_runs(table))}
+        ranks["run"] = pd.Series([runs[key] for key in zip(table["model"], table["revision"])], index=table.index)
+    if "method" in table.columns:
+        methods = sorted(ordered_unique(table["method"]), key=natural_key)
+        ranks["method"] = table["method"].map({m: i for i, m in enumerate(methods)})
+    if "recalibration" in table.columns:
+        ranks["recalibration"] = table["recalibration"].map(
+            {r: i for i, r in enumerate(recalibration_order(table["recalibration"]))})
+    if "aggregation" in table.columns:
+        ranks["aggregation"] = table["aggregation"].map({"micro": 0, "macro": 1}).fillna(2)
+    if not ranks:
+        return table
+    order = pd.DataFrame({name: rank.to_numpy() for name, rank in ranks.items()})
+    return table.iloc[order.sort_values(list(ranks), kind="stable").index.to_numpy()]
+
+
 def method_colours(summary: pd.DataFrame) -> dict[str, tuple]:
-    """One colour per method across all tasks (never the gap's red), so figures agree."""
-    palette = [c for c in plt.get_cmap("tab10").colors if c != matplotlib.colors.to_rgb(GAP_COLOUR)]
-    return {m: palette[i % len(palette)] for i, m in enumerate(ordered_unique(summary["method"]))}
+    """One colour per method across all tasks, in natural order (see natural_order), so figures agree
+    whatever the order of the rows; never the gap's red, nor grey (the count strip's) or brown (dark
+    under the red gap)."""
+    unused = {matplotlib.colors.to_rgb(c) for c in (GAP_COLOUR, "tab:gray", "tab:brown")}
+    palette = [c for c in plt.get_cmap("tab10").colors if c not in unused]
+    return {m: palette[i % len(palette)] for i, m in enumerate(ordered_unique(natural_order(summary)["method"]))}
 
 
 def task_rows(summary: pd.DataFrame, task: str) -> pd.DataFrame:
@@ -115,19 +221,30 @@ def task_rows(summary: pd.DataFrame, task: str) -> pd.DataFrame:
     return rows
 
 
-def panel_grid(summary: pd.DataFrame, task: str) -> tuple[list[tuple[str, str]], list[str]]:
-    """The (model, revision) columns and method rows of `task`'s reliability grid, in summary order."""
+def panel_grid(summary: pd.DataFrame, task: str, runs=None, primary: str | None = None
+               ) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (model, revision) columns of `task`'s reliability grid in natural order (see run_keys),
+    only those in `runs` where given (ValueError naming the runs without rows if none has any), and
+    its method rows by name, `primary` first."""
     rows = task_rows(summary, task)
-    columns = ordered_unique(zip(rows["model"], rows["revision"]))
-    return columns, ordered_unique(rows["method"])
+    if runs is not None:
+        wanted = {(str(m), str(r)) for m, r in runs}
+        rows = rows[[(str(m), str(r)) in wanted for m, r in zip(rows["model"], rows["revision"])]]
+        if rows.empty:
+            listed = ", ".join(model_label(m, r) for m, r in runs) or "none"
+            raise ValueError(f"task {task!r} has no summary rows of the runs {listed}")
+    methods = sorted(ordered_unique(rows["method"]), key=lambda m: (m != primary, natural_key(m)))
+    return natural_runs(rows), methods
 
 
 def save_figure(fig, png_out, pdf_out) -> None:
-    """Write `fig` as PNG and PDF, each atomically, then close it."""
+    """Write `fig` as PNG and PDF, each atomically, then close it. The layout worked out for the PNG
+    is kept for the PDF (it is in inches and points, the same at any resolution)."""
     try:
         for path, fmt in ((png_out, "png"), (pdf_out, "pdf")):
             with atomic_path(path, suffix=f".{fmt}") as tmp:
                 fig.savefig(tmp, format=fmt, dpi=DPI)
+            fig.set_layout_engine("none")
     finally:
         plt.close(fig)
 
@@ -175,7 +292,7 @@ def smooth_curves(curves: pd.DataFrame, task: str) -> dict[tuple, pd.DataFrame]:
             curves.groupby(["model", "revision", "method"], sort=False)}
 
 
-def _draw_smooth(ax, curve: pd.DataFrame) -> None:
+def _draw_smooth(ax, curve: pd.DataFrame, colour=SMOOTH_COLOUR, gid: str = "smooth", width: float = 1.6) -> None:
     """The smooth reliability curve (x, y), wider and more opaque where the kernel density of the
     confidences (column `density`, where given) is higher, as relplot draws it: where no prediction
     lies the smoothed accuracy is pulled towards 0 and the curve fades out."""
@@ -183,10 +300,10 @@ def _draw_smooth(ax, curve: pd.DataFrame) -> None:
     density = curve["density"].to_numpy(float) if "density" in curve.columns else np.ones(len(x))
     weight = np.nan_to_num(density / np.nanmax(density)) if np.nanmax(density, initial=0) > 0 else np.ones(len(x))
     weight = (weight[:-1] + weight[1:]) / 2  # per segment
-    colours = [(*matplotlib.colors.to_rgb(SMOOTH_COLOUR), a) for a in np.clip(3 * weight, 0, 1)]
+    colours = [(*matplotlib.colors.to_rgb(colour), a) for a in np.clip(3 * weight, 0, 1)]
     segments = np.stack([np.column_stack([x[:-1], y[:-1]]), np.column_stack([x[1:], y[1:]])], axis=1)
     ax.add_collection(matplotlib.collections.LineCollection(
-        segments, colors=colours, linewidths=0.6 + 1.6 * weight, capstyle="round", zorder=5, gid="smooth"))
+        segments, colors=colours, linewidths=0.6 + width * weight, capstyle="round", zorder=5, gid=gid))
 
 
 def _draw_reliability(ax, strip, bins: pd.DataFrame, colour, smooth: pd.DataFrame | None = None) -> None:
@@ -197,9 +314,11 @@ def _draw_reliability(ax, strip, bins: pd.DataFrame, colour, smooth: pd.DataFram
     filled = bins[bins["count"] > 0]
     ax.bar(filled["bin_lower"], filled["accuracy"], width=width[filled.index], align="edge",
            color=colour, alpha=0.85, edgecolor="white", linewidth=0.5, zorder=2)
-    for lo, hi, acc in zip(filled["bin_lower"], filled["bin_upper"], filled["accuracy"]):
-        ax.fill_between([lo, hi], [acc, acc], [lo, hi], color=GAP_COLOUR, alpha=0.25,
-                        hatch="///", edgecolor=GAP_COLOUR, linewidth=0, zorder=3)
+    gaps = [[(lo, acc), (hi, acc), (hi, hi), (lo, lo)]  # bar top to the diagonal, one artist for all bins
+            for lo, hi, acc in zip(filled["bin_lower"], filled["bin_upper"], filled["accuracy"])]
+    ax.add_collection(matplotlib.collections.PolyCollection(
+        gaps, facecolors=matplotlib.colors.to_rgba(GAP_COLOUR, 0.25), hatch="///",
+        edgecolors=matplotlib.colors.to_rgba(GAP_COLOUR, 0.25), linewidths=0, zorder=3, gid="gap"))
     ax.plot([0, 1], [0, 1], ls="--", color="0.3", lw=0.9, zorder=4)
     if smooth is not None:
         _draw_smooth(ax, smooth)
@@ -215,12 +334,31 @@ def _draw_reliability(ax, strip, bins: pd.DataFrame, colour, smooth: pd.DataFram
     strip.tick_params(labelsize=FONT["tick"] - 1)
 
 
+def column_labels(runs: list[tuple[str, str]]) -> tuple[str, list[str]]:
+    """Short labels of the runs of one figure and what they leave out: runs of one model are named by
+    revision (the model left out); runs of several models by model_label without the models'
+    shared_prefix; a single run in full."""
+    models = ordered_unique(str(m) for m, _ in runs)
+    if len(runs) > 1 and len(models) == 1:
+        return models[0], [str(r) for _, r in runs]
+    prefix = shared_prefix(models)
+    return prefix, [model_label(m, r)[len(prefix):] for m, r in runs]
+
+
+def _prefix_note(prefix: str, runs) -> str:
+    """What column_labels left out, for a title: 'model <name>' or 'models <prefix>…'."""
+    return f"model {prefix}" if prefix in {str(m) for m, _ in runs} else f"models {prefix}\u2026"
+
+
 def reliability_figure(summary: pd.DataFrame, reliability: pd.DataFrame, curves: pd.DataFrame,
-                       task: str):
-    """Reliability diagrams of `task`'s raw confidences: one column per (model, revision), one row
-    per method, the smooth reliability curve over the bars."""
+                       task: str, runs=None, methods: dict[str, str] | None = None, group: str | None = None):
+    """Reliability diagrams of `task`'s raw confidences: one column per run ((model, revision), only
+    those of `runs` where given) in natural order, wrapped into blocks of at most MAX_COLUMNS; one row
+    per method (the primary one of `methods` first); the smooth reliability curve over the bars.
+    Columns are labelled by column_labels, the title naming `group` and what the labels leave out."""
     summary = select_rows(summary)
-    columns, methods = panel_grid(summary, task)
+    primary = primary_methods(task_rows(summary, task), methods).get(task)
+    columns, methods = panel_grid(summary, task, runs, primary)
     keys = ["model", "revision", "method"]
     stats = task_rows(summary, task).drop_duplicates(keys).set_index(keys)
     reliability = select_rows(reliability)
@@ -229,8 +367,10 @@ def reliability_figure(summary: pd.DataFrame, reliability: pd.DataFrame, curves:
     empty = reliability.iloc[:0]
     colours = method_colours(summary)
     (n_rows, n_cols), where = panel_layout(columns, methods)
+    prefix, labels = column_labels(columns)
+    label_of = dict(zip(columns, labels))
 
-    fig = plt.figure(layout="constrained", figsize=(0.8 + 2.2 * n_cols, 0.5 + 3.0 * n_rows))
+    fig = plt.figure(layout="constrained", figsize=(0.8 + 2.2 * n_cols, 0.7 + 3.0 * n_rows))
     fig.get_layout_engine().set(h_pad=5 / 72)
     grid = fig.add_gridspec(2 * n_rows, n_cols, height_ratios=[1, STRIP] * n_rows)
     for ((model, revision), method), (i, j) in where.items():
@@ -241,9 +381,9 @@ def reliability_figure(summary: pd.DataFrame, reliability: pd.DataFrame, curves:
         ax.set_title(_panel_note(stats.loc[key]) if key in stats.index else "no data",
                      fontsize=FONT["note"])
         if i % len(methods) == 0:
-            ax.annotate(wrap_label(model_label(model, revision)), xy=(0.5, 1), xycoords=ax.title,
+            ax.annotate(wrap_label(label_of[(model, revision)], 26), xy=(0.5, 1), xycoords=ax.title,
                         xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
-                        fontsize=FONT["title"], fontweight="bold")
+                        fontsize=FONT["title"], fontweight="bold", gid="run")
         if i % len(methods) == len(methods) - 1:
             strip.set_xlabel("confidence", fontsize=FONT["label"])
         if j == 0:
@@ -254,72 +394,350 @@ def reliability_figure(summary: pd.DataFrame, reliability: pd.DataFrame, curves:
                         fontsize=FONT["title"] + 1, fontweight="bold")
         else:
             ax.tick_params(labelleft=False)
-    fig.suptitle(f"Reliability diagrams: {task}", fontsize=FONT["title"] + 2)
+    title = f"Reliability diagrams: {task}" + (f", {group}" if group else "")
+    if prefix and len(columns) > 1:
+        title += f"\n{_prefix_note(prefix, columns)}"
+    fig.suptitle(title, fontsize=FONT["title"] + 2)
     return fig
 
 
-def plot_reliability(summary_path, reliability_path, curves_path, task: str, png_out, pdf_out) -> None:
+def reliability_runs(fig) -> list[str]:
+    """The column labels of a reliability_figure, block by block, left to right."""
+    return [t.get_text().replace("\n", "") for ax in fig.axes for t in ax.texts if t.get_gid() == "run"]
+
+
+def plot_reliability(summary_path, reliability_path, curves_path, task: str, png_out, pdf_out, runs=None,
+                     methods: dict[str, str] | None = None, group: str | None = None) -> None:
     """The reliability diagrams of `task` (see reliability_figure) as PNG and PDF."""
     fig = reliability_figure(read_table(summary_path), read_table(reliability_path),
-                             read_table(curves_path), task)
+                             read_table(curves_path), task, runs, methods, group)
     save_figure(fig, png_out, pdf_out)
 
 
-def _grouped_bars(ax, rows: pd.DataFrame, groups: list, methods: list, colours, metric: str) -> None:
-    """Bars of `metric` per (model, revision) group, one per method; ECE gets its CI as error bars."""
-    width = 0.8 / len(methods)
-    n_bars = len(groups) * len(methods)
-    for k, method in enumerate(methods):
-        sub = rows[rows["method"] == method].drop_duplicates(["model", "revision"])
-        sub = sub.set_index(["model", "revision"]).reindex(groups)
-        x = np.arange(len(groups)) + (k - (len(methods) - 1) / 2) * width
-        yerr = None
-        if metric == "ece":
-            low = (sub["ece"] - sub["ece_ci_low"]).clip(lower=0)
-            high = (sub["ece_ci_high"] - sub["ece"]).clip(lower=0)
-            yerr = np.vstack([low, high])  # NaN (no CI) draws no error bar
-        bars = ax.bar(x, sub[metric].fillna(0), width=width, color=colours[method], label=method,
-                      yerr=yerr, error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "0.2"}, zorder=2)
-        if n_bars <= MAX_VALUE_LABELS:
-            ax.bar_label(bars, labels=[_fmt(v, 2) for v in sub[metric]], fontsize=FONT["value"],
-                         padding=1, rotation=90 if n_bars > 4 else 0)
+def ordered_groups(summary: pd.DataFrame, groups: dict[str, list]) -> dict[str, list[tuple[str, str]]]:
+    """`groups` (name -> runs) with the runs that have summary rows, each group's runs in natural
+    order, the groups by their first run (natural order; see run_keys); groups without rows left out."""
+    rank = {run: i for i, run in enumerate(natural_runs(summary))}
+    out = {}
+    for name, runs in groups.items():
+        present = sorted({(str(m), str(r)) for m, r in runs} & set(rank), key=rank.get)
+        if present:
+            out[str(name)] = present
+    return dict(sorted(out.items(), key=lambda item: rank[item[1][0]]))
 
 
-def plot_summary(summary_path, png_out, pdf_out) -> None:
-    """Accuracy and ECE per task (rows): grouped bars over model@revision, one bar per method."""
-    summary = read_summary(summary_path)
-    if summary.empty:
-        raise ValueError(f"summary {summary_path} has no rows")
-    tasks = ordered_unique(summary["task"])
-    groups = ordered_unique(zip(summary["model"], summary["revision"]))
-    labels = [model_label(m, r) for m, r in groups]
-    colours = method_colours(summary)
-    most_bars = len(groups) * summary.groupby("task")["method"].nunique().max()
-    rotate = len(groups) > 3 or max(map(len, labels)) > 12
+def reliability_index_figure(summary: pd.DataFrame, curves: pd.DataFrame, task: str,
+                             groups: dict[str, list], methods: dict[str, str] | None = None):
+    """The index of `task`'s reliability diagrams: one panel per group of runs (see ordered_groups;
+    a group is one figure of reliability diagrams), each the smooth reliability curves of its runs
+    for the task's primary method and raw confidences (at most MAX_LINES, evenly spread), the runs
+    keyed with their column_labels and ECE; runs of one model shaded along training, others in
+    distinct colours."""
+    summary = select_rows(summary)
+    rows = _primary_only(task_rows(summary, task), methods)
+    method = rows["method"].iloc[0]
+    given, groups = groups, ordered_groups(rows, groups)
+    if not groups:
+        raise ValueError(f"no run of the groups {', '.join(map(str, given)) or '(none)'} has rows in task {task!r}")
+    smooth = smooth_curves(curves, task)
+    ece = rows.drop_duplicates(["model", "revision"]).set_index(["model", "revision"])["ece"]
+    n_cols = min(len(groups), 3)
+    n_rows = -(-len(groups) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False, layout="constrained",
+                             figsize=(0.3 + 4.4 * n_cols, 0.6 + 2.75 * n_rows))
+    for ax, (name, runs) in zip(axes.flat, groups.items()):
+        shown = _thinned(pd.DataFrame({"run": runs}), MAX_LINES)["run"].tolist()
+        prefix, labels = column_labels(shown)
+        one_model = len({m for m, _ in shown}) == 1 and len(shown) > 1
+        colours = (plt.get_cmap("viridis")(np.linspace(0.05, 0.85, len(shown))) if one_model
+                   else [plt.get_cmap("tab10").colors[k % 10] for k in range(len(shown))])
+        handles = []
+        for run, label, colour in zip(shown, labels, colours):
+            curve = smooth.get((*run, method))
+            if curve is not None:
+                _draw_smooth(ax, curve, colour=colour, gid="index", width=1.2)
+            handles.append(matplotlib.lines.Line2D([], [], color=colour, lw=1.6,
+                                                   label=f"{label}: ECE {_fmt(ece.get(run, np.nan))}"))
+        ax.plot([0, 1], [0, 1], ls="--", color="0.4", lw=0.8, zorder=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xticks=TICKS, yticks=TICKS, box_aspect=1)
+        ax.set_xlabel("confidence", fontsize=FONT["label"])
+        _style_axis(ax, "accuracy")
+        more = f", {len(shown)} of {len(runs)} runs" if len(shown) < len(runs) else ""
+        ax.set_title(f"{name}{more}" + (f"\n{_prefix_note(prefix, shown)}" if prefix and len(shown) > 1 else ""),
+                     fontsize=FONT["title"], loc="left")
+        ax.legend(handles=handles, fontsize=FONT["tick"] - 0.5, loc="upper left", bbox_to_anchor=(1.02, 1),
+                  frameon=False, handlelength=1.4)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.remove()
+    fig.suptitle(f"Smooth reliability curves: {task} ({method}); one figure of reliability diagrams per group",
+                 fontsize=FONT["title"] + 2)
+    return fig
 
-    fig, axes = plt.subplots(len(tasks), 2, squeeze=False, sharex=True, layout="constrained",
-                             figsize=(2 * max(3.2, 1.2 + 0.16 * most_bars), 1.2 + 2.4 * len(tasks)))
-    for i, task in enumerate(tasks):
-        rows = summary[summary["task"] == task]
-        methods = ordered_unique(rows["method"])
-        for ax, metric, name in ((axes[i, 0], "accuracy", "accuracy"), (axes[i, 1], "ece", "ECE")):
-            _grouped_bars(ax, rows, groups, methods, colours, metric)
-            if metric == "accuracy":
-                ax.set(ylim=(0, 1.2), yticks=TICKS)
-            else:
-                ax.set_ylim(0, 1.3 * np.nanmax([rows["ece"].max(), rows["ece_ci_high"].max(), 0.01]))
-            ax.set_title(f"{task}: {name}", fontsize=FONT["title"] + 1)
-            ax.set_ylabel(name, fontsize=FONT["label"])
-            ax.tick_params(labelsize=FONT["tick"])
-            ax.grid(axis="y", color="0.9")
-            ax.set_axisbelow(True)
-        axes[i, 1].legend(fontsize=FONT["tick"], title="method", title_fontsize=FONT["tick"],
-                          loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
-    for ax in axes[-1]:
-        ax.set_xticks(np.arange(len(groups)), labels, rotation=40 if rotate else 0,
-                      ha="right" if rotate else "center", rotation_mode="anchor")
-        ax.set_xlabel("model", fontsize=FONT["label"])
+
+def plot_reliability_index(summary_path, curves_path, task: str, groups: dict[str, list],
+                           methods: dict[str, str] | None, png_out, pdf_out) -> None:
+    """The index of `task`'s reliability diagrams (see reliability_index_figure) as PNG and PDF."""
+    fig = reliability_index_figure(read_table(summary_path), read_table(curves_path), task, groups, methods)
     save_figure(fig, png_out, pdf_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The overview: accuracy and ECE of every run and task in one heatmap whose size follows its content.
+
+ROW_HEIGHT = 0.2  # inches per heatmap row (a run or a family header): 14.4 pt for 7 pt text
+CELL_WIDTH = 0.42  # inches per heatmap column (a task's method): '0.123' at FONT['value'] fits
+STAGE_FILLS = {"base": "0.88", "sft": "#c6dbef", "dpo": "#dadaeb", "rlhf": "#fcbba1"}
+SEPARATORS = "-_/.@ "
+
+
+def shared_prefix(names) -> str:
+    """The longest common prefix of `names` that ends at a separator (one of SEPARATORS, kept), ''
+    where there is none or fewer than two distinct names."""
+    names = ordered_unique(map(str, names))
+    if len(names) < 2:
+        return ""
+    prefix = names[0]
+    for name in names[1:]:
+        while not name.startswith(prefix):
+            prefix = prefix[:-1]
+    cut = max(prefix.rfind(c) for c in SEPARATORS)
+    return prefix[:cut + 1] if cut >= 0 else ""
+
+
+def short_label(model: str, revision: str, family=None) -> str:
+    """model_label without the family's name in front ('geo-neox-l-standard' of family 'geo-neox':
+    'l-standard'), where the model name starts with it and a separator."""
+    label = model_label(model, revision)
+    if not _missing(family) and len(str(model)) > len(str(family)) + 1:
+        family = str(family)
+        if str(model).startswith(family) and str(model)[len(family)] in SEPARATORS:
+            return label[len(family) + 1:]
+    return label
+
+
+def primary_first(methods, primary: str | None) -> list[str]:
+    """`methods` by name (digits as numbers), `primary` first."""
+    return sorted(ordered_unique(methods), key=lambda m: (m != primary, natural_key(m)))
+
+
+def summary_grid(summary: pd.DataFrame, methods: dict[str, str] | None = None) -> dict:
+    """What the overview heatmap draws, from raw micro rows (select_rows): ``rows``, its rows top to
+    bottom, each a dict with ``kind`` 'family' (a header: ``label`` the family, or 'other models') or
+    'run' (``run`` (model, revision), ``label`` its short_label, ``stage``), runs in natural order
+    (see run_keys) under a header per family; ``columns``, per metric ('accuracy', 'ece') the list of
+    (task, methods) in natural task order, each task's primary method (``methods[task]``, else the
+    first by name) first; accuracy keeps one method where every method of a task has the same
+    accuracy on every run (the answer does not depend on the confidence method)."""
+    rows = select_rows(summary)
+    if rows.empty:
+        raise ValueError("the summary has no rows of raw confidences (recalibration 'none', items pooled)")
+    rows = with_labels(natural_order(rows))
+    primary = primary_methods(rows, methods)
+    grid_rows, family = [], object()
+    info = rows.drop_duplicates(["model", "revision"]).set_index(["model", "revision"])
+    for model, revision in natural_runs(rows):
+        labels = info.loc[(model, revision)]
+        if _missing(labels["family"]) is not _missing(family) or (
+                not _missing(family) and labels["family"] != family):
+            family = labels["family"]
+            grid_rows.append({"kind": "family", "label": "other models" if _missing(family) else str(family)})
+        stage = "base" if _missing(labels["stage"]) else str(labels["stage"])
+        grid_rows.append({"kind": "run", "run": (model, revision), "stage": stage,
+                          "label": short_label(model, revision, labels["family"])})
+    ece_columns, accuracy_columns = [], []
+    for task in ordered_unique(rows["task"]):
+        task_rows_ = rows[rows["task"] == task]
+        ordered = primary_first(task_rows_["method"], primary.get(task))
+        ece_columns.append((task, ordered))
+        accuracy = task_rows_.pivot_table(index=["model", "revision"], columns="method", values="accuracy")
+        same = accuracy.nunique(axis=1, dropna=True).le(1).all() and accuracy.notna().all(axis=None)
+        accuracy_columns.append((task, ordered[:1] if same and len(ordered) > 1 else ordered))
+    return {"rows": grid_rows, "columns": {"accuracy": accuracy_columns, "ece": ece_columns}}
+
+
+def _cell_text_colour(cmap, norm, value) -> str:
+    r, g, b, _ = cmap(norm(value))
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.55 else "white"
+
+
+def _draw_heat(ax, values: np.ndarray, headers: list[int], cmap, norm) -> None:
+    """One task's cells (rows x methods) with their values written in; NaN cells grey 'n/a', header
+    rows blank."""
+    n_rows, n_cols = values.shape
+    ax.set_facecolor("0.93")
+    ax.pcolormesh(np.arange(n_cols + 1) - 0.5, np.arange(n_rows + 1) - 0.5, np.ma.masked_invalid(values),
+                  cmap=cmap, norm=norm, edgecolors="white", linewidth=0.6)
+    for y in headers:
+        ax.axhspan(y - 0.5, y + 0.5, color="white", zorder=2, lw=0)
+    for (y, x), value in np.ndenumerate(values):
+        if y in headers:
+            continue
+        ax.text(x, y, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center",
+                fontsize=FONT["value"], color="0.45" if np.isnan(value) else _cell_text_colour(cmap, norm, value))
+    ax.set(xlim=(-0.5, n_cols - 0.5), ylim=(n_rows - 0.5, -0.5), yticks=[])
+    ax.tick_params(axis="x", top=True, bottom=False, labeltop=True, labelbottom=False, length=0,
+                   labelsize=FONT["tick"], labelrotation=90, pad=2)
+    ax.spines[:].set_visible(False)
+
+
+def _draw_stages(ax, grid_rows: list[dict]) -> None:
+    """The stage of each run as a strip of blocks (one per stretch of runs of one stage, named in it)."""
+    y = 0
+    while y < len(grid_rows):
+        entry = grid_rows[y]
+        if entry["kind"] != "run":
+            y += 1
+            continue
+        end = y
+        while end + 1 < len(grid_rows) and grid_rows[end + 1]["kind"] == "run" and \
+                grid_rows[end + 1]["stage"] == entry["stage"]:
+            end += 1
+        ax.add_patch(matplotlib.patches.Rectangle((0, y - 0.5 + 0.06), 1, end - y + 1 - 0.12, lw=0,
+                                                  color=STAGE_FILLS.get(entry["stage"], "0.8"), zorder=1))
+        ax.text(0.5, (y + end) / 2, entry["stage"], ha="center", va="center", fontsize=FONT["value"], zorder=2)
+        y = end + 1
+    ax.set(xlim=(0, 1), ylim=(len(grid_rows) - 0.5, -0.5), xticks=[])
+    ax.set_yticks(range(len(grid_rows)), [e["label"] for e in grid_rows])
+    ax.tick_params(axis="y", length=0, labelsize=FONT["tick"], pad=3)
+    for entry, label in zip(grid_rows, ax.get_yticklabels()):
+        if entry["kind"] == "family":
+            label.set(fontweight="bold", fontsize=FONT["label"])
+    ax.spines[:].set_visible(False)
+    ax.set_title("stage", fontsize=FONT["tick"], loc="center", pad=2)
+
+
+def summary_figure(summary: pd.DataFrame, methods: dict[str, str] | None = None):
+    """The overview heatmap (see summary_grid): accuracy (blue, 0 to 1) then ECE (red, 0 to the
+    largest ECE) of every run (rows) for every task and method (columns), the values in the cells,
+    runs under a header per family with their stage in a strip; font sizes fixed, the figure's size
+    following the number of rows, columns and the longest labels."""
+    grid = summary_grid(summary, methods)
+    rows = with_labels(select_rows(summary))
+    grid_rows = grid["rows"]
+    index = {e["run"]: y for y, e in enumerate(grid_rows) if e["kind"] == "run"}
+    headers = [y for y, e in enumerate(grid_rows) if e["kind"] == "family"]
+    values = rows.drop_duplicates(["task", "model", "revision", "method"]).set_index(
+        ["task", "model", "revision", "method"])
+    ece_top = float(np.nanmax([values["ece"].max(), 0.05]))
+    ece_top = np.ceil(ece_top * 20) / 20  # a round upper end, in steps of 0.05
+    scales = {"accuracy": (plt.get_cmap("Blues"), matplotlib.colors.Normalize(0, 1), "accuracy"),
+              "ece": (plt.get_cmap("Reds"), matplotlib.colors.Normalize(0, ece_top), "ECE")}
+    n_items = rows.groupby("task")["n"].agg(["min", "max"]) if "n" in rows.columns else None
+
+    fig = plt.figure(figsize=(8, 8))
+    renderer = fig.canvas.get_renderer()
+
+    def inches(text) -> tuple[float, float]:  # drawn width and height of a text artist
+        box = text.get_window_extent(renderer)
+        return box.width / fig.dpi, box.height / fig.dpi
+
+    stages = fig.add_axes((0, 0, 0.1, 0.1))
+    _draw_stages(stages, grid_rows)
+    label_width = max(inches(label)[0] for label in stages.get_yticklabels())
+    blocks = []  # (metric, axes, its width in inches, the task's header text)
+    for metric in ("accuracy", "ece"):
+        cmap, norm, _ = scales[metric]
+        for task, ms in grid["columns"][metric]:
+            ax = fig.add_axes((0, 0, 0.1, 0.1))
+            matrix = np.full((len(grid_rows), len(ms)), np.nan)
+            for x, method in enumerate(ms):
+                for run, y in index.items():
+                    if (task, *run, method) in values.index:
+                        matrix[y, x] = values.loc[(task, *run, method), metric]
+            _draw_heat(ax, matrix, headers, cmap, norm)
+            collapsed = metric == "accuracy" and len(ms) < len(dict(grid["columns"]["ece"])[task])
+            ax.set_xticks(range(len(ms)), ["all methods"] if collapsed else ms)
+            n = ""
+            if n_items is not None and task in n_items.index:
+                low, high = n_items.loc[task]
+                n = f"\nn = {int(low):,}" if low == high else f"\nn = {int(low):,}-{int(high):,}"
+            header = fig.text(0, 0, f"{task}{n}", ha="center", va="bottom", fontsize=FONT["title"])
+            width = max(CELL_WIDTH * len(ms), inches(header)[0] + 0.08)
+            blocks.append((metric, ax, width, header))
+    ticks_height = max(inches(label)[1] for _, ax, _, _ in blocks for label in ax.get_xticklabels())
+    header_height = max(inches(header)[1] for *_, header in blocks)
+
+    # the layout, in inches from the bottom left: labels | stage strip | accuracy tasks | ECE tasks
+    margin, strip, between, gap = 0.12, 0.42, 0.06, 0.35
+    body = ROW_HEIGHT * len(grid_rows)
+    bar_height, bar_block = 0.11, 0.11 + 0.5  # the colour bar, and it with its title and ticks
+    top_of_body = margin + body
+    x = margin + label_width + 0.08
+    place = {}
+    place[stages] = (x, strip)
+    x += strip + gap / 2
+    spans = {}
+    for metric, ax, width, header in blocks:
+        if metric == "ece" and "ece" not in spans:
+            x += gap
+        place[ax] = (x, width)
+        spans.setdefault(metric, [x, x + width])[1] = x + width
+        x += width + between
+    total_width = x - between + margin
+    words = ("Accuracy and calibration error of every run (raw confidences, items pooled; per task the primary "
+             "method first)")
+    title = fig.suptitle(words, fontsize=FONT["title"] + 1, va="top")
+    if inches(title)[0] > total_width - 2 * margin:  # a narrow figure: the title in lines that fit
+        characters = int(len(words) * (total_width - 2 * margin) / inches(title)[0])
+        title.set_text("\n".join(textwrap.wrap(words, max(characters, 20))))
+    above = 0.04 + ticks_height + 0.06 + header_height + 0.08 + bar_block + inches(title)[1] + 0.12
+    height = top_of_body + above
+    title.set_y(1 - 0.08 / height)
+    fig.set_size_inches(total_width, height)
+    for ax, (left, width) in place.items():
+        ax.set_position((left / total_width, margin / height, width / total_width, body / height))
+    header_y = top_of_body + 0.04 + ticks_height + 0.06
+    for metric, ax, width, header in blocks:
+        left = place[ax][0]
+        header.set_position(((left + width / 2) / total_width, header_y / height))
+    bar_y = header_y + header_height + 0.08
+    for metric, (left, right) in spans.items():
+        cmap, norm, name = scales[metric]
+        cax = fig.add_axes((left / total_width, bar_y / height, (right - left) / total_width, bar_height / height))
+        bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal")
+        cax.tick_params(labelsize=FONT["tick"], length=2, pad=1)
+        cax.xaxis.set_ticks_position("top")
+        cax.set_title(name, fontsize=FONT["title"] + 1, fontweight="bold", pad=3)
+    return fig
+
+
+def plot_summary(summary_path, png_out, pdf_out, methods: dict[str, str] | None = None) -> None:
+    """The overview heatmap (see summary_figure) as PNG and PDF."""
+    save_figure(summary_figure(read_table(summary_path), methods), png_out, pdf_out)
+
+
+TABLE_STYLE = """
+body { font: 13px/1.35 system-ui, sans-serif; margin: 12px; color: #222; }
+h1 { font-size: 16px; margin: 0 0 4px; }
+p { margin: 0 0 10px; max-width: 70em; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+th, td { padding: 2px 6px; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
+th { position: sticky; top: 0; background: #f3f3f3; }
+td:nth-child(-n+6), th:nth-child(-n+6) { text-align: left; }
+tbody tr:nth-child(even) { background: #fafafa; }
+"""
+
+
+def summary_table_html(summary: pd.DataFrame, title: str = "results/metrics/summary.csv") -> str:
+    """summary.csv as one HTML page: every row in natural order (see natural_order) and column,
+    numbers to 4 significant digits, the header kept in view."""
+    table = natural_order(summary)
+    body = table.to_html(index=False, na_rep="", float_format=lambda x: f"{x:.4g}", border=0,
+                         classes="summary", escape=True)
+    runs = table.drop_duplicates(["model", "revision"]).shape[0]
+    tasks = table["task"].nunique()
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
+            f"<style>{TABLE_STYLE}</style></head><body>\n<h1>{title}</h1>\n"
+            f"<p>{len(table)} rows: {runs} runs (model and revision) x {tasks} tasks x their confidence methods x "
+            "recalibrations ('none': the raw confidences) x aggregation (micro: items pooled; macro: the mean over "
+            "subjects, where a task has subjects). Runs in the figures' order: by family, data, size, stage, then "
+            "step or epoch.</p>\n" + body + "\n</body></html>\n")
+
+
+def write_summary_table(summary_path, html_out) -> None:
+    """The summary as an HTML table (see summary_table_html), written atomically."""
+    with atomic_path(html_out, suffix=".html") as tmp:
+        Path(tmp).write_text(summary_table_html(read_table(summary_path)), encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,49 +800,33 @@ def _primary_only(summary: pd.DataFrame, methods) -> pd.DataFrame:
     return summary[summary["method"] == summary["task"].map(primary)]
 
 
-def _variant_key(data: pd.Series) -> pd.Series:
-    """Sort key of data variants: 'standard' first, then by name."""
-    return data.map(lambda d: (d != STANDARD, d))
-
-
 def final_revisions(summary: pd.DataFrame) -> dict[str, str]:
-    """model -> its final revision: the one with the largest step, or, where no revision names a
-    step, the last one in summary order."""
-    final = {}
-    for model, rows in summary.groupby("model", sort=False):
-        stepped = rows[rows["step"].notna()]
-        final[model] = (stepped.loc[stepped["step"].idxmax(), "revision"] if not stepped.empty
-                        else rows["revision"].iloc[-1])
-    return final
+    """model -> its final revision: the last in natural order (the largest step, else epoch, else by
+    name; see run_keys)."""
+    return {model: revision for model, revision in natural_runs(summary)}
 
 
 def scale_rows(summary: pd.DataFrame, suites: list[str], methods: dict[str, str]) -> pd.DataFrame:
     """The rows of the base (pretrained, not aligned) models whose `family` is in `suites`, each at its
     final revision, for the primary method of each task, with a known positive parameter count;
-    sorted by task, family, data variant ('standard' first), params (then model)."""
+    in natural order (task, then family, data variant with 'standard' first, params; see run_keys)."""
     summary = with_labels(summary)
     rows = summary[summary["family"].isin(list(suites)) & (summary["stage"].isna() | (summary["stage"] == "base"))]
     final = final_revisions(rows)
     rows = rows[rows["revision"] == rows["model"].map(final)]
     rows = _primary_only(rows, methods)
     rows = rows[rows["params"] > 0]
-    return rows.sort_values(["task", "family", "data", "params", "model"], kind="stable",
-                            key=lambda c: _variant_key(c) if c.name == "data" else c,
-                            ignore_index=True)
+    return natural_order(rows).reset_index(drop=True)
 
 
 def dynamics_rows(summary: pd.DataFrame, models: list[str], methods: dict[str, str]) -> pd.DataFrame:
     """The rows of `models` at every revision naming a step > 0 (step 0 cannot sit on the log
-    axis and is dropped), for the primary method of each task; sorted by task, model (in the order
-    of `models`), step."""
+    axis and is dropped), for the primary method of each task; in natural order (task, then model and
+    step, see run_keys)."""
     summary = with_labels(summary)
-    models = list(models)
-    rows = summary[summary["model"].isin(models) & (summary["step"] > 0)]
+    rows = summary[summary["model"].isin(list(models)) & (summary["step"] > 0)]
     rows = _primary_only(rows, methods)
-    order = {m: i for i, m in enumerate(models)}
-    return rows.sort_values(["task", "model", "step"], kind="stable",
-                            key=lambda c: c.map(order) if c.name == "model" else c,
-                            ignore_index=True)
+    return natural_order(rows).reset_index(drop=True)
 
 
 def variant_colours(data_values) -> dict[str, str | tuple]:
@@ -732,8 +1134,9 @@ def plot_reliability_scale(summary_path, reliability_path, curves_path, task: st
     save_figure(fig, png_out, pdf_out)
 
 
-def plot_pretrain_loss(model_dirs, table_out, png_out, pdf_out) -> None:
-    """Training loss of the suite trained here: the table (``model, step, loss, lr, tokens``) and its figure."""
+def plot_pretrain_loss(model_dirs, variants: dict[str, str], table_out, png_out, pdf_out) -> None:
+    """Training loss of the suite trained here: the table (``model, step, loss, lr, tokens``) and its figure
+    (dashed: the models whose data variant, in ``variants``, is not the standard one)."""
     frames = [read_table(Path(d) / "loss.parquet").assign(model=Path(d).name) for d in model_dirs]
     if not frames:
         raise ValueError("no trained models: the config has no `pretrain` suite")
@@ -746,7 +1149,7 @@ def plot_pretrain_loss(model_dirs, table_out, png_out, pdf_out) -> None:
     for model, colour in zip(models, colours):
         rows = losses[losses["model"] == model]
         ax.plot(rows["step"], rows["loss"], color=colour, lw=1.4, label=model,
-                ls="--" if model.endswith("deduped") else "-")
+                ls="-" if variants[model] == STANDARD else "--")
     ax.set_xscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("training loss (nats per token)")
@@ -767,21 +1170,24 @@ RLHF_COLUMNS = ["task", "stage", "model", "revision", "epoch", "method", "n", "a
 
 
 def alignment_rows(summary: pd.DataFrame, models: dict[str, list[str]], methods) -> pd.DataFrame:
-    """The rows of ``models`` (model -> revisions, in figure order) for each task's primary method,
-    in that order, with a ``variant`` per bar group (base, <data> <tuning>, dpo, rlhf) and ``epoch``.
-    ValueError naming any (model, revision) without rows."""
+    """The rows of ``models`` (model -> revisions; the first model is the base) for each task's
+    primary method, run by run: the base first, then the others in natural order (see run_keys), with
+    a ``variant`` per bar group (base, <data> <tuning>, dpo, rlhf) and ``epoch``. ValueError naming
+    any (model, revision) without rows."""
     summary = with_labels(_primary_only(summary, methods))
-    order = {(m, r): i for i, (m, r) in enumerate((m, r) for m, revs in models.items() for r in revs)}
+    wanted = [(m, r) for m, revs in models.items() for r in revs]
     present = set(zip(summary["model"], summary["revision"]))
-    missing = [f"{m}@{r}" for m, r in order if (m, r) not in present]
+    missing = [f"{m}@{r}" for m, r in wanted if (m, r) not in present]
     if missing:
         raise ValueError(f"no summary rows for {', '.join(missing)}")
-    rows = summary[[(m, r) in order for m, r in zip(summary["model"], summary["revision"])]].copy()
+    rows = summary[[(m, r) in set(wanted) for m, r in zip(summary["model"], summary["revision"])]].copy()
+    first = next(iter(models))
+    runs = sorted(natural_runs(rows), key=lambda run: run[0] != first)  # stable: the base first
+    order = {run: i for i, run in enumerate(runs)}
     rows["_order"] = [order[(m, r)] for m, r in zip(rows["model"], rows["revision"])]
     stage = rows["stage"].astype(object).where(rows["stage"].notna(), "base").astype(str)
     tuning = rows["tuning"].astype(str) if "tuning" in rows else ""
     rows["variant"] = np.where(stage == "sft", rows["data"].astype(str) + " " + tuning, stage)
-    first = next(iter(models))
     rows.loc[rows["model"] == first, "variant"] = "base"
     return rows.sort_values(["_order", "task"], kind="stable").drop(columns="_order")
 
@@ -1011,14 +1417,15 @@ def _draw_temperatures(ax, name: str, rows: pd.DataFrame, colours: dict) -> None
 
 def recalibration_figure(summary: pd.DataFrame, suites: list[str], dynamics: list[str],
                          alignment: dict[str, list[str]], methods: dict[str, str]):
-    """Top: per task (columns), the ECE of every run (rows, summary order) before ('none') and after
+    """Top: per task (columns), the ECE of every run (rows, natural order) before ('none') and after
     each recalibration, for the task's primary method. Bottom: the fitted temperature against
     parameter count, training step and alignment stage (see temperature_panels), one colour per task."""
     rows = _primary_only(select_rows(summary, recalibration=None), methods)
     if "recalibration" not in rows.columns or not (rows["recalibration"] != "none").any():
         raise ValueError("the summary has no recalibrated rows (no `recalibration` other than 'none')")
+    rows = natural_order(rows)
     tasks = ordered_unique(rows["task"])
-    runs = ordered_unique(zip(rows["model"], rows["revision"]))
+    runs = natural_runs(rows)
     order = recalibration_order(rows["recalibration"])
     panels = temperature_panels(summary, suites, dynamics, alignment, methods)
     colours = task_colours(tasks)
@@ -1113,7 +1520,7 @@ def risk_coverage_panels(rows: pd.DataFrame, suites: list[str], dynamics: list[s
             (m, r, v if pd.isna(e) else f"{v} e{int(e)}", colours[v], "-" if m == first else "--")
             for m, r, v, e in zip(aligned["model"], aligned["revision"], aligned["variant"], aligned["epoch"])]))
         covered |= set(alignment)
-    rest = rows[~rows["model"].isin(covered)].drop_duplicates(["model", "revision"])
+    rest = natural_order(rows[~rows["model"].isin(covered)].drop_duplicates(["model", "revision"]))
     families = rest["family"].astype(object).where(rest["family"].notna(), "other models").astype(str)
     palette = plt.get_cmap("tab10").colors
     for family in ordered_unique(families):
