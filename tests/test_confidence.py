@@ -314,8 +314,8 @@ def _scored(folder, n_bootstrap: int) -> pd.DataFrame:
     recalibrate(folder / "c.parquet", folder / "data.parquet", folder / "r.parquet", methods=[], folds=5, seed=0,
                 histogram_bins=10)
     outputs = [folder / f"{name}.parquet" for name in ("s", "b", "sweep", "subjects", "curves")]
-    score(folder / "r.parquet", *outputs, task="t", model="m", revision="r", step=None, epoch=None,
-          n_bootstrap=n_bootstrap)
+    score(folder / "r.parquet", *outputs, task="t", model="m", revision="r", step=None, epoch=None, n_bins=10,
+          n_bootstrap=n_bootstrap, seed=0)
     summary = read_table(outputs[0])
     return summary[summary["aggregation"] == "micro"]
 

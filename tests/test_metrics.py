@@ -797,7 +797,7 @@ def _score(source, out, **kwargs):
     """Score `source` into out/<output>.parquet for every output; returns those paths."""
     paths = {name: out / f"{name}.parquet" for name in OUTPUTS}
     M.score(source, *paths.values(), **{"task": "t", "model": "m", "revision": "r", "step": None, "epoch": None,
-                                        **kwargs})
+                                        "n_bins": 10, "n_bootstrap": 1000, "seed": 0, **kwargs})
     return paths
 
 
@@ -990,20 +990,20 @@ def test_summarize_gathers_the_runs_with_union_of_labels(scored):
     M.summarize(*outputs.values(), *targets)
 
     summary = read_table(out / "summary.parquet")
-    # runs in the order given (the workflow's: as the config lists them), not sorted as strings
-    runs = [("mmlu", "pythia-160m", "step1000"), ("arc", "pythia-160m", "main"), ("arc", "olmo-1b", "epoch2")]
+    # runs in natural order (plots.natural_order): tasks, then family olmo before pythia, whatever the input order
+    runs = [("arc", "olmo-1b", "epoch2"), ("arc", "pythia-160m", "main"), ("mmlu", "pythia-160m", "step1000")]
     assert summary[["task", "model", "revision"]].drop_duplicates().values.tolist() == [list(r) for r in runs]
     first = read_table(outputs["summary"][0])  # a run's rows keep their order: method, recalibration, micro/macro
-    pd.testing.assert_frame_equal(summary.iloc[:len(first)][list(first.columns[:-2])].reset_index(drop=True),
+    pd.testing.assert_frame_equal(summary.iloc[-len(first):][list(first.columns[:-2])].reset_index(drop=True),
                                   first[first.columns[:-2]], check_dtype=False)
     assert list(summary.columns) == [*M.KEYS, "aggregation", *M.METRIC_COLUMNS, "params", "step", "epoch", "family",
                                      "tag", "data"]
     assert summary["step"].isna().sum() == 18  # revisions "main" and "epoch2" name no step
-    assert summary["epoch"].tolist()[-9:] == [2] * 9 and summary["epoch"][:-9].isna().all()
+    assert summary["epoch"].tolist()[:9] == [2] * 9 and summary["epoch"][9:].isna().all()
     olmo = summary["model"] == "olmo-1b"
     assert summary.loc[~olmo, "data"].isna().all() and (summary.loc[olmo, "data"] == "dolma").all()
     # tag mixes a number and text across runs: it becomes text
-    assert summary["tag"].tolist() == ["1"] * 18 + ["final"] * 9
+    assert summary["tag"].tolist() == ["final"] * 9 + ["1"] * 18
 
     csv = pd.read_csv(out / "summary.csv")
     pd.testing.assert_frame_equal(csv, summary, check_dtype=False)

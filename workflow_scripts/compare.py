@@ -274,9 +274,9 @@ def compare(
     pairs: Sequence[Mapping],
     out_csv: str | os.PathLike,
     *,
-    n_bins: int = 10,
-    n_bootstrap: int = 1000,
-    seed: int = 0,
+    n_bins: int,
+    n_bootstrap: int,
+    seed: int,
 ) -> None:
     """Paired bootstrap comparisons of runs, written to `out_csv` with the columns COLUMNS.
 

@@ -628,9 +628,9 @@ def score(
     revision: str,
     step: int | None,
     epoch: int | None,
-    n_bins: int = 10,
-    n_bootstrap: int = 1000,
-    seed: int = 0,
+    n_bins: int,
+    n_bootstrap: int,
+    seed: int,
     labels: Mapping[str, str | int | float] | None = None,
 ) -> None:
     """Score every (method, recalibration) of one recalibrated table.
@@ -738,9 +738,10 @@ def summarize(
     curves_parquet: str | os.PathLike,
 ) -> None:
     """Gather the per-run outputs of score into one table each: the summary (Parquet and CSV), reliability
-    bins, bin sweep, subject metrics and curves.
+    bins, bin sweep, subject metrics and curves, every table's runs in the summary's natural order.
 
-    Label columns are the union over runs; a run without a label has it empty.
+    Label columns are the union over runs; a run without a label has it empty. The i-th path of each list
+    belongs to the same run.
     """
     from .plots import natural_order  # the figures' order of runs, one sort key for both
 
@@ -748,6 +749,9 @@ def summarize(
     write_table(summary, summary_parquet, _gathered(summary_paths))
     with atomic_path(summary_csv, suffix=".csv") as tmp:
         summary.to_csv(tmp, index=False)
+    rank = {run: i for i, run in enumerate(dict.fromkeys(zip(summary["task"], summary["model"], summary["revision"])))}
+    run_of = [tuple(pd.read_parquet(path, columns=list(KEYS[:3])).iloc[0]) for path in summary_paths]  # never empty
+    order = sorted(range(len(run_of)), key=lambda i: rank[run_of[i]])
     for paths, out in ((bins_paths, reliability_parquet), (sweep_paths, sweep_parquet),
                        (subjects_paths, subjects_parquet), (curves_paths, curves_parquet)):
-        write_table(_concatenated(paths), out, _gathered(paths))
+        write_table(_concatenated([paths[i] for i in order]), out, _gathered(paths))
