@@ -129,8 +129,10 @@ def test_adding_a_model_runs_only_that_models_jobs(finished_run, tiny_model_dir)
     workdir, config = finished_run
     changed = copy.deepcopy(config)
     changed["models"]["tiny2"] = {"source": f"local:{tiny_model_dir}", "revisions": ["main"]}
+    # tiny2 has no family: a reliability group of its own (and the tiny group's figures redrawn), per task
     assert planned_jobs(workdir, write_config(workdir, changed, "model.yaml")) == {
-        "fetch_checkpoint": 1, "infer": 1, "extract_confidence": 3, "recalibrate": 3, **SCORING}
+        "fetch_checkpoint": 1, "infer": 1, "extract_confidence": 3, "recalibrate": 3, **SCORING,
+        "plot_reliability_group": 6}
 
 
 def test_adding_a_task_runs_the_model_on_that_task_only(tmp_path, tiny_model_dir):
