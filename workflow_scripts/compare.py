@@ -22,7 +22,7 @@ import scipy.stats
 
 from .metrics import (STRATA_COLUMNS, _check_n_bins, _codes, _validated, _width_bin_index,
                       expected_calibration_error, option_matrix, relplot_modules, smooth_calibration_error,
-                      static_calibration_error)
+                      static_calibration_error, stratum_of_units)
 from .tables import atomic_path, read_table
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,8 @@ def side_statistics(rows: pd.DataFrame, n_bins: int = 10) -> Side:
     unit_strata = np.full(n_units, None, dtype=object)
     if strata is not None:
         stratum, labels = _codes(strata, "strata", len(rows))
-        of_unit = np.empty(n_units, dtype=np.intp)
-        of_unit[unit] = stratum
-        split = np.flatnonzero(of_unit[unit] != stratum)
-        if len(split):
-            row = split[0]
+        of_unit, row = stratum_of_units(unit, stratum)
+        if row is not None:
             raise ValueError(f"a unit must lie in one stratum: item_id {units[unit[row]]!r} has rows in "
                              f"{strata.name} {labels[stratum[row]]!r} and {labels[of_unit[unit[row]]]!r}")
         unit_strata = np.asarray(labels, dtype=object)[of_unit]

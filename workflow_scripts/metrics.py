@@ -452,6 +452,15 @@ def _unit_bootstrap_eces(conf, hit, bins, unit, unit_stratum, n_bins: int, n_boo
     return eces
 
 
+def stratum_of_units(unit: np.ndarray, stratum: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """The stratum code of each unit (codes 0..max of `unit`), and the first row whose unit also has rows
+    in another stratum (None where every unit lies in one)."""
+    of_unit = np.zeros(unit.max() + 1, dtype=np.intp)
+    of_unit[unit] = stratum
+    split = np.flatnonzero(of_unit[unit] != stratum)
+    return of_unit, (int(split[0]) if len(split) else None)
+
+
 def bootstrap_ece_interval(
     confidence, correct, n_bins: int = 10, n_bootstrap: int = 1000, level: float = 0.95, seed: int = 0,
     units=None, strata=None,
@@ -482,11 +491,8 @@ def bootstrap_ece_interval(
     n = len(conf)
     unit, unit_labels = (np.arange(n), None) if units is None else _codes(units, "units", n)
     stratum, stratum_labels = (np.zeros(n, dtype=np.intp), None) if strata is None else _codes(strata, "strata", n)
-    unit_stratum = np.zeros(unit.max() + 1, dtype=np.intp)
-    unit_stratum[unit] = stratum
-    split = np.flatnonzero(unit_stratum[unit] != stratum)
-    if len(split):
-        row = split[0]
+    unit_stratum, row = stratum_of_units(unit, stratum)
+    if row is not None:
         raise ValueError(f"a unit must lie in one stratum: unit {unit_labels[unit[row]]!r} has rows in strata "
                          f"{stratum_labels[stratum[row]]!r} and {stratum_labels[unit_stratum[unit[row]]]!r}")
     rng = np.random.default_rng(seed)
