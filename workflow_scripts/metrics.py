@@ -709,11 +709,13 @@ def score(
 
 
 def _concatenated(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """The tables at `paths` one after another, in the order given (the workflow's: tasks, then models
-    and revisions as the config lists them, so step4 comes before step16), each run's rows in their own order."""
-    if not paths:
+    """The tables at `paths` one after another, in the order given, each run's rows in their own order."""
+    return _joined([read_table(path) for path in paths])
+
+
+def _joined(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    if not frames:
         raise ValueError("no tables to summarize")
-    frames = [read_table(path) for path in paths]
     filled = [frame for frame in frames if not frame.empty] or frames[:1]
     return pd.concat(filled, ignore_index=True, sort=False)
 
@@ -751,13 +753,13 @@ def summarize(
     """
     from .plots import natural_order  # the figures' order of runs, one sort key for both
 
-    summary = natural_order(_text_if_mixed(_concatenated(summary_paths))).reset_index(drop=True)
+    runs = [read_table(path) for path in summary_paths]
+    summary = natural_order(_text_if_mixed(_joined(runs))).reset_index(drop=True)
     write_table(summary, summary_parquet, _gathered(summary_paths))
     with atomic_path(summary_csv, suffix=".csv") as tmp:
         summary.to_csv(tmp, index=False)
     rank = {run: i for i, run in enumerate(dict.fromkeys(zip(summary["task"], summary["model"], summary["revision"])))}
-    run_of = [tuple(pd.read_parquet(path, columns=list(KEYS[:3])).iloc[0]) for path in summary_paths]  # never empty
-    order = sorted(range(len(run_of)), key=lambda i: rank[run_of[i]])
+    order = sorted(range(len(runs)), key=lambda i: rank[tuple(runs[i][list(KEYS[:3])].iloc[0])])  # never empty
     for paths, out in ((bins_paths, reliability_parquet), (sweep_paths, sweep_parquet),
                        (subjects_paths, subjects_parquet), (curves_paths, curves_parquet)):
         write_table(_concatenated([paths[i] for i in order]), out, _gathered(paths))
