@@ -28,7 +28,7 @@ rule fetch_align_base:
     benchmark:
         "results/benchmarks/fetch_align_base.tsv"
     resources:
-        mem_mb=align_resources()["mem_mb"],
+        mem_mb=ALIGN["resources"]["mem_mb"],
     script:
         "scripts/fetch_align_base.py"
 
@@ -83,10 +83,11 @@ rule tune:
     output:
         directory("results/align/models/{tuned}"),
     params:
-        tuning=lambda wc: TUNED[wc.tuned].labels["tuning"],
-        lr=lambda wc: ALIGN["tuning"][TUNED[wc.tuned].labels["tuning"]]["lr"],  # the schema's default where unset
-        lora=lambda wc: canonical({k: v for k, v in ALIGN["tuning"][TUNED[wc.tuned].labels["tuning"]].items() if k != "lr"}),
-        training=canonical({k: ALIGN[k] for k in ("epochs", "batch_size", "gradient_accumulation_steps", "max_length")}),
+        tuning=lambda wc: tuning_of(wc),
+        lr=lambda wc: tuning_settings(tuning_of(wc))["lr"],  # the schema's default where unset
+        lora=lambda wc: tuning_settings(tuning_of(wc))["lora"],
+        training=lambda wc: tuning_settings(tuning_of(wc))["training"],
+        parallel=lambda wc: training_parallel(tuning_of(wc)),
         seed=config["seed"],
         work_dir=lambda wc: f"results/align/work/{wc.tuned}",
     threads: ALIGN["threads"]
@@ -96,7 +97,9 @@ rule tune:
     benchmark:
         "results/benchmarks/tune/{tuned}.tsv"
     resources:
-        **align_resources(),
+        mem_mb=lambda wc: training_resources(tuning_of(wc))["mem_mb"],
+        gpu=lambda wc: training_resources(tuning_of(wc))["gpu"],
+        runtime=lambda wc: training_resources(tuning_of(wc))["runtime"],
     script:
         "scripts/tune.py"
 
@@ -111,7 +114,8 @@ if "rlhf" in PREFERENCE:
         output:
             directory("results/align/reward_model"),
         params:
-            settings=canonical(PREFERENCE["reward"]),
+            settings=training_settings("reward"),
+            parallel=training_parallel("reward"),
             policy_revision=policy()[1],
             max_length=ALIGN["max_length"],
             seed=config["seed"],
@@ -122,7 +126,7 @@ if "rlhf" in PREFERENCE:
         benchmark:
             "results/benchmarks/train_reward_model.tsv"
         resources:
-            **align_resources(),
+            **training_resources("reward"),
         script:
             "scripts/train_reward_model.py"
 
@@ -136,7 +140,8 @@ if "rlhf" in PREFERENCE:
         output:
             directory(f"results/align/models/{ALIGNED_NAMES['rlhf']}"),
         params:
-            settings=canonical(PREFERENCE["rlhf"]),
+            settings=training_settings("rlhf"),
+            parallel=training_parallel("rlhf"),
             policy_revision=policy()[1],
             seed=config["seed"],
             work_dir=f"results/align/work/{ALIGNED_NAMES['rlhf']}",
@@ -147,7 +152,7 @@ if "rlhf" in PREFERENCE:
         benchmark:
             "results/benchmarks/rlhf.tsv"
         resources:
-            **align_resources(),
+            **training_resources("rlhf"),
         script:
             "scripts/rlhf.py"
 
@@ -162,7 +167,8 @@ if "dpo" in PREFERENCE:
         output:
             directory(f"results/align/models/{ALIGNED_NAMES['dpo']}"),
         params:
-            settings=canonical(PREFERENCE["dpo"]),
+            settings=training_settings("dpo"),
+            parallel=training_parallel("dpo"),
             policy_revision=policy()[1],
             max_length=ALIGN["max_length"],
             seed=config["seed"],
@@ -174,7 +180,7 @@ if "dpo" in PREFERENCE:
         benchmark:
             "results/benchmarks/dpo.tsv"
         resources:
-            **align_resources(),
+            **training_resources("dpo"),
         script:
             "scripts/dpo.py"
 

@@ -239,10 +239,46 @@ def policy_dir():
     return training_output(policy()[0])[0]
 
 
-def align_resources():
-    """Cluster resources of the training jobs (config align.resources)."""
-    res = ALIGN.get("resources", {})
-    return {"mem_mb": res.get("mem_mb", 8000), "gpu": res.get("gpu", 0), "runtime": res.get("runtime", 120)}
+RUN_PLACEMENT = ("parallel", "resources")  # keys of a training run's section that say where it runs, not what it learns
+
+
+def tuning_of(wc):
+    """The supervised tuning method (full or lora) of the tuned model {tuned}."""
+    return TUNED[wc.tuned].labels["tuning"]
+
+
+def training_section(run):
+    """The config section of a training run: tuning.<method>, or preference.reward|rlhf|dpo."""
+    return ALIGN["tuning"][run] if run in ALIGN["tuning"] else PREFERENCE[run]
+
+
+def training_settings(run):
+    """What a training run learns with: its section less the keys of RUN_PLACEMENT."""
+    return canonical({k: v for k, v in training_section(run).items() if k not in RUN_PLACEMENT})
+
+
+BATCH_KEYS = ("batch_size", "gradient_accumulation_steps")  # a tuning method may set its own
+
+
+def tuning_settings(method):
+    """lr, lora (the adapter's settings; {} for full tuning) and training (epochs, batches, max_length) of
+    a supervised tuning method: align's, with the method's own lr and batch keys over them."""
+    own = training_settings(method)
+    training = {k: own.get(k, ALIGN[k]) for k in ("epochs", *BATCH_KEYS, "max_length")}
+    return {"lr": own["lr"], "lora": canonical({k: v for k, v in own.items() if k not in ("lr", *BATCH_KEYS)}),
+            "training": canonical(training)}
+
+
+def training_parallel(run):
+    """The processes of a training run: align.parallel, overridden key by key by the run's own."""
+    return canonical({**ALIGN["parallel"], **training_section(run).get("parallel", {})})
+
+
+def training_resources(run):
+    """The cluster resources of a training job: align.resources, overridden key by key by the run's
+    own; with GPUs, one for each of its processes."""
+    res = {**ALIGN["resources"], **training_section(run).get("resources", {})}
+    return {"mem_mb": res["mem_mb"], "gpu": res["gpu"] * training_parallel(run)["processes"], "runtime": res["runtime"]}
 
 
 def primary_methods():

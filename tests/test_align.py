@@ -34,11 +34,12 @@ ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 # Settings of the training runs here (every one is explicit: the workflow takes them from the schema's defaults).
+ONE = {"processes": 1, "strategy": "ddp"}  # one process (tests/test_parallel.py: several)
 TUNE = dict(tuning="full", lora={}, epochs=1, batch_size=16, gradient_accumulation_steps=1, lr=1e-2, max_length=96,
-            seed=0, threads=1)
-REWARD = dict(epochs=1, batch_size=8, lr=1e-3, max_length=256, seed=0, threads=1)
+            seed=0, parallel=ONE, threads=1)
+REWARD = dict(epochs=1, batch_size=8, lr=1e-3, max_length=256, seed=0, parallel=ONE, threads=1)
 RLHF = dict(epochs=1, batch_size=8, num_generations=4, max_completion_length=8, prompts=8, lr=1e-4, beta=0.05, seed=0,
-            threads=1)
+            parallel=ONE, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +288,7 @@ def test_reward_model_rlhf_and_dpo_on_a_handful_of_pairs(tuned, data, tmp_path):
     assert evaluation["accuracy"].item() == _held_out_accuracy(tmp_path / "reward", data / "pairs.parquet", 2)
     align.rlhf(policy, tmp_path / "reward", data / "pairs.parquet", tmp_path / "rlhf", tmp_path / "work-rlhf", **RLHF)
     align.dpo(policy, data / "pairs.parquet", tmp_path / "dpo", tmp_path / "work-dpo", epochs=1, batch_size=8, lr=1e-4,
-              beta=0.1, max_length=256, seed=0, threads=1)
+              beta=0.1, max_length=256, seed=0, parallel=ONE, threads=1)
     start = load_file(policy / "model.safetensors")
     for name in ("rlhf", "dpo"):
         fetch_checkpoint(f"local:{tmp_path / name}", "epoch1", tmp_path / f"{name}-fetched")
@@ -363,10 +364,13 @@ SCHEMA = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
 
 
 def schema_default(path: str):
-    """The default that config/schema.yaml gives the key at ``path`` (``*``: any name of a mapping)."""
+    """The default that config/schema.yaml gives the key at ``path`` (``*``: any name of a mapping); that of
+    an object with the defaults of its properties filled in, as validation fills them."""
     node = SCHEMA
     for key in path.split("."):
         node = node["additionalProperties"] if key == "*" else node["properties"][key]
+    if isinstance(node["default"], dict):
+        return {**node["default"], **{k: v["default"] for k, v in node.get("properties", {}).items() if "default" in v}}
     return node["default"]
 
 
@@ -411,27 +415,29 @@ RULES = {
         params=Named(tuning="full", lr=c["align"]["tuning"]["full"]["lr"],
                      lora={k: v for k, v in c["align"]["tuning"]["full"].items() if k != "lr"},
                      training={k: c["align"][k] for k in ("epochs", "batch_size", "gradient_accumulation_steps",
-                                                          "max_length")}, seed=c["seed"], work_dir="work"),
+                                                          "max_length")}, seed=c["seed"], work_dir="work",
+                     parallel=c["align"]["parallel"]),
         input=Named(base="base", data="narrow.parquet"), threads=c["align"]["threads"]),
-        {**{k: f"align.{k}" for k in ("epochs", "batch_size", "gradient_accumulation_steps", "max_length", "threads")},
-         "lr": "align.tuning.*.lr", "seed": "seed"}),
+        {**{k: f"align.{k}" for k in ("epochs", "batch_size", "gradient_accumulation_steps", "max_length", "threads",
+                                      "parallel")}, "lr": "align.tuning.*.lr", "seed": "seed"}),
     "train_reward_model": (align, "train_reward_model", lambda c: dict(
         params=Named(settings=c["align"]["preference"]["reward"], policy_revision="epoch1",
-                     max_length=c["align"]["max_length"], seed=c["seed"]),
+                     max_length=c["align"]["max_length"], seed=c["seed"], parallel=c["align"]["parallel"]),
         input=Named(policy="policy", pairs="pairs.parquet"), threads=c["align"]["threads"]),
         {**section("align.preference.reward"), "max_length": "align.max_length", "threads": "align.threads",
-         "seed": "seed"}),
+         "parallel": "align.parallel", "seed": "seed"}),
     "rlhf": (align, "rlhf", lambda c: dict(
         params=Named(settings=c["align"]["preference"]["rlhf"], policy_revision="epoch1", seed=c["seed"],
-                     work_dir="work"),
+                     work_dir="work", parallel=c["align"]["parallel"]),
         input=Named(policy="policy", reward_model="reward", pairs="pairs.parquet"), threads=c["align"]["threads"]),
-        {**section("align.preference.rlhf"), "threads": "align.threads", "seed": "seed"}),
+        {**section("align.preference.rlhf"), "threads": "align.threads", "parallel": "align.parallel", "seed": "seed"}),
     "dpo": (align, "dpo", lambda c: dict(
         params=Named(settings=c["align"]["preference"]["dpo"], policy_revision="epoch1",
-                     max_length=c["align"]["max_length"], seed=c["seed"], work_dir="work"),
+                     max_length=c["align"]["max_length"], seed=c["seed"], work_dir="work",
+                     parallel=c["align"]["parallel"]),
         input=Named(policy="policy", pairs="pairs.parquet"), threads=c["align"]["threads"]),
         {**section("align.preference.dpo"), "max_length": "align.max_length", "threads": "align.threads",
-         "seed": "seed"}),
+         "parallel": "align.parallel", "seed": "seed"}),
     "diversity": (diversity, "diversity", lambda c: dict(
         params=Named(names=["narrow"], settings=c["align"]["diversity"], seed=c["seed"]),
         input=Named(data=["narrow.parquet"]), output=Named(map="map.parquet", csv="diversity.csv"),

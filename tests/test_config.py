@@ -55,10 +55,34 @@ def test_paper_jobs_declare_memory_and_gpus(paper_plan):
             continue
         resources = re.search(r"resources: (.*)", block).group(1)
         assert "mem_mb=" in resources, (rule, resources)
-        assert ("gpu=1" in resources) == (rule in GPU_RULES), (rule, resources)
+        assert (re.search(r"\bgpu=[1-9]", resources) is not None) == (rule in GPU_RULES), (rule, resources)
     config = yaml.safe_load(PAPER.read_text())
     assert config["models"]["pythia-12b"]["resources"]["mem_mb"] >= 2 * 24_000  # bf16 12B weights, loaded on the host
     assert config["evict_hub_cache"] is True
+
+
+def test_paper_training_jobs_ask_for_a_gpu_per_process(paper_plan):
+    """LLaMA-7B on 80 GB GPUs: full tuning, the reward model, RLHF and DPO in 8 processes of a sharding
+    strategy, one GPU each, LoRA in one (config/paper.yaml); inference stays at one GPU a job."""
+    out, _ = paper_plan
+    jobs = {re.search(r"output: (\S+)", block)[1]: dict(re.findall(r"\b(gpu|mem_mb|runtime)=(\d+)", block))
+            for rule, block in re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", out, flags=re.M | re.S)
+            if rule in ("tune", "train_reward_model", "rlhf", "dpo")}
+    eight = {"gpu": "8", "mem_mb": "400000", "runtime": "720"}
+    assert jobs == {
+        "results/align/models/llama-7b-sft-alpaca-full": eight, "results/align/models/llama-7b-sft-oasst-full": eight,
+        "results/align/models/llama-7b-sft-alpaca-lora": {"gpu": "1", "mem_mb": "64000", "runtime": "2880"},
+        "results/align/models/llama-7b-sft-oasst-lora": {"gpu": "1", "mem_mb": "64000", "runtime": "2880"},
+        "results/align/reward_model": {"gpu": "8", "mem_mb": "400000", "runtime": "480"},
+        "results/align/models/llama-7b-rlhf": {"gpu": "8", "mem_mb": "800000", "runtime": "2880"},
+        "results/align/models/llama-7b-dpo": {"gpu": "8", "mem_mb": "800000", "runtime": "2880"}}
+    align = yaml.safe_load(PAPER.read_text())["align"]
+    full = align["tuning"]["full"]  # the update of Alpaca's recipe, 128 examples, on 8 processes and on one
+    assert align["batch_size"] * full["gradient_accumulation_steps"] * full["parallel"]["processes"] == 128
+    assert align["batch_size"] * align["gradient_accumulation_steps"] == 128
+    assert "parallel" not in align["tuning"]["lora"]
+    assert {align["preference"][run]["parallel"]["strategy"] for run in ("reward", "rlhf", "dpo")} == {
+        "fsdp", "deepspeed_zero3"}
 
 
 def _config(**task_changes) -> dict:

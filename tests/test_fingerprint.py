@@ -23,7 +23,7 @@ PACKAGE = Path(tables.__file__).parent
 TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
 PRETRAIN = dict(size=TINY, steps=2, checkpoints=[1, 2], batch_size=2, seq_len=32, lr=1e-2, warmup=1, seed=0, threads=1)
 TUNE = dict(tuning="full", lora={}, epochs=2, batch_size=16, gradient_accumulation_steps=1, lr=1e-3, max_length=96,
-            seed=0, threads=1)
+            seed=0, parallel={"processes": 1, "strategy": "ddp"}, threads=1)
 
 
 @pytest.fixture

@@ -168,3 +168,47 @@ def test_workstation_profile_pins_each_job_to_its_gpus(local_run, monkeypatch, t
     for rule, gpus in started:
         assert gpus in ({"0", "1"} if rule == "infer" else {""}), (rule, gpus)
     assert_same_tables(read_tables(workdir, config["tasks"]), local_run())
+
+
+def two_process_tuning(model_dir, gpu: int) -> tuple[dict, str]:
+    """A config whose one training job, full tuning of the tiny model, runs in two processes (one GPU each
+    where ``gpu`` is 1), and that job's output."""
+    config = tiny(model_dir)
+    config["tasks"] = {"facts": config["tasks"]["facts"]}  # the evaluated facts the instructions leave out
+    config["align"] = {"base": "tiny", "instructions": {"narrow": {"format": "geonames", "style": "narrow"}},
+                       "tuning": {"full": {"lr": 1e-3}}, "epochs": 1, "batch_size": 4, "max_length": 128, "limit": 16,
+                       "threads": 2, "parallel": {"processes": 2},
+                       "resources": {"mem_mb": 1500, "gpu": gpu, "runtime": 10}}
+    return config, "results/align/models/tiny-sft-narrow-full"
+
+
+def assert_trained_in_two_processes(workdir: Path, output: str) -> None:
+    log = (workdir / "results" / "logs" / "tune" / "tiny-sft-narrow-full.log").read_text()
+    assert "tune in 2 processes (ddp)" in log and "[rank 0]" in log and "[rank 1]" in log
+    assert (workdir / output / "epoch1" / "model.safetensors").is_file()
+
+
+def test_slurm_runs_a_training_job_of_two_processes(local_slurm, tmp_path, tiny_model_dir):
+    workdir = copy_workflow(tmp_path / "workflow")
+    config, output = two_process_tuning(tiny_model_dir, gpu=0)
+    run = snakemake(workdir, write_config(workdir, config), "--profile", str(ROOT / "profiles" / "slurm"), output,
+                    "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2")
+    run_id = re.search(r"SLURM run ID: (\S+)", run.stdout)[1]
+    submitted = dict(re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", run.stdout))
+    tune, = [job_id for job_id, rule in submitted.items() if rule == "tune"]
+    record = finished_slurm_jobs(local_slurm, run_id)[tune]
+    # one Slurm job, one task of both CPUs (align.threads), the training resources
+    assert record["JobState"] == "COMPLETED" and record["TimeLimit"] == "10", record
+    assert "cpu=2" in record["Tres"] and "mem=1500M" in record["Tres"], record
+    assert_trained_in_two_processes(workdir, output)
+
+
+def test_workstation_profile_pins_a_gpu_to_each_training_process(monkeypatch, tmp_path, tiny_model_dir):
+    workdir = copy_workflow(tmp_path / "workflow")
+    config, output = two_process_tuning(tiny_model_dir, gpu=1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")  # pretend GPUs: the processes train on the CPU
+    run = snakemake(workdir, write_config(workdir, config), "--profile", str(ROOT / "profiles" / "workstation"), output,
+                    "--resources", "gpu=3", "cpus=2")
+    started = dict(re.findall(r"gpu-job.py: (\w+) job \d+ on GPU\(s\) \[([\d,]*)\]", run.stdout))
+    assert started["tune"] == "0,1" and started["fetch_align_base"] == ""
+    assert_trained_in_two_processes(workdir, output)

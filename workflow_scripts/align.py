@@ -11,6 +11,7 @@ with trl and peft, on the tables of ``align_data``.
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -108,24 +109,63 @@ def _preference_dataset(table: pd.DataFrame, tokenizer):
 
 
 # ----------------------------------------------------------------------------- training
-def _trainer_args(config_class, work_dir: Path, *, epochs: int, batch_size: int, lr: float, seed: int, **extra):
-    """Arguments shared by every trainer: one checkpoint per epoch, seeded, bf16 on GPUs that have it."""
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+def parallel_arguments(parallel: dict) -> dict:
+    """The Trainer's arguments for a run in ``parallel["processes"]`` processes (``launch``) of
+    ``parallel["strategy"]``: none for one process or DDP (the Trainer's own in a distributed run);
+    FSDP sharding every transformer block, with full weights in each checkpoint; DeepSpeed ZeRO-3,
+    with the 16-bit weights gathered on save."""
+    if parallel["processes"] == 1 or parallel["strategy"] == "ddp":
+        return {}
+    if parallel["strategy"] == "fsdp":
+        return {"fsdp": True, "fsdp_config": {"version": 2, "reshard_after_forward": True,
+                                              "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                              "state_dict_type": "FULL_STATE_DICT"}}
+    if parallel["strategy"] == "deepspeed_zero3":
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ImportError("strategy deepspeed_zero3 needs DeepSpeed: pip install deepspeed (on a machine with CUDA)")
+        return {"deepspeed": {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
+                              "bf16": {"enabled": "auto"}, "train_micro_batch_size_per_gpu": "auto",
+                              "train_batch_size": "auto", "gradient_accumulation_steps": "auto",
+                              "gradient_clipping": "auto"}}
+    raise ValueError(f"unknown parallel strategy {parallel['strategy']!r}: expected ddp, fsdp or deepspeed_zero3")
+
+
+def _trainer_args(config_class, work_dir: Path, *, epochs: int, batch_size: int, lr: float, seed: int,
+                  parallel: dict, **extra):
+    """Arguments shared by every trainer: one checkpoint per epoch, seeded, bf16 on GPUs that have it, the
+    processes' strategy (``parallel_arguments``; on CPUs, gloo)."""
+    cuda = torch.cuda.is_available()
     return config_class(output_dir=str(work_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
                         learning_rate=lr, seed=seed, data_seed=seed, save_strategy="epoch", logging_strategy="epoch",
-                        report_to="none", disable_tqdm=True, bf16=bf16, dataloader_num_workers=0, **extra)
+                        report_to="none", disable_tqdm=True, bf16=cuda and torch.cuda.is_bf16_supported(),
+                        use_cpu=not cuda, dataloader_num_workers=0, **parallel_arguments(parallel), **extra)
 
 
-def _resume_point(work_dir: Path, fingerprint: dict) -> str | None:
-    """The trainer checkpoint to resume from; a work folder of another fingerprint is emptied."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+def _resume_point(work_dir: Path, fingerprint: dict, processes: int) -> str | None:
+    """The trainer checkpoint to resume from: the last one written whole (``_complete``; those after it,
+    cut off by a kill while saving, are removed). A work folder of another fingerprint is emptied."""
     if not prepare_work_dir(work_dir, fingerprint):
         return None
-    last = get_last_checkpoint(str(work_dir))
-    if last:
-        log.info("resuming from %s", last)
-    return last
+    for checkpoint in sorted(work_dir.glob("checkpoint-*"), key=lambda p: -int(p.name.split("-")[1])):
+        if _complete(checkpoint, processes):
+            log.info("resuming from %s", checkpoint)
+            return str(checkpoint)
+        log.info("%s was not written whole (a job killed while saving): removed", checkpoint)
+        shutil.rmtree(checkpoint)
+    return None
+
+
+def _complete(checkpoint: Path, processes: int) -> bool:
+    """Whether every process finished its part of a trainer checkpoint: the first writes the trainer
+    state after the weights and optimiser, each process its random state."""
+    rng = ["rng_state.pth"] if processes == 1 else [f"rng_state_{rank}.pth" for rank in range(processes)]
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return all((checkpoint / name).is_file() for name in rng)
 
 
 def _epoch_checkpoints(work_dir: Path, epochs: int) -> list[Path]:
@@ -140,21 +180,25 @@ def _train(make_trainer, work_dir, out_dir, settings: dict, inputs: dict, epochs
     """Run a trainer with one checkpoint per epoch (resuming one left by a killed run of the same
     settings, inputs, code and libraries: ``tables.stage_fingerprint``), then publish
     ``out_dir/epoch<N>`` with ``export(checkpoint, folder, epoch)`` (built beside ``out_dir``, then renamed:
-    ``tables.atomic_dir``).
+    ``tables.atomic_dir``). In a run of several processes the first prepares the work folder before
+    the others look at it, and it alone publishes.
 
     On resume the weights of a fully trained model are loaded here (the reference model of DPO and
     RLHF stays the starting policy): the Trainer's own resume loads weights by raw name and silently
     skips renamed ones (GPT-NeoX's output layer under transformers 5)."""
     work_dir, out_dir = Path(work_dir), Path(out_dir)
     fingerprint = stage_fingerprint(__name__, settings, inputs)
-    resume = _resume_point(work_dir, fingerprint)
     trainer = make_trainer()
+    with trainer.accelerator.main_process_first():
+        resume = _resume_point(work_dir, fingerprint, trainer.accelerator.num_processes)
     trainer.add_callback(_fault_after_save())
     if resume and not hasattr(trainer.model, "peft_config"):
         from transformers import AutoModelForCausalLM
 
         trainer.model.load_state_dict(AutoModelForCausalLM.from_pretrained(resume, dtype=torch.float32).state_dict())
     trainer.train(resume_from_checkpoint=resume)
+    if not trainer.accelerator.is_main_process:
+        return
     with atomic_dir(out_dir) as tmp:
         for epoch, checkpoint in enumerate(_epoch_checkpoints(work_dir, epochs), start=1):
             export(checkpoint, tmp, epoch)
@@ -169,6 +213,8 @@ def _fault_after_save():
 
     class FaultAfterSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
+            if torch.distributed.is_initialized():
+                torch.distributed.barrier()  # every process has written its part
             fault_point("train", Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
     return FaultAfterSave()
@@ -194,7 +240,7 @@ def merge_adapter(base_dir, adapter_dir, out_dir, tokenizer) -> None:
 
 
 def tune(base_dir, data_path, out_dir, work_dir, *, tuning: str, lora: dict, epochs: int, batch_size: int,
-         gradient_accumulation_steps: int, lr: float, max_length: int, seed: int, threads: int) -> None:
+         gradient_accumulation_steps: int, lr: float, max_length: int, seed: int, parallel: dict, threads: int) -> None:
     """Supervised instruction tuning of ``base_dir`` on ``data_path``; ``out_dir/epoch<N>`` for each epoch.
 
     ``tuning: lora`` trains a LoRA adapter (``lora``: r, alpha, dropout, target_modules; {} for full); each
@@ -213,13 +259,13 @@ def tune(base_dir, data_path, out_dir, work_dir, *, tuning: str, lora: dict, epo
                                  target_modules=lora.get("target_modules"), task_type="CAUSAL_LM")
     settings = {"tuning": tuning, "lora": lora, "epochs": epochs, "batch_size": batch_size,
                 "gradient_accumulation_steps": gradient_accumulation_steps, "lr": lr, "max_length": max_length,
-                "seed": seed}
+                "seed": seed, "parallel": parallel}
     log.info("%s tuning on %d examples for %d epochs", tuning, len(table), epochs)
 
     def make_trainer():
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         args = _trainer_args(SFTConfig, Path(work_dir), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                             max_length=max_length, completion_only_loss=True,
+                             parallel=parallel, max_length=max_length, completion_only_loss=True,
                              gradient_accumulation_steps=gradient_accumulation_steps)
         return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                           peft_config=peft_config)
@@ -236,10 +282,10 @@ def tune(base_dir, data_path, out_dir, work_dir, *, tuning: str, lora: dict, epo
 
 
 def train_reward_model(policy_dir, pairs_path, out_dir, *, epochs: int, batch_size: int, lr: float, max_length: int,
-                       seed: int, threads: int, eval_fraction: float = 0.1) -> None:
+                       seed: int, parallel: dict, threads: int, eval_fraction: float = 0.1) -> None:
     """A reward model (the policy with a scalar head, trl's RewardTrainer) trained on preference pairs;
-    its accuracy on held-out pairs goes to ``out_dir/eval.parquet``. One short run, never resumed: its
-    work folder is emptied first."""
+    its accuracy on held-out pairs (of the model as saved) goes to ``out_dir/eval.parquet``. One short run,
+    never resumed: its work folder is emptied first."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
 
@@ -251,7 +297,6 @@ def train_reward_model(policy_dir, pairs_path, out_dir, *, epochs: int, batch_si
     train, held_out = table.iloc[order[n_eval:]], table.iloc[order[:n_eval]]
     out_dir = Path(out_dir)
     work_dir = out_dir.with_name(f".{out_dir.name}.work")
-    shutil.rmtree(work_dir, ignore_errors=True)
     max_length = _within_context(policy_dir, max_length)
     pairs = _preference_dataset(train, tokenizer)
     _check_lengths([p + c for p, c in zip(pairs["prompt"], pairs["chosen"])], tokenizer, max_length, pairs_path)
@@ -261,17 +306,26 @@ def train_reward_model(policy_dir, pairs_path, out_dir, *, epochs: int, batch_si
     model = AutoModelForSequenceClassification.from_pretrained(policy_dir, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     args = _trainer_args(RewardConfig, work_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                         max_length=max_length)
+                         parallel=parallel, max_length=max_length)
     args.save_strategy = "no"
     trainer = RewardTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer)
+    if trainer.accelerator.is_main_process:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     trainer.train()
-    accuracy = _pair_accuracy(trainer.model, tokenizer, _preference_dataset(held_out, tokenizer)) if n_eval else None
+    trainer.save_model(str(work_dir / "final"))  # every process: sharded weights are gathered
+    if not trainer.accelerator.is_main_process:
+        return
+    saved = AutoModelForSequenceClassification.from_pretrained(work_dir / "final", dtype=torch.float32)
+    accuracy = _pair_accuracy(saved, tokenizer, _preference_dataset(held_out, tokenizer)) if n_eval else None
     log.info("reward model: accuracy %.3f on %d held-out pairs", accuracy or float("nan"), n_eval)
     with atomic_dir(out_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
+        for file in model_files(work_dir / "final"):
+            shutil.copy2(file, tmp / file.name)
         tokenizer.save_pretrained(tmp)
         write_table(pd.DataFrame([{"pairs_train": len(train), "pairs_held_out": n_eval, "accuracy": accuracy}]),
-                    tmp / "eval.parquet", provenance={"stage": "reward_model", "lr": lr, "epochs": epochs, "seed": seed})
+                    tmp / "eval.parquet", provenance={"stage": "reward_model", "lr": lr, "epochs": epochs, "seed": seed,
+                                                      "parallel": parallel})
     shutil.rmtree(work_dir, ignore_errors=True)
 
 
@@ -293,7 +347,8 @@ def _pair_accuracy(model, tokenizer, pairs) -> float:
 
 
 def rlhf(policy_dir, reward_dir, pairs_path, out_dir, work_dir, *, epochs: int, batch_size: int, num_generations: int,
-         max_completion_length: int, lr: float, beta: float, prompts: int | None, seed: int, threads: int) -> None:
+         max_completion_length: int, lr: float, beta: float, prompts: int | None, seed: int, parallel: dict,
+         threads: int) -> None:
     """On-policy RL from ``policy_dir`` against the reward model (trl's RLOOTrainer, REINFORCE
     leave-one-out), on the prompts of the preference pairs; ``out_dir/epoch<N>`` for each epoch."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -310,12 +365,12 @@ def rlhf(policy_dir, reward_dir, pairs_path, out_dir, work_dir, *, epochs: int, 
                                             for i, g in zip(table["instruction"], table["input"])]})
     settings = {"epochs": epochs, "batch_size": batch_size, "num_generations": num_generations,
                 "max_completion_length": max_completion_length, "lr": lr, "beta": beta, "prompts": prompts,
-                "seed": seed}
+                "seed": seed, "parallel": parallel}
 
     def make_trainer():
         reward_model = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1, dtype=torch.float32)
         args = _trainer_args(RLOOConfig, Path(work_dir), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                             num_generations=num_generations, max_completion_length=max_completion_length, beta=beta)
+                             parallel=parallel, num_generations=num_generations, max_completion_length=max_completion_length, beta=beta)
         return RLOOTrainer(model=AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32),
                            reward_funcs=reward_model, args=args, train_dataset=dataset, processing_class=tokenizer,
                            reward_processing_classes=AutoTokenizer.from_pretrained(reward_dir))
@@ -325,7 +380,7 @@ def rlhf(policy_dir, reward_dir, pairs_path, out_dir, work_dir, *, epochs: int, 
 
 
 def dpo(policy_dir, pairs_path, out_dir, work_dir, *, epochs: int, batch_size: int, lr: float, beta: float,
-        max_length: int, seed: int, threads: int) -> None:
+        max_length: int, seed: int, parallel: dict, threads: int) -> None:
     """Direct preference optimisation of ``policy_dir`` on the pairs (offline; the policy at the start
     is the reference); ``out_dir/epoch<N>`` for each epoch."""
     from transformers import AutoModelForCausalLM
@@ -334,11 +389,11 @@ def dpo(policy_dir, pairs_path, out_dir, work_dir, *, epochs: int, batch_size: i
     tokenizer, table, dataset, max_length = _training_data(policy_dir, pairs_path, _preference_dataset, max_length,
                                                            threads)
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "beta": beta, "max_length": max_length,
-                "seed": seed}
+                "seed": seed, "parallel": parallel}
 
     def make_trainer():
         args = _trainer_args(DPOConfig, Path(work_dir), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                             beta=beta, max_length=max_length)
+                             parallel=parallel, beta=beta, max_length=max_length)
         return DPOTrainer(model=AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32), args=args,
                           train_dataset=dataset, processing_class=tokenizer)
 

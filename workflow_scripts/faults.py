@@ -11,6 +11,9 @@ die at that point. The points:
   tuning, RLHF, DPO: the Trainer's ``<work>/checkpoint-<step>``);
 - ``write``: a file complete in its temporary name, before the rename that publishes it.
 
+A training process that ``launch`` started in a session of its own kills its job's process group
+too (``JOB_GROUP``), as a power loss would kill them all.
+
 Unset (the normal case) it does nothing. tests/test_faults.py kills runs this way and checks that
 they resume to the tables of an uninterrupted run.
 """
@@ -21,6 +24,7 @@ import signal
 from fnmatch import fnmatchcase
 
 VARIABLE = "CALIBRATION_FAULT"
+JOB_GROUP = "CALIBRATION_JOB_GROUP"  # set by launch.run for the processes it starts
 
 
 def fault_point(point: str, where: str | os.PathLike = "") -> None:
@@ -30,4 +34,6 @@ def fault_point(point: str, where: str | os.PathLike = "") -> None:
         return
     name, _, pattern = wanted.partition("@")
     if name == point and fnmatchcase(str(where), pattern or "*"):
+        if os.environ.get(JOB_GROUP, str(os.getpgrp())) != str(os.getpgrp()):
+            os.killpg(int(os.environ[JOB_GROUP]), signal.SIGKILL)
         os.killpg(os.getpgrp(), signal.SIGKILL)
