@@ -1378,7 +1378,9 @@ def _draw_ece_dots(ax, rows: pd.DataFrame, runs: list, order: list[str]) -> None
 
 
 def _draw_temperatures(ax, name: str, rows: pd.DataFrame, colours: dict) -> None:
-    """The fitted temperature of each task's primary method (one colour per task) against `name`."""
+    """The fitted temperature of each task's primary method (one colour per task) against `name`, on a
+    log scale: T = 0.5 and T = 2 as far from 1, and T = 100 (the bound) in view."""
+    ax.set_yscale("log")
     ax.axhline(1, ls="--", color="0.5", lw=0.8, zorder=1)
     if name == "alignment":
         bars, x, labels, variant_of = alignment_axis(rows)
