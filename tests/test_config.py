@@ -85,6 +85,22 @@ def test_paper_training_jobs_ask_for_a_gpu_per_process(paper_plan):
         "fsdp", "deepspeed_zero3"}
 
 
+@pytest.mark.parametrize("section,change,message", [
+    (("tuning", "full"), {"parallel": {"procs": 2}}, r"align\.tuning\.full\.parallel: Additional properties .*'procs'"),
+    ((), {"parallel": {"strategy": "zero"}}, r"align\.parallel\.strategy: 'zero' is not one of"),
+    (("preference", "rlhf"), {"resources": {"gpu": 2}}, r"align\.preference\.rlhf\.resources\.gpu: 2 is greater than"),
+])
+def test_bad_training_processes_or_resources_stop_before_any_job(workdir, section, change, message):
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    node = config["align"]
+    for key in section:
+        node = node[key]
+    node.update(change)
+    proc = snakemake(workdir, write_config(workdir, config, "bad.yaml"), "--dry-run", check=False)
+    assert proc.returncode != 0 and re.search(message, proc.stdout), proc.stdout[-3000:]
+    assert not (workdir / "results").exists()
+
+
 def _config(**task_changes) -> dict:
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     for key, value in task_changes.items():
