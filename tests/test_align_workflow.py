@@ -64,6 +64,16 @@ def test_alignment_is_trained_evaluated_and_drawn(tmp_path):
     assert jobs["tune"] == 2 and jobs["infer"] == 2 * 2  # 2 runs x 2 epochs
     assert not {"pretrain", "build_instructions", "train_reward_model", "rlhf", "dpo", "diversity"} & set(jobs)
 
+    # a batch size of its own for LoRA (the method's, over align's) retrains the LoRA runs only, and
+    # training the reward model in two processes retrains it and RLHF, nothing else
+    changed = dict(config, align=dict(ALIGN, tuning=dict(ALIGN["tuning"], lora=dict(ALIGN["tuning"]["lora"], batch_size=8))))
+    jobs = planned_jobs(workdir, write_config(workdir, changed, "changed.yaml"))
+    assert jobs["tune"] == 2 and not {"train_reward_model", "rlhf", "dpo"} & set(jobs)
+    two = {"processes": 2}
+    preference = dict(ALIGN["preference"], reward=dict(ALIGN["preference"]["reward"], parallel=two))
+    jobs = planned_jobs(workdir, write_config(workdir, dict(config, align=dict(ALIGN, preference=preference)), "changed.yaml"))
+    assert jobs["train_reward_model"] == 1 and jobs["rlhf"] == 1 and not {"tune", "dpo"} & set(jobs)
+
     # an edit of the diversity code reruns the diversity job and its figure, no training and no inference
     module = workdir / "workflow_scripts" / "diversity.py"
     module.write_text(module.read_text() + "\n# edited\n")
