@@ -75,17 +75,7 @@ def test_two_ddp_processes_give_the_weights_of_one_with_the_same_global_batch(on
     assert moved > 100 * TOLERANCE["atol"]  # the agreement is not that of two untrained copies
 
 
-def fsdp_on_cpu() -> str | None:
-    """Why FSDP cannot run on this machine's CPUs, or None."""
-    if not torch.distributed.is_gloo_available():
-        return "torch was built without gloo"
-    return None
-
-
 def test_two_fsdp_processes_give_the_weights_of_one(one_process, base, data, tmp_path):
-    reason = fsdp_on_cpu()
-    if reason:
-        pytest.skip(reason)
     assert_same_weights(one_process, tune(base, data, tmp_path / "full", processes=2, strategy="fsdp"))
     # one process wrote whole weights, loadable as the revision epoch<N> that inference reads
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["epoch1", "epoch2", "log.parquet"]

@@ -34,6 +34,7 @@ def fault_point(point: str, where: str | os.PathLike = "") -> None:
         return
     name, _, pattern = wanted.partition("@")
     if name == point and fnmatchcase(str(where), pattern or "*"):
-        if os.environ.get(JOB_GROUP, str(os.getpgrp())) != str(os.getpgrp()):
-            os.killpg(int(os.environ[JOB_GROUP]), signal.SIGKILL)
+        job = int(os.environ.get(JOB_GROUP, os.getpgrp()))
+        if job != os.getpgrp():
+            os.killpg(job, signal.SIGKILL)
         os.killpg(os.getpgrp(), signal.SIGKILL)
