@@ -32,7 +32,7 @@ validate(config, schema="config/schema.yaml")  # fills in the schema's defaults
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
-if config.get("align"):
+if STUDY.align:
 
     include: "rules/align.smk"
 
@@ -42,18 +42,12 @@ include: "rules/scoring.smk"
 include: "rules/figures.smk"
 
 
-# Seconds of pandas each: on a cluster they run where snakemake runs, not as cluster jobs.
-localrules: all, import_task_table, import_lm_eval, extract_confidence, recalibrate, score, summarize, compare, plot_reliability,
-    plot_summary, plot_scale, plot_dynamics, plot_reliability_scale, plot_pretrain_loss, plot_recalibration,
-    plot_risk_coverage, plot_metric_agreement, plot_reliability_group, plot_summary_table
+localrules: all
 
 
 rule all:
     input:
         "results/metrics/summary.csv",
         "results/metrics/comparisons.csv",
-        reliability_figures(),
-        overview_targets(),
-        study_figures(),
-        analysis_figures(),
+        figure_targets(),
     default_target: True

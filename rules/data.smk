@@ -1,13 +1,8 @@
 # Stage 1: model-independent task data, and every model source as a Hugging Face folder.
 
-# Task keys that shape a multiple-choice table's prompts and options (see workflow_scripts/tasks.py
-# MC_OPTIONS); only those set are passed, so an unset one is the format's default.
-PROMPT_KEYS = ("scoring", "prompt", "description", "target_delimiter", "fewshot_delimiter", "chat")
-
-
 def held_out_files(wildcards):
     """A dataset's held-out `val` files (read and checked by prepare_task, recorded in its provenance)."""
-    dataset = TASKS[wildcards.task]["dataset"]
+    dataset = STUDY.task_config[wildcards.task]["dataset"]
     if "hub" in dataset or not isinstance(dataset.get("val"), str):
         return []
     return sorted(glob.glob(dataset["val"]))
@@ -15,7 +10,7 @@ def held_out_files(wildcards):
 
 rule prepare_task:
     wildcard_constraints:
-        task=one_of(REGULAR_TASKS),  # imported tasks get their tables from the harness's samples
+        task=one_of(STUDY.regular_tasks),  # imported tasks get their tables from the harness's samples
     input:
         code=code("tasks"),
         files=dataset_files,
@@ -23,12 +18,12 @@ rule prepare_task:
     output:
         "results/data/{task}.parquet",
     params:
-        kind=lambda wc: TASKS[wc.task]["kind"],
-        dataset=lambda wc: canonical(TASKS[wc.task]["dataset"]),
-        shots=lambda wc: TASKS[wc.task].get("shots"),
-        limit=lambda wc: TASKS[wc.task]["limit"],
+        kind=lambda wc: STUDY.task_config[wc.task]["kind"],
+        dataset=lambda wc: canonical(STUDY.task_config[wc.task]["dataset"]),
+        shots=lambda wc: STUDY.task_config[wc.task].get("shots"),
+        limit=lambda wc: STUDY.task_config[wc.task]["limit"],
         seed=config["seed"],
-        prompting=lambda wc: {k: TASKS[wc.task][k] for k in PROMPT_KEYS if k in TASKS[wc.task]},
+        prompting=lambda wc: STUDY.prompting(wc.task),
     log:
         "results/logs/prepare_task/{task}.log",
     benchmark:
@@ -46,7 +41,7 @@ rule fetch_checkpoint:
     output:
         checkpoint("{model}", "{revision}"),
     params:
-        source=lambda wc: MODELS[wc.model].source,
+        source=lambda wc: STUDY.models[wc.model].source,
         evict_hub_cache=config["evict_hub_cache"],
     log:
         "results/logs/fetch_checkpoint/{model}/{revision}.log",

@@ -1,16 +1,16 @@
 # Existing lm-evaluation-harness runs (config `imports`): their multiple-choice samples become the
 # task and inference tables of this workflow, without running a model.
 
-
-IMPORTED_TASKS = sorted({task for tasks in IMPORTS.values() for task in tasks})
+# Seconds of pandas each: run where snakemake runs.
+localrules: import_task_table, import_lm_eval
 
 
 rule import_task_table:
     wildcard_constraints:
-        task=one_of(IMPORTED_TASKS),
+        task=one_of(STUDY.imported_tasks),
     input:
         code=code("imports"),
-        samples=lambda wc: first_import(wc.task),
+        samples=lambda wc: STUDY.first_import(wc.task),
     output:
         "results/data/{task}.parquet",
     log:
@@ -25,11 +25,11 @@ rule import_task_table:
 
 rule import_lm_eval:
     wildcard_constraints:
-        task=one_of(IMPORTED_TASKS),
-        model=one_of(IMPORTS),
+        task=one_of(STUDY.imported_tasks),
+        model=one_of(STUDY.imports),
     input:
         code=code("imports"),
-        samples=lambda wc: IMPORTS[wc.model][wc.task],
+        samples=lambda wc: STUDY.imports[wc.model][wc.task],
     output:
         "results/inference/{task}/{model}/lm_eval.parquet",
     log:

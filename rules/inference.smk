@@ -5,15 +5,15 @@
 rule infer:
     input:
         code=code("inference"),
-        data=[f"results/data/{task}.parquet" for task in REGULAR_TASKS],
+        data=task_tables(STUDY.regular_tasks),
         checkpoint="results/checkpoints/{model}/{revision}",
     output:
-        [f"results/inference/{task}/{{model}}/{{revision}}.parquet" for task in REGULAR_TASKS],
+        checkpoint_files("inference", STUDY.regular_tasks),
     params:
         # by name, as are the inputs and outputs (the order of the config's tasks changes nothing)
-        tasks=lambda wc: canonical({task: {"kind": TASKS[task]["kind"], "settings": inference_settings(task, wc.model)}
-                                    for task in REGULAR_TASKS}),
-        source=lambda wc: MODELS[wc.model].source,
+        tasks=lambda wc: canonical({task: {"kind": STUDY.kind(task), "settings": STUDY.inference_settings(task, wc.model)}
+                                    for task in STUDY.regular_tasks}),
+        source=lambda wc: STUDY.models[wc.model].source,
     threads: config["inference"]["threads"]
     log:
         "results/logs/infer/{model}/{revision}.log",
@@ -29,27 +29,25 @@ rule infer:
 
 # Stage 2b: the second pass (P(True), verbalized confidence) reads the first pass's answers and asks the
 # model about them; one job per checkpoint for every task that lists such a method.
-if SELF_EVAL_TASKS:
+if STUDY.self_eval_tasks:
 
     rule self_evaluate:
         input:
             code=code("self_eval"),
-            inference_code=code("inference"),  # it runs the model with the first pass's machinery
-            proposal_code=code("confidence"),  # whose proposals (the first pass's answers) it asks about
-            data=[f"results/data/{task}.parquet" for task in SELF_EVAL_TASKS],
-            first_pass=[f"results/inference/{task}/{{model}}/{{revision}}.parquet" for task in SELF_EVAL_TASKS],
+            data=task_tables(STUDY.self_eval_tasks),
+            first_pass=checkpoint_files("inference", STUDY.self_eval_tasks),
             checkpoint="results/checkpoints/{model}/{revision}",
         output:
             [f"results/self_eval/{task}/{{model}}/{{revision}}.{method}.parquet"
-             for task in SELF_EVAL_TASKS for method in self_eval_methods(task)],
+             for task in STUDY.self_eval_tasks for method in STUDY.self_eval_methods(task)],
         params:
-            tasks=lambda wc: canonical({task: {"kind": TASKS[task]["kind"], "methods": methods_of(task),
-                                               "second_pass": self_eval_methods(task),
-                                               "match": TASKS[task].get("match", "prefix"),
-                                               "settings": self_eval_settings(task, wc.model)}
-                                        for task in SELF_EVAL_TASKS}),
-            prompts=self_eval_prompts(),
-            source=lambda wc: MODELS[wc.model].source,
+            tasks=lambda wc: canonical({task: {"kind": STUDY.kind(task), "methods": STUDY.task_methods(task),
+                                               "second_pass": STUDY.self_eval_methods(task),
+                                               "match": STUDY.task_config[task].get("match", "prefix"),
+                                               "settings": STUDY.self_eval_settings(task, wc.model)}
+                                        for task in STUDY.self_eval_tasks}),
+            prompts=STUDY.self_eval_prompts(),
+            source=lambda wc: STUDY.models[wc.model].source,
         threads: config["inference"]["threads"]
         log:
             "results/logs/self_evaluate/{model}/{revision}.log",

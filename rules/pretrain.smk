@@ -4,13 +4,13 @@
 
 wildcard_constraints:
     data="standard|deduped",
-    pretrained="|".join(map(re.escape, PRETRAINED)) or "^$",
+    pretrained=one_of(STUDY.pretrained),
 
 
 rule build_corpus:
     input:
         code=code("pretrain"),
-        held_out=[f"results/data/{t}.parquet" for t in TASKS if TASKS[t]["kind"] == "clm"],
+        held_out=task_tables(t for t in STUDY.tasks if STUDY.kind(t) == "clm"),
     output:
         "results/pretrain/corpus/{data}.parquet",
     params:
@@ -47,12 +47,12 @@ rule train_tokenizer:
 rule pretrain:
     input:
         code=code("pretrain"),
-        corpus=lambda wc: f"results/pretrain/corpus/{PRETRAINED[wc.pretrained].labels['data']}.parquet",
+        corpus=lambda wc: f"results/pretrain/corpus/{STUDY.pretrained[wc.pretrained].labels['data']}.parquet",
         tokenizer="results/pretrain/tokenizer",
     output:
         directory("results/pretrain/models/{pretrained}"),
     params:
-        size=lambda wc: canonical(config["pretrain"]["sizes"][PRETRAINED[wc.pretrained].labels["size"]]),
+        size=lambda wc: canonical(config["pretrain"]["sizes"][STUDY.pretrained[wc.pretrained].labels["size"]]),
         training=lambda wc: canonical({k: config["pretrain"][k] for k in ("steps", "checkpoints", "batch_size", "seq_len", "lr", "warmup")}),
         seed=config["seed"],
         work_dir=lambda wc: f"results/pretrain/work/{wc.pretrained}",

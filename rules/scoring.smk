@@ -2,35 +2,41 @@
 # whole study and the paired comparisons between runs.
 
 
+# Seconds of pandas each: on a cluster they run where snakemake runs, not as cluster jobs.
+localrules: extract_confidence, recalibrate, score, summarize, compare
+
+
 # Each job serves one checkpoint, every task of it (one start-up for several small tables; a harness run's
 # imported tasks each have a job of their own): the files stay per task, model and revision.
 
 
 def confidence_settings(tasks, wildcards):
     """What the confidence stage does on each task: its kind, methods, alias rule and second-pass tables."""
-    return {t: {"kind": TASKS[t]["kind"], "methods": methods_of(t), "match": TASKS[t].get("match", "prefix"),
-                "self_eval": self_eval_tables(t, wildcards)} for t in tasks}
+    return {t: {"kind": STUDY.kind(t), "methods": STUDY.task_methods(t),
+                "match": STUDY.task_config[t].get("match", "prefix"), "self_eval": self_eval_tables(t, wildcards)}
+            for t in tasks}
 
 
 def score_settings(tasks, wildcards):
     """The tasks a score job scores, and the model's labels and revision numbers (the model registry's)."""
-    revision = MODELS[wildcards.model].revision(wildcards.revision)
-    return {"tasks": list(tasks), "labels": MODELS[wildcards.model].labels,
+    model = STUDY.models[wildcards.model]
+    revision = model.revision(wildcards.revision)
+    return {"tasks": list(tasks), "labels": model.labels,
             "step": revision.step, "epoch": revision.epoch}
 
 
 rule extract_confidence:
     input:
         code=code("confidence"),
-        raw=checkpoint_files("inference", REGULAR_TASKS),
-        data=[f"results/data/{task}.parquet" for task in REGULAR_TASKS],
-        self_eval=lambda wc: [path for t in REGULAR_TASKS for path in self_eval_tables(t, wc).values()],
+        raw=checkpoint_files("inference", STUDY.regular_tasks),
+        data=task_tables(STUDY.regular_tasks),
+        self_eval=lambda wc: [path for t in STUDY.regular_tasks for path in self_eval_tables(t, wc).values()],
     output:
-        checkpoint_files("confidence", REGULAR_TASKS),
+        checkpoint_files("confidence", STUDY.regular_tasks),
     params:
-        tasks=lambda wc: confidence_settings(REGULAR_TASKS, wc),
+        tasks=lambda wc: confidence_settings(STUDY.regular_tasks, wc),
     wildcard_constraints:
-        model=one_of(EVALUATED),
+        model=one_of(STUDY.evaluated),
     log:
         "results/logs/extract_confidence/{model}/{revision}.log",
     benchmark:
@@ -44,14 +50,14 @@ rule extract_confidence:
 rule recalibrate:
     input:
         code=code("recalibrate"),
-        confidence=checkpoint_files("confidence", REGULAR_TASKS),
-        data=[f"results/data/{task}.parquet" for task in REGULAR_TASKS],
+        confidence=checkpoint_files("confidence", STUDY.regular_tasks),
+        data=task_tables(STUDY.regular_tasks),
     output:
-        checkpoint_files("recalibrated", REGULAR_TASKS),
+        checkpoint_files("recalibrated", STUDY.regular_tasks),
     params:
         recalibration=canonical(config["recalibration"]),
     wildcard_constraints:
-        model=one_of(EVALUATED),
+        model=one_of(STUDY.evaluated),
     log:
         "results/logs/recalibrate/{model}/{revision}.log",
     benchmark:
@@ -65,18 +71,18 @@ rule recalibrate:
 rule score:
     input:
         code=code("metrics"),
-        recalibrated=checkpoint_files("recalibrated", REGULAR_TASKS),
+        recalibrated=checkpoint_files("recalibrated", STUDY.regular_tasks),
     output:
-        summary=checkpoint_files("metrics", REGULAR_TASKS),
-        bins=checkpoint_files("metrics", REGULAR_TASKS, ".bins.parquet"),
-        sweep=checkpoint_files("metrics", REGULAR_TASKS, ".sweep.parquet"),
-        subjects=checkpoint_files("metrics", REGULAR_TASKS, ".subjects.parquet"),
-        curves=checkpoint_files("metrics", REGULAR_TASKS, ".curves.parquet"),
+        summary=checkpoint_files("metrics", STUDY.regular_tasks),
+        bins=checkpoint_files("metrics", STUDY.regular_tasks, ".bins.parquet"),
+        sweep=checkpoint_files("metrics", STUDY.regular_tasks, ".sweep.parquet"),
+        subjects=checkpoint_files("metrics", STUDY.regular_tasks, ".subjects.parquet"),
+        curves=checkpoint_files("metrics", STUDY.regular_tasks, ".curves.parquet"),
     params:
         metrics=canonical(config["metrics"]),
-        run=lambda wc: score_settings(REGULAR_TASKS, wc),
+        run=lambda wc: score_settings(STUDY.regular_tasks, wc),
     wildcard_constraints:
-        model=one_of(EVALUATED),
+        model=one_of(STUDY.evaluated),
     log:
         "results/logs/score/{model}/{revision}.log",
     benchmark:
@@ -87,19 +93,19 @@ rule score:
         "scripts/score.py"
 
 
-if IMPORTS:  # an imported harness run: a job per task
+if STUDY.imports:  # an imported harness run: a job per task
 
     use rule extract_confidence as extract_confidence_imported with:
         input:
             code=code("confidence"),
             raw=checkpoint_files("inference", ["{task}"]),
-            data=["results/data/{task}.parquet"],
+            data=task_tables(["{task}"]),
         output:
             checkpoint_files("confidence", ["{task}"]),
         params:
             tasks=lambda wc: confidence_settings([wc.task], wc),
         wildcard_constraints:
-            model=one_of(IMPORTS),
+            model=one_of(STUDY.imports),
         log:
             "results/logs/extract_confidence/{task}/{model}/{revision}.log",
         benchmark:
@@ -109,11 +115,11 @@ if IMPORTS:  # an imported harness run: a job per task
         input:
             code=code("recalibrate"),
             confidence=checkpoint_files("confidence", ["{task}"]),
-            data=["results/data/{task}.parquet"],
+            data=task_tables(["{task}"]),
         output:
             checkpoint_files("recalibrated", ["{task}"]),
         wildcard_constraints:
-            model=one_of(IMPORTS),
+            model=one_of(STUDY.imports),
         log:
             "results/logs/recalibrate/{task}/{model}/{revision}.log",
         benchmark:
@@ -133,7 +139,7 @@ if IMPORTS:  # an imported harness run: a job per task
             metrics=canonical(config["metrics"]),
             run=lambda wc: score_settings([wc.task], wc),
         wildcard_constraints:
-            model=one_of(IMPORTS),
+            model=one_of(STUDY.imports),
         log:
             "results/logs/score/{task}/{model}/{revision}.log",
         benchmark:
@@ -143,7 +149,6 @@ if IMPORTS:  # an imported harness run: a job per task
 rule summarize:
     input:
         code=code("metrics"),
-        order_code=code("plots"),  # the rows come in the figures' natural order (plots.natural_order)
         summaries=run_outputs("metrics"),
         bins=run_outputs("metrics", ".bins.parquet"),
         sweeps=run_outputs("metrics", ".sweep.parquet"),
@@ -169,13 +174,12 @@ rule summarize:
 rule compare:
     input:
         code=code("compare"),
-        metrics_code=code("metrics"),  # compare computes the metrics with its functions
         runs=run_outputs("recalibrated"),
     output:
         "results/metrics/comparisons.csv",
     params:
-        runs=[{"task": t, "model": m, "revision": r} for t, m, r in RUNS],
-        pairs=comparison_pairs(),
+        runs=[{"task": t, "model": m, "revision": r} for t, m, r in STUDY.runs],
+        pairs=STUDY.comparison_pairs(),
         metrics=canonical(config["metrics"]),
     log:
         "results/logs/compare.log",

@@ -9,17 +9,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# A dataset of each kind whose keys pass the config checks (its files are not read).
+KIND_DATASETS = {"clm": {"format": "pydoc_topics"}, "generation": {"format": "geonames", "relations": ["capital"]},
+                 "multiple_choice": {"format": "geonames", "relations": ["capital"]}}
+
+
 def inference_settings(kind: str, **changes) -> dict:
-    """The settings of an inference task of ``kind`` that the infer rule passes for a config that sets
-    none (the schema's defaults: section `inference` less threads, then the task's keys), with ``changes``."""
+    """The settings of an inference task of ``kind`` that the infer rule passes (workflow_scripts.study) for a
+    config that sets none (the schema's defaults), with ``changes``."""
     from snakemake.utils import validate
 
-    from workflow_scripts.inference import KIND_SETTINGS, SETTINGS
+    from workflow_scripts.study import Study
 
-    config = {"tasks": {"t": {"kind": kind, "dataset": {"format": "any"}}}}
+    config = {"models": {"m": {"source": "local:model"}}, "tasks": {"t": {"kind": kind, "dataset": KIND_DATASETS[kind]}}}
     validate(config, schema=str(ROOT / "config" / "schema.yaml"))
-    task = config["tasks"]["t"]
-    return {**{k: config["inference"][k] for k in SETTINGS}, **{k: task[k] for k in KIND_SETTINGS[kind]}, **changes}
+    return {**Study(config).inference_settings("t", "m"), **changes}
 
 
 def fixtures_dir() -> Path:

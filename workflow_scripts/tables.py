@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import glob
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -56,7 +57,7 @@ def code_version() -> dict:
     for name, module in sorted(sys.modules.items()):
         file = getattr(module, "__file__", None)
         if name.startswith(__package__ + ".") and file and file.endswith(".py"):
-            modules[name.rpartition(".")[2]] = file_digest(file)[:16]
+            modules[name.partition(".")[2]] = file_digest(file)[:16]
     try:
         version = metadata.version("llm-calibration-workflow")
     except metadata.PackageNotFoundError:
@@ -99,31 +100,67 @@ def path_digest(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def module_sources(module: str) -> dict[str, str]:
-    """SHA-256 of the source of ``module`` (a module of this package, e.g. ``workflow_scripts.pretrain``)
-    and of every module of the package that it imports, directly or through another, at any place in
-    the file (imports inside functions too): short module name -> digest."""
-    package, _, name = module.rpartition(".")
-    folder = Path(sys.modules[module].__file__).parent
-    sources, todo = {}, [name]
+# Modules of this package left out of every code fingerprint and every rule's code inputs, because they never
+# change a result: editing them must not rerun the work of a study.
+NOT_RESULT_CODE = {
+    "faults": "fault injection for the kill tests: does nothing unless CALIBRATION_FAULT names a point",
+    "runlog": "the log file and log format of a rule script",
+}
+
+
+def _module_file(root: Path, name: str) -> Path | None:
+    """The file of module ``name`` (dotted, relative to the package at ``root``), or None if there is none."""
+    path = root.joinpath(*name.split(".")) if name else root
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if name and path.with_suffix(".py").is_file() else None
+
+
+def _imported_modules(root: Path, package: str, name: str, file: Path) -> list[str]:
+    """The modules of the package (dotted names relative to it) that the module ``name`` imports anywhere in its
+    file (imports inside functions too), each with the packages above it, whose __init__ runs first."""
+    here = name.split(".") if file.name == "__init__.py" else name.split(".")[:-1]  # the module's own package
+    found = []
+    for node in ast.walk(ast.parse(file.read_bytes(), filename=str(file))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name.split(".")[1:] for alias in node.names if alias.name.split(".")[0] == package]
+        elif isinstance(node, ast.ImportFrom) and node.level:  # from .x import y, from ..x import y, from . import x
+            base = here[:len(here) - node.level + 1] + (node.module.split(".") if node.module else [])
+            targets = [base] + [base + [alias.name] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == package:
+            base = node.module.split(".")[1:]  # from <package>.x import y, from <package> import x
+            targets = [base] + [base + [alias.name] for alias in node.names]
+        else:
+            continue
+        for parts in targets:  # y of `from x import y` counts where it is a module, not a name in x
+            found += [".".join(parts[:i]) for i in range(len(parts) + 1) if _module_file(root, ".".join(parts[:i]))]
+    return found
+
+
+def module_files(module: str, root: str | os.PathLike | None = None) -> dict[str, Path]:
+    """The import closure of ``module`` (a module of this package, e.g. ``workflow_scripts.pretrain`` or
+    ``workflow_scripts.plots.reliability``): its file and the file of every module of the package it imports,
+    directly or through another, at any place in the file, and the __init__ of every package on the way; dotted
+    name relative to the package ("__init__" for its own __init__) -> file. Modules of NOT_RESULT_CODE are left out. Read
+    from the sources alone: nothing is imported. ``root``: the package's folder (default: where the package is
+    imported from)."""
+    package, _, name = module.partition(".")
+    root = Path(root) if root else Path(importlib.util.find_spec(package).origin).parent
+    files, todo = {}, [".".join(name.split(".")[:i]) for i in range(name.count(".") + 2)]
     while todo:
         name = todo.pop()
-        if name in sources:
+        if name in files or name.split(".")[-1] in NOT_RESULT_CODE:
             continue
-        path = folder / f"{name}.py"
-        sources[name] = file_digest(path)
-        for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
-            if isinstance(node, ast.Import):
-                names = [alias.name.split(".")[1] for alias in node.names if alias.name.startswith(package + ".")]
-            elif isinstance(node, ast.ImportFrom) and node.level == 1:  # from .x import y, from . import x
-                names = [node.module.split(".")[0]] if node.module else [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == package:
-                inner = node.module.split(".")[1:]  # from <package>.x import y, from <package> import x
-                names = inner[:1] or [alias.name for alias in node.names]
-            else:
-                continue
-            todo += [n for n in names if (folder / f"{n}.py").is_file()]
-    return dict(sorted(sources.items()))
+        if (file := _module_file(root, name)) is None:
+            raise ModuleNotFoundError(f"no module {package}.{name} in {root}")
+        files[name] = file
+        todo += _imported_modules(root, package, name, file)
+    return {name or "__init__": file for name, file in sorted(files.items())}
+
+
+def module_sources(module: str) -> dict[str, str]:
+    """SHA-256 of the source of every module of ``module``'s import closure (module_files): name -> digest."""
+    return {name: file_digest(path) for name, path in module_files(module).items()}
 
 
 def stage_fingerprint(module: str, settings: dict, inputs: dict) -> dict:
