@@ -7,8 +7,8 @@
 
 
 wildcard_constraints:
-    instructions="|".join(map(re.escape, ALIGN["instructions"])),
-    tuned="|".join(map(re.escape, TUNED)),
+    instructions=one_of(STUDY.align["instructions"]),
+    tuned=one_of(STUDY.tuned),
 
 
 rule fetch_align_base:
@@ -16,19 +16,19 @@ rule fetch_align_base:
     # jobs added or changed later do not refetch it and so do not retrain the others.
     input:
         code=code("sources"),
-        trained=training_output(align_base()[0]),
+        trained=STUDY.training_output(STUDY.align_base()[0]),
     output:
         directory("results/align/base"),
     params:
-        source=MODELS[align_base()[0]].source,
-        revision=align_base()[1],
+        source=STUDY.models[STUDY.align_base()[0]].source,
+        revision=STUDY.align_base()[1],
     priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
     log:
         "results/logs/fetch_align_base.log",
     benchmark:
         "results/benchmarks/fetch_align_base.tsv"
     resources:
-        mem_mb=ALIGN["resources"]["mem_mb"],
+        mem_mb=STUDY.align["resources"]["mem_mb"],
     script:
         "scripts/fetch_align_base.py"
 
@@ -40,8 +40,8 @@ rule build_instructions:
     output:
         "results/align/data/instructions/{instructions}.parquet",
     params:
-        dataset=lambda wc: canonical(ALIGN["instructions"][wc.instructions]),
-        limit=ALIGN["limit"],
+        dataset=lambda wc: canonical(STUDY.align["instructions"][wc.instructions]),
+        limit=STUDY.align["limit"],
         seed=config["seed"],
     log:
         "results/logs/build_instructions/{instructions}.log",
@@ -53,7 +53,7 @@ rule build_instructions:
         "scripts/build_instructions.py"
 
 
-if PREFERENCE:
+if STUDY.preference:
 
     rule build_preferences:
         input:
@@ -62,8 +62,8 @@ if PREFERENCE:
         output:
             "results/align/data/preferences.parquet",
         params:
-            dataset=lambda wc: canonical(PREFERENCE["data"]),
-            limit=PREFERENCE["limit"],
+            dataset=lambda wc: canonical(STUDY.preference["data"]),
+            limit=STUDY.preference["limit"],
             seed=config["seed"],
         log:
             "results/logs/build_preferences.log",
@@ -79,54 +79,54 @@ rule tune:
     input:
         code=code("align"),
         base="results/align/base",
-        data=lambda wc: f"results/align/data/instructions/{TUNED[wc.tuned].labels['data']}.parquet",
+        data=lambda wc: f"results/align/data/instructions/{STUDY.tuned[wc.tuned].labels['data']}.parquet",
     output:
         directory("results/align/models/{tuned}"),
     params:
-        tuning=lambda wc: tuning_of(wc),
-        lr=lambda wc: tuning_settings(tuning_of(wc))["lr"],  # the schema's default where unset
-        lora=lambda wc: tuning_settings(tuning_of(wc))["lora"],
-        training=lambda wc: tuning_settings(tuning_of(wc))["training"],
-        parallel=lambda wc: training_parallel(tuning_of(wc)),
+        tuning=lambda wc: STUDY.tuning_of(wc.tuned),
+        lr=lambda wc: STUDY.tuning_settings(STUDY.tuning_of(wc.tuned))["lr"],  # the schema's default where unset
+        lora=lambda wc: STUDY.tuning_settings(STUDY.tuning_of(wc.tuned))["lora"],
+        training=lambda wc: STUDY.tuning_settings(STUDY.tuning_of(wc.tuned))["training"],
+        parallel=lambda wc: STUDY.training_parallel(STUDY.tuning_of(wc.tuned)),
         seed=config["seed"],
         work_dir=lambda wc: f"results/align/work/{wc.tuned}",
-    threads: ALIGN["threads"]
+    threads: STUDY.align["threads"]
     priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
     log:
         "results/logs/tune/{tuned}.log",
     benchmark:
         "results/benchmarks/tune/{tuned}.tsv"
     resources:
-        mem_mb=lambda wc: training_resources(tuning_of(wc))["mem_mb"],
-        gpu=lambda wc: training_resources(tuning_of(wc))["gpu"],
-        runtime=lambda wc: training_resources(tuning_of(wc))["runtime"],
+        mem_mb=lambda wc: STUDY.training_resources(STUDY.tuning_of(wc.tuned))["mem_mb"],
+        gpu=lambda wc: STUDY.training_resources(STUDY.tuning_of(wc.tuned))["gpu"],
+        runtime=lambda wc: STUDY.training_resources(STUDY.tuning_of(wc.tuned))["runtime"],
     script:
         "scripts/tune.py"
 
 
-if "rlhf" in PREFERENCE:
+if "rlhf" in STUDY.preference:
 
     rule train_reward_model:
         input:
             code=code("align"),
-            policy=policy_dir(),
+            policy=STUDY.policy_dir(),
             pairs="results/align/data/preferences.parquet",
         output:
             directory("results/align/reward_model"),
         params:
-            settings=training_settings("reward"),
-            parallel=training_parallel("reward"),
-            policy_revision=policy()[1],
-            max_length=ALIGN["max_length"],
+            settings=STUDY.training_settings("reward"),
+            parallel=STUDY.training_parallel("reward"),
+            policy_revision=STUDY.policy()[1],
+            max_length=STUDY.align["max_length"],
             seed=config["seed"],
-        threads: ALIGN["threads"]
+        threads: STUDY.align["threads"]
         priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
         log:
             "results/logs/train_reward_model.log",
         benchmark:
             "results/benchmarks/train_reward_model.tsv"
         resources:
-            **training_resources("reward"),
+            **STUDY.training_resources("reward"),
         script:
             "scripts/train_reward_model.py"
 
@@ -134,53 +134,53 @@ if "rlhf" in PREFERENCE:
     rule rlhf:
         input:
             code=code("align"),
-            policy=policy_dir(),
+            policy=STUDY.policy_dir(),
             reward_model="results/align/reward_model",
             pairs="results/align/data/preferences.parquet",
         output:
-            directory(f"results/align/models/{ALIGNED_NAMES['rlhf']}"),
+            directory(f"results/align/models/{STUDY.aligned_names['rlhf']}"),
         params:
-            settings=training_settings("rlhf"),
-            parallel=training_parallel("rlhf"),
-            policy_revision=policy()[1],
+            settings=STUDY.training_settings("rlhf"),
+            parallel=STUDY.training_parallel("rlhf"),
+            policy_revision=STUDY.policy()[1],
             seed=config["seed"],
-            work_dir=f"results/align/work/{ALIGNED_NAMES['rlhf']}",
-        threads: ALIGN["threads"]
+            work_dir=f"results/align/work/{STUDY.aligned_names['rlhf']}",
+        threads: STUDY.align["threads"]
         priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
         log:
             "results/logs/rlhf.log",
         benchmark:
             "results/benchmarks/rlhf.tsv"
         resources:
-            **training_resources("rlhf"),
+            **STUDY.training_resources("rlhf"),
         script:
             "scripts/rlhf.py"
 
 
-if "dpo" in PREFERENCE:
+if "dpo" in STUDY.preference:
 
     rule dpo:
         input:
             code=code("align"),
-            policy=policy_dir(),
+            policy=STUDY.policy_dir(),
             pairs="results/align/data/preferences.parquet",
         output:
-            directory(f"results/align/models/{ALIGNED_NAMES['dpo']}"),
+            directory(f"results/align/models/{STUDY.aligned_names['dpo']}"),
         params:
-            settings=training_settings("dpo"),
-            parallel=training_parallel("dpo"),
-            policy_revision=policy()[1],
-            max_length=ALIGN["max_length"],
+            settings=STUDY.training_settings("dpo"),
+            parallel=STUDY.training_parallel("dpo"),
+            policy_revision=STUDY.policy()[1],
+            max_length=STUDY.align["max_length"],
             seed=config["seed"],
-            work_dir=f"results/align/work/{ALIGNED_NAMES['dpo']}",
-        threads: ALIGN["threads"]
+            work_dir=f"results/align/work/{STUDY.aligned_names['dpo']}",
+        threads: STUDY.align["threads"]
         priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
         log:
             "results/logs/dpo.log",
         benchmark:
             "results/benchmarks/dpo.tsv"
         resources:
-            **training_resources("dpo"),
+            **STUDY.training_resources("dpo"),
         script:
             "scripts/dpo.py"
 
@@ -188,15 +188,15 @@ if "dpo" in PREFERENCE:
 rule diversity:
     input:
         code=code("diversity"),
-        data=expand("results/align/data/instructions/{instructions}.parquet", instructions=ALIGN["instructions"]),
+        data=expand("results/align/data/instructions/{instructions}.parquet", instructions=STUDY.align["instructions"]),
     output:
         map="results/align/diversity_map.parquet",
         csv="results/metrics/diversity.csv",
     params:
-        names=list(ALIGN["instructions"]),
-        settings=canonical(ALIGN["diversity"]),
+        names=list(STUDY.align["instructions"]),
+        settings=canonical(STUDY.align["diversity"]),
         seed=config["seed"],
-    threads: ALIGN["threads"]
+    threads: STUDY.align["threads"]
     log:
         "results/logs/diversity.log",
     benchmark:
