@@ -1,4 +1,5 @@
-# Two commands: `make run` (the default study on this machine) and `make test`.
+# Two commands: `make run` (the default study on this machine) and `make test` (`make test-fast`: the unit
+# tier; `make lint`: the linters).
 # Both create or refresh .venv first. torch is installed before the rest so that a CPU build
 # (torch==2.13.0, on this machine's disk) is kept; on a GPU machine install your CUDA build of
 # torch into .venv first (README, "GPU") and it is kept too.
@@ -10,7 +11,7 @@ SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test report clean browser
+.PHONY: run test test-fast lint report clean browser
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,16 @@ run: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# The unit tier: the modules' own tests, no Snakemake run (tests/unit, under 3 minutes).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+# ruff (Python), snakefmt (rules) and snakemake --lint (its findings fixed, or listed in .lint-allow with the reason).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check Snakefile rules
+	$(BIN)/python tools/lint_workflow.py
 
 # Headless Chromium for tests/test_report.py (Debian's `chromium`), installed where missing and apt-get can
 # (as root, or through sudo without a password); without it that test skips and says why.
