@@ -17,7 +17,7 @@ from workflow_scripts.inference import (InferenceError, check_output_head, conte
                                         first_text_token, generate_answers, output_logits, resolve_add_bos,
                                         run_inference, score_options, score_tokens)
 from workflow_scripts.tables import read_provenance, write_table
-from workflow_scripts.tasks import Question, mmlu_prompt
+from workflow_scripts.tasks.prompts import Question, mmlu_prompt
 
 DOCS = pd.DataFrame({"item_id": ["long", "short", "one"],
                      "text": ["The capital of France is Paris, and the capital of Peru is Lima. " * 4,

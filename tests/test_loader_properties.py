@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workflow_scripts.tasks import DatasetError, prepare_task
+from workflow_scripts.tables import DatasetError
+from workflow_scripts.tasks import prepare_task
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

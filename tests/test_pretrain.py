@@ -21,7 +21,7 @@ TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
 def corpora(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     held_out = root / "prose_task.parquet"
-    from workflow_scripts.tasks import pydoc_prose
+    from workflow_scripts.tasks.clm import pydoc_prose
     first = [text for _, text in pydoc_prose({}, {})][:3]
     write_table(pd.DataFrame({"item_id": ["a", "b", "c"], "text": first}), held_out)
     for data in ("standard", "deduped"):

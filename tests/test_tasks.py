@@ -1,6 +1,7 @@
 """Tests of the prepare_task stage (workflow_scripts.tasks)."""
 import csv
 import gzip
+import inspect
 import json
 import os
 import re
@@ -18,8 +19,15 @@ from hypothesis import strategies as st
 
 from conftest import fixtures_dir
 from workflow_scripts import tasks
-from workflow_scripts.tables import read_provenance, read_table
-from workflow_scripts.tasks import DatasetError, prepare_task, read_mmlu_csv
+from workflow_scripts.kinds import KINDS, MULTIPLE_CHOICE, SCORINGS
+from workflow_scripts.tables import DatasetError, read_provenance, read_table
+from workflow_scripts.tasks import FORMATS, Format, prepare_task
+from workflow_scripts.tasks.files import BLANK_LINES
+from workflow_scripts.tasks.multiple_choice import read_mmlu_csv
+from workflow_scripts.tasks.prompts import PROMPT_STYLES, PROMPTING_KEYS, mmlu_prompt, resolve_prompting
+from workflow_scripts.tasks.registry import LOCAL_KEYS
+
+MC_COLUMNS = list(KINDS[MULTIPLE_CHOICE].columns)
 
 GOOD_ROW = ["What is 1 + 1?", "1", "2", "3", "4", "B"]
 
@@ -111,7 +119,7 @@ def test_mmlu_prompt_matches_the_harness(tmp_path, shots, expected):
     assert first["question"] == "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q."
     assert list(table.columns) == ["item_id", "subject", "question", "prompt", "choices", "options", "gold", "scoring",
                                    "split"]
-    assert list(table.columns) == tasks.MC_COLUMNS and first["split"] == "test"
+    assert list(table.columns) == MC_COLUMNS and first["split"] == "test"
 
 
 def test_mmlu_question_stripped_options_not(tmp_path):
@@ -252,7 +260,7 @@ def _choices_files(tmp_path):
 def test_choices_jsonl_any_number_of_options_letters(tmp_path):
     dataset = _choices_files(tmp_path)
     zero = build(tmp_path, "multiple_choice", dataset)  # the format's default: zero-shot, letters
-    assert list(zero.columns) == tasks.MC_COLUMNS
+    assert list(zero.columns) == MC_COLUMNS
     assert zero["prompt"].tolist() == ["Question: Is water wet?\nA. yes\nB. no\nAnswer:",
                                        "Question: Which number is prime?\nA. 4\nB. 6\nC. 8\nD. 9\nE. 10\nF. 11\n"
                                        "G. 12\nAnswer:"]
@@ -397,7 +405,7 @@ def test_mmlu_val_folder_gives_val_rows(tmp_path):
         dev = read_mmlu_csv(root / "dev" / f"{subject}_dev.csv", subject)
         rows = read_mmlu_csv(root / "val" / f"{subject}_val.csv", subject, "val/")
         for question in rows[:3]:
-            assert val.loc[question.item_id, "prompt"] == tasks.mmlu_prompt(subject, dev, question)
+            assert val.loc[question.item_id, "prompt"] == mmlu_prompt(subject, dev, question)
             assert val.loc[question.item_id, "gold"] == question.gold
     assert len(build(tmp_path, "multiple_choice", dataset)) == 100 + 11 + 234 + 25
     # a folder without val/ has items only; a val/ folder lacking a subject's file is an error
@@ -703,21 +711,21 @@ def _every_format(tmp: Path) -> dict:
     }
 
 
-TASK_FORMATS = [(kind, fmt) for kind, formats in tasks.DATASET_KEYS.items() for fmt in formats]
+TASK_FORMATS = list(FORMATS)
 
 
 @pytest.mark.parametrize("kind, fmt", TASK_FORMATS)
 def test_a_task_format_accepts_exactly_the_keys_its_loader_reads(tmp_path, kind, fmt):
     dataset = KeysRead(format=fmt, **_every_format(tmp_path)[kind, fmt])
-    load = tasks.KINDS[kind][fmt]
-    rows = load.load(dataset, {}, 0, "t") if kind == "multiple_choice" else list(load(dataset, {}))
+    load = FORMATS[kind, fmt].load
+    rows = load(dataset, {}, 0, "t") if kind == "multiple_choice" else list(load(dataset, {}))
     assert rows
-    assert dataset.read - {"format"} == set(tasks.DATASET_KEYS[kind][fmt])
+    assert dataset.read - {"format"} == set(FORMATS[kind, fmt].keys)
 
 
 @pytest.mark.parametrize("kind, fmt", TASK_FORMATS)
 def test_a_misspelled_task_dataset_key_is_one_line_naming_task_format_and_key(kind, fmt):
-    keys = tasks.DATASET_KEYS[kind][fmt]
+    keys = FORMATS[kind, fmt].keys
     dataset = {"format": fmt, **{key: "x" for key in keys}, "hub": {"repo_id": "a/b", "revision": "v1", "files": []}}
     tasks.check_dataset_keys("t", kind, dataset)  # every key the format reads, and hub
     for key in keys:
@@ -730,6 +738,80 @@ def test_a_misspelled_task_dataset_key_is_one_line_naming_task_format_and_key(ki
                                     f"{', '.join(('format', 'hub') + keys)}")
     with pytest.raises(DatasetError, match=rf"^task 't': unknown format 'nope' for kind {kind!r}; known: "):
         tasks.check_dataset_keys("t", kind, {"format": "nope"})
+
+
+# ---------------------------------------------------------------- the registry of formats
+
+
+def test_every_format_is_declared_once_with_its_kind_and_defaults():
+    assert {kind for kind, _ in FORMATS} == set(KINDS)
+    for (kind, name), fmt in FORMATS.items():
+        assert (fmt.kind, fmt.name) == (kind, name) and set(fmt.file_keys) <= set(fmt.keys)
+        if kind == MULTIPLE_CHOICE:
+            assert fmt.style in PROMPT_STYLES and fmt.scoring in SCORINGS and fmt.shots >= 0
+    # a name shared by several kinds (geonames) reads the same files in each: dataset_paths and
+    # package_data_files look a dataset up by its name alone
+    for name in {name for _, name in FORMATS}:
+        shared = [fmt for (_, other), fmt in FORMATS.items() if other == name]
+        assert len({(fmt.file_keys, fmt.package_files) for fmt in shared}) == 1, name
+    assert set(LOCAL_KEYS) == {"path", "dev", "val", "test", "relations"}
+
+
+def test_a_format_declaration_is_checked():
+    load = FORMATS["clm", "text"].load
+    with pytest.raises(ValueError, match="unknown kind"):
+        Format("nope", "x", load, keys=())
+    with pytest.raises(ValueError, match="file keys"):
+        Format("clm", "x", load, keys=("path",), file_keys=("dev",))
+    with pytest.raises(ValueError, match="multiple-choice formats only"):
+        Format("clm", "x", load, keys=(), shots=5)
+    with pytest.raises(ValueError, match="declares style, scoring and shots"):
+        Format(MULTIPLE_CHOICE, "x", load, keys=(), style="arc", scoring="letters")
+    with pytest.raises(ValueError, match="declares style, scoring and shots"):
+        Format(MULTIPLE_CHOICE, "x", load, keys=(), style="arc", scoring="letter", shots=0)
+
+
+def _paths_before_the_registry(dataset: dict) -> list[str]:
+    """What rules/common.smk dataset_files listed before the registry: these four keys of any format."""
+    return [] if "hub" in dataset else [dataset[k] for k in ("path", "dev", "test", "relations")
+                                        if isinstance(dataset.get(k), str)]
+
+
+@pytest.mark.parametrize("kind, fmt", TASK_FORMATS)
+def test_dataset_paths_are_the_file_keys_but_val(tmp_path, kind, fmt):
+    dataset = {"format": fmt, **_every_format(tmp_path)[kind, fmt]}
+    dataset.update({key: f"{key}-files" for key in FORMATS[kind, fmt].file_keys})
+    expected = [f"{key}-files" for key in ("path", "dev", "test", "relations") if key in FORMATS[kind, fmt].file_keys]
+    assert tasks.dataset_paths(dataset) == expected == _paths_before_the_registry(dataset)
+    hub = {**dataset, "hub": {"repo_id": "a/b"}}
+    assert tasks.dataset_paths(hub) == [] == _paths_before_the_registry(hub)
+    if fmt == "geonames":
+        with_relations = {**dataset, "relations": ["capital"]}
+        assert tasks.dataset_paths(with_relations) == [] == _paths_before_the_registry(with_relations)
+
+
+def test_task_scoring_is_the_task_s_or_its_format_s():
+    arc = {"kind": "multiple_choice", "dataset": {"format": "arc"}}
+    assert tasks.task_scoring(arc) == "continuation"
+    assert tasks.task_scoring({**arc, "scoring": "letters"}) == "letters"
+    assert tasks.task_scoring({"kind": "multiple_choice", "dataset": {"format": "geonames"}}) == "letters"
+    assert tasks.task_scoring({"kind": "multiple_choice", "dataset": {"format": "nope"}}) == "letters"
+    assert tasks.task_scoring({"kind": "generation", "dataset": {"format": "geonames"}}) is None
+
+
+def test_the_prompting_keys_are_prepare_task_s_and_resolve_prompting_s():
+    def keyword_only(function):
+        return [p.name for p in inspect.signature(function).parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+    assert keyword_only(resolve_prompting) == list(PROMPTING_KEYS)
+    assert [key for key in keyword_only(prepare_task) if key in PROMPTING_KEYS] == list(PROMPTING_KEYS)
+
+
+def test_the_docs_hold_the_table_of_formats():
+    table = tasks.format_table()
+    assert len(table.splitlines()) == 2 + len(FORMATS)
+    assert all(f"| `{kind}` | `{name}` |" in table for kind, name in FORMATS)
+    assert table in (Path(__file__).parents[1] / "docs" / "tasks.md").read_text(encoding="utf-8")
 
 
 _HARNESS_PYTHON = Path(sys.executable)  # lm-evaluation-harness is a test dependency (requirements-test.txt)
@@ -927,7 +1009,7 @@ def test_clm_pydoc_topics(tmp_path):
     assert table["item_id"].str.match(r"^pydoc/[^/]+/\d+$").all()
     for item_id, text in zip(table["item_id"], table["text"]):
         topic, k = item_id.split("/")[1:]
-        paragraph = tasks._BLANK_LINES.split(pydoc_data.topics.topics[topic])[int(k)].strip("\n")
+        paragraph = BLANK_LINES.split(pydoc_data.topics.topics[topic])[int(k)].strip("\n")
         # every line of the source paragraph is prose: not indented (code, grammar), not an underline
         assert not any(line[:1].isspace() or set(line) <= set("*=-~^") for line in paragraph.splitlines()), item_id
         assert text == " ".join(line.strip() for line in paragraph.splitlines())

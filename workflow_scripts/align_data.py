@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 from .tables import DatasetError, expand_files, read_table, write_table
-from .tasks import GEO_SUBJECTS, check_format_keys, geonames_facts, resolve_hub_files
+from .tasks import check_format_keys, resolve_hub_files
+from .tasks.generation import geonames_facts
+from .tasks.multiple_choice import GEO_SUBJECTS
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ _BROAD = {
 
 def geonames_fact_keys(item_ids) -> set[tuple[str, str]]:
     """(relation, iso) of the geonames facts that task items ask about: ids ``geonames/<relation>/<iso>``
-    (generation) and ``<subject>/<iso>`` (multiple choice; see tasks.py); other ids are ignored."""
+    (generation) and ``<subject>/<iso>`` (multiple choice; see tasks/multiple_choice.py); other ids are ignored."""
     subjects = {s: r for r, s in GEO_SUBJECTS.items()}
     keys = set()
     for item_id in item_ids:

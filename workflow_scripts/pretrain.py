@@ -27,7 +27,8 @@ import torch
 
 from .faults import fault_point
 from .tables import atomic_dir, model_files, prepare_work_dir, read_table, stage_fingerprint, write_table
-from .tasks import geonames_facts, pydoc_prose
+from .tasks.clm import pydoc_prose
+from .tasks.generation import geonames_facts
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,19 @@ INFERENCE_KEYS = ("window", "window_mode", "max_new_tokens", "stop", "chat")  # 
 SELF_EVAL_KEYS = ("batch_size", "add_bos", "device", "dtype")  # first-pass settings the second pass shares
 
 
+def schema_error(config: dict, schema_path) -> str | None:
+    """The config's first violation of the schema as one line naming the key, or None."""
+    import jsonschema
+    import yaml
+
+    with open(schema_path) as f:
+        validator = jsonschema.Draft202012Validator(yaml.safe_load(f))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        return f"config: {'.'.join(map(str, error.absolute_path)) or '(top level)'}: {error.message}"
+    return None
+
+
 def canonical(value):
     """A config value with its mappings' keys sorted: Snakemake compares params as text, and the order of keys
     in a YAML file must not make a job look changed."""
@@ -36,7 +49,8 @@ def check_datasets(config: dict) -> None:
     """The dataset options of every task, instruction set and preference set, each checked against its
     format's keys: a misspelled one raises ValueError with one line naming it."""
     from .align_data import check_instruction_set, check_preference_data
-    from .tasks import DatasetError, check_dataset_keys
+    from .tables import DatasetError
+    from .tasks import check_dataset_keys
 
     align = config.get("align", {})
     try:
@@ -144,9 +158,9 @@ class Study:
     def prompting(self, task: str) -> dict:
         """The task's keys that shape a multiple-choice table's prompts and options: only those set, so that an
         unset one is the format's default."""
-        from .tasks import MC_OPTIONS
+        from .tasks import PROMPTING_KEYS
 
-        return {k: self.task_config[task][k] for k in MC_OPTIONS if k in self.task_config[task]}
+        return {k: self.task_config[task][k] for k in PROMPTING_KEYS if k in self.task_config[task]}
 
     def inference_settings(self, task: str, model: str) -> dict:
         """Everything that shapes the raw log-probabilities of a model on a task (config `inference` less
