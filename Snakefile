@@ -3,6 +3,8 @@ from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
+from workflow_scripts.study import schema_error
+
 min_version("9.0")
 
 
@@ -12,19 +14,7 @@ if not config:
     configfile: "config/config.yaml"
 
 
-def config_error(config, schema_path):
-    """The config's first schema violation as one line naming the key, or None."""
-    import jsonschema
-    import yaml
-
-    with open(schema_path) as f:
-        validator = jsonschema.Draft202012Validator(yaml.safe_load(f))
-    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
-    if error is not None:
-        return f"config: {'.'.join(map(str, error.absolute_path)) or '(top level)'}: {error.message}"
-
-
-if error := config_error(config, Path(workflow.basedir) / "config" / "schema.yaml"):
+if error := schema_error(config, Path(workflow.basedir) / "config" / "schema.yaml"):
     raise ValueError(error)
 validate(config, schema="config/schema.yaml")  # fills in the schema's defaults
 

@@ -74,6 +74,14 @@ def dataset_files(wildcards):
     return files
 
 
+def held_out_files(wildcards):
+    """A dataset's held-out `val` files (read and checked by prepare_task, recorded in its provenance)."""
+    dataset = STUDY.task_config[wildcards.task]["dataset"]
+    if "hub" in dataset or not isinstance(dataset.get("val"), str):
+        return []
+    return sorted(glob.glob(dataset["val"]))
+
+
 def trained_model_dir(wildcards):
     """The training output a model of the suite or an aligned model is read from (nothing for other models)."""
     return STUDY.training_output(wildcards.model)
@@ -82,3 +90,18 @@ def trained_model_dir(wildcards):
 def eval_task_tables():
     """Task tables whose facts the offline instruction and preference sets must not teach."""
     return task_tables(t for t in STUDY.tasks if STUDY.kind(t) != "clm")
+
+
+def confidence_settings(tasks, wildcards):
+    """What the confidence stage does on each task: its kind, methods, alias rule and second-pass tables."""
+    return {t: {"kind": STUDY.kind(t), "methods": STUDY.task_methods(t),
+                "match": STUDY.task_config[t].get("match", "prefix"), "self_eval": self_eval_tables(t, wildcards)}
+            for t in tasks}
+
+
+def score_settings(tasks, wildcards):
+    """The tasks a score job scores, and the model's labels and revision numbers (the model registry's)."""
+    model = STUDY.models[wildcards.model]
+    revision = model.revision(wildcards.revision)
+    return {"tasks": list(tasks), "labels": model.labels,
+            "step": revision.step, "epoch": revision.epoch}

@@ -1,13 +1,5 @@
 # Stage 1: model-independent task data, and every model source as a Hugging Face folder.
 
-def held_out_files(wildcards):
-    """A dataset's held-out `val` files (read and checked by prepare_task, recorded in its provenance)."""
-    dataset = STUDY.task_config[wildcards.task]["dataset"]
-    if "hub" in dataset or not isinstance(dataset.get("val"), str):
-        return []
-    return sorted(glob.glob(dataset["val"]))
-
-
 rule prepare_task:
     wildcard_constraints:
         task=one_of(STUDY.regular_tasks),  # imported tasks get their tables from the harness's samples

@@ -10,21 +10,6 @@ localrules: extract_confidence, recalibrate, score, summarize, compare
 # imported tasks each have a job of their own): the files stay per task, model and revision.
 
 
-def confidence_settings(tasks, wildcards):
-    """What the confidence stage does on each task: its kind, methods, alias rule and second-pass tables."""
-    return {t: {"kind": STUDY.kind(t), "methods": STUDY.task_methods(t),
-                "match": STUDY.task_config[t].get("match", "prefix"), "self_eval": self_eval_tables(t, wildcards)}
-            for t in tasks}
-
-
-def score_settings(tasks, wildcards):
-    """The tasks a score job scores, and the model's labels and revision numbers (the model registry's)."""
-    model = STUDY.models[wildcards.model]
-    revision = model.revision(wildcards.revision)
-    return {"tasks": list(tasks), "labels": model.labels,
-            "step": revision.step, "epoch": revision.epoch}
-
-
 rule extract_confidence:
     input:
         code=code("confidence"),

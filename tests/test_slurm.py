@@ -1,7 +1,7 @@
 """Cluster execution: profiles/slurm against a real single-node Slurm started here, and the GPU
 pinning of profiles/workstation.
 
-scripts/local-slurm.sh installs Debian's slurm-wlm and munge (apt) and starts slurmctld and slurmd
+tools/local-slurm.sh installs Debian's slurm-wlm and munge (apt) and starts slurmctld and slurmd
 on this machine, which needs root. In CI (CI=true) the Slurm test must run; elsewhere it skips,
 saying why, where it cannot start that Slurm.
 """
@@ -20,7 +20,7 @@ import pytest
 
 from workflow import ROOT, copy_workflow, snakemake, start_snakemake, tiny_config, write_config
 
-START_SLURM = ROOT / "scripts" / "local-slurm.sh"
+START_SLURM = ROOT / "tools" / "local-slurm.sh"
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 
 
@@ -54,10 +54,10 @@ def assert_same_tables(tables: dict, expected: dict) -> None:
 
 
 def cannot_start_slurm() -> str | None:
-    if SLURM_CONF.exists() and "scripts/local-slurm.sh" not in SLURM_CONF.read_text():
-        return f"{SLURM_CONF} configures another Slurm: this test uses only the one scripts/local-slurm.sh starts"
+    if SLURM_CONF.exists() and "local-slurm.sh: a single-node test cluster" not in SLURM_CONF.read_text():
+        return f"{SLURM_CONF} configures another Slurm: this test uses only the one tools/local-slurm.sh starts"
     if os.geteuid() != 0:
-        return "starting a local Slurm (scripts/local-slurm.sh) needs root"
+        return "starting a local Slurm (tools/local-slurm.sh) needs root"
     if not shutil.which("slurmctld") and not shutil.which("apt-get"):
         return "Slurm is not installed and there is no apt-get to install Debian's slurm-wlm"
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # A real single-node Slurm on this machine, to test profiles/slurm (tests/test_slurm.py).
 #
-#   scripts/local-slurm.sh start    install Debian's slurm-wlm and munge where missing (root, apt),
+#   tools/local-slurm.sh start    install Debian's slurm-wlm and munge where missing (root, apt),
 #                                   write /etc/slurm/slurm.conf for this host (CPUs and memory from
 #                                   `slurmd -C`), start munged, slurmctld and slurmd, wait until the
 #                                   node is idle. Safe to repeat: what already runs is kept.
-#   scripts/local-slurm.sh stop     stop the daemons (by their pid files).
-#   scripts/local-slurm.sh status   sinfo, and where the job-completion log is.
+#   tools/local-slurm.sh stop     stop the daemons (by their pid files).
+#   tools/local-slurm.sh status   sinfo, and where the job-completion log is.
 #
 # No accounting database (slurmdbd): finished jobs are recorded in the job-completion log
 # (jobcomp/filetxt), and the Snakemake profile reads job states with squeue, not sacct.
 set -euo pipefail
 
 CONF=/etc/slurm/slurm.conf
-MARK="# Written by scripts/local-slurm.sh: a single-node test cluster."
+MARK="# Written by tools/local-slurm.sh: a single-node test cluster."
 LOGDIR=/var/log/slurm
 JOBCOMP=$LOGDIR/jobcomp.log
 NODE=$(hostname -s)
@@ -32,7 +32,7 @@ install_packages() {
 }
 
 write_config() {
-    if [ -f "$CONF" ] && ! grep -qF "$MARK" "$CONF"; then
+    if [ -f "$CONF" ] && ! grep -qF "local-slurm.sh: a single-node test cluster." "$CONF"; then  # this script's MARK
         log "$CONF exists and was not written by this script: leaving it (and that cluster) alone"
         return
     fi
