@@ -39,5 +39,5 @@ rule all:
     input:
         "results/metrics/summary.csv",
         "results/metrics/comparisons.csv",
-        figure_targets(),
+        figure_targets(STUDY),
     default_target: True

@@ -1,7 +1,7 @@
 # Alignment of one base model (config `align`): instruction data, supervised tuning (full / LoRA),
 # a reward model, RLHF (RLOO) and DPO. Every output folder holds revisions epoch<N> that a `local:`
 # model source reads (the models of workflow_scripts/registry.py), the diversity of the instruction
-# sets, and the alignment figures. Included only when the config has an `align` section. Each rule's `code`
+# sets (their figures: figures.smk). Included only when the config has an `align` section. Each rule's `code`
 # is the module it runs (align_data: the data; align: the training; diversity), so an edit of one
 # module reruns its rules and what depends on their outputs, nothing else.
 
@@ -205,68 +205,3 @@ rule diversity:
         mem_mb=4000,
     script:
         "scripts/diversity.py"
-
-
-# Seconds of pandas each, like the other figures: run where snakemake runs.
-localrules: plot_alignment, rlhf_table, plot_diversity
-
-
-rule plot_alignment:
-    input:
-        code=code("plots"),
-        summary="results/metrics/summary.parquet",
-        comparisons="results/metrics/comparisons.csv",
-    output:
-        png=report("results/figures/alignment.png", caption="../report/alignment.rst", category="3. Alignment",
-                   labels={"figure": "accuracy and ECE along alignment"}),
-        pdf="results/figures/alignment.pdf",
-    params:
-        models=alignment_models(),
-        methods=primary_methods(),
-    log:
-        "results/logs/plot_alignment.log",
-    benchmark:
-        "results/benchmarks/plot_alignment.tsv"
-    resources:
-        mem_mb=2000,
-    script:
-        "scripts/plot_alignment.py"
-
-
-rule rlhf_table:
-    input:
-        code=code("plots"),
-        summary="results/metrics/summary.parquet",
-    output:
-        report("results/metrics/rlhf.csv", caption="../report/rlhf.rst", category="3. Alignment",
-               labels={"figure": "preference optimisation per epoch (table)"}),
-    params:
-        models=alignment_models(),
-        methods=primary_methods(),
-    log:
-        "results/logs/rlhf_table.log",
-    benchmark:
-        "results/benchmarks/rlhf_table.tsv"
-    resources:
-        mem_mb=2000,
-    script:
-        "scripts/rlhf_table.py"
-
-
-rule plot_diversity:
-    input:
-        code=code("plots"),
-        map="results/align/diversity_map.parquet",
-        summary="results/metrics/diversity.csv",
-    output:
-        png=report("results/figures/diversity.png", caption="../report/diversity.rst", category="3. Alignment",
-                   labels={"figure": "diversity of the instruction sets"}),
-        pdf="results/figures/diversity.pdf",
-    log:
-        "results/logs/plot_diversity.log",
-    benchmark:
-        "results/benchmarks/plot_diversity.tsv"
-    resources:
-        mem_mb=2000,
-    script:
-        "scripts/plot_diversity.py"

@@ -1,13 +1,27 @@
 """Tests of the plot stage: figures are written whole, grids hold the right panels in order."""
 
+import importlib
+import inspect
+import re
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import matplotlib
 import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import KIND_DATASETS, ROOT
+from snakemake.utils import validate
 
-
-from workflow_scripts import plots  # noqa: E402
-from workflow_scripts.tables import write_table  # noqa: E402
+from workflow_scripts import order as run_order
+from workflow_scripts.plots import alignment, analysis, overview, pretraining, registry, style
+from workflow_scripts.plots import reliability as reliability_plots
+from workflow_scripts.recalibrate import RECALIBRATION_METHODS
+from workflow_scripts.study import Study
+from workflow_scripts.tables import read_table, write_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TASKS = {"facts": ["first_token_prob", "seq_prob", "mean_token_prob"], "mc": ["option_softmax"]}
@@ -91,7 +105,7 @@ def many_models(tmp_path_factory):
 def test_reliability_one_model(one_model, tmp_path):
     summary, reliability, curves = one_model
     png, pdf = tmp_path / "facts.png", tmp_path / "facts.pdf"
-    plots.plot_reliability(summary, reliability, curves, "facts", png, pdf)
+    reliability_plots.plot_reliability(summary, reliability, curves, "facts", png, pdf)
     height, width = assert_figure(png, pdf)
     assert height > width  # one column, three method rows
     assert_no_temp_files(tmp_path)
@@ -100,7 +114,7 @@ def test_reliability_one_model(one_model, tmp_path):
 def test_reliability_many_models_wraps_into_blocks(many_models, tmp_path):
     summary, reliability, curves = many_models
     png, pdf = tmp_path / "out" / "facts.png", tmp_path / "out" / "facts.pdf"
-    plots.plot_reliability(summary, reliability, curves, "facts", png, pdf)
+    reliability_plots.plot_reliability(summary, reliability, curves, "facts", png, pdf)
     height, width = assert_figure(png, pdf, min_width=1500, min_height=1500)
     assert 0.5 < height / width < 2  # 10 columns wrap into 2 blocks of 5, not one long strip
     assert_no_temp_files(png.parent)
@@ -109,7 +123,7 @@ def test_reliability_many_models_wraps_into_blocks(many_models, tmp_path):
 def test_summary_one_and_many(one_model, many_models, tmp_path):
     for name, (summary, *_) in {"one": one_model, "many": many_models}.items():
         png, pdf = tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"
-        plots.plot_summary(summary, png, pdf)
+        overview.plot_summary(summary, png, pdf)
         assert_figure(png, pdf)
     assert mpimg.imread(tmp_path / "many.png").shape[1] > mpimg.imread(tmp_path / "one.png").shape[1]
     assert_no_temp_files(tmp_path)
@@ -118,7 +132,7 @@ def test_summary_one_and_many(one_model, many_models, tmp_path):
 def test_missing_task_raises_naming_it(one_model, tmp_path):
     summary, reliability, curves = one_model
     with pytest.raises(ValueError, match=r"'nope'.*facts, mc"):
-        plots.plot_reliability(summary, reliability, curves, "nope", tmp_path / "x.png", tmp_path / "x.pdf")
+        reliability_plots.plot_reliability(summary, reliability, curves, "nope", tmp_path / "x.png", tmp_path / "x.pdf")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -127,7 +141,7 @@ def test_panel_without_reliability_rows_is_drawn_empty(tmp_path):
     write_table(summary, tmp_path / "s.parquet")
     write_table(reliability[reliability["model"] == "a"], tmp_path / "r.parquet")
     write_table(curves[curves["model"] == "a"], tmp_path / "c.parquet")
-    plots.plot_reliability(tmp_path / "s.parquet", tmp_path / "r.parquet", tmp_path / "c.parquet", "mc",
+    reliability_plots.plot_reliability(tmp_path / "s.parquet", tmp_path / "r.parquet", tmp_path / "c.parquet", "mc",
                            tmp_path / "mc.png", tmp_path / "mc.pdf")
     assert_figure(tmp_path / "mc.png", tmp_path / "mc.pdf")
 
@@ -141,47 +155,47 @@ def test_panel_grid_is_in_natural_order_whatever_the_summary_order():
         "method": ["seq_prob", "first_token_prob", "seq_prob", "first_token_prob", "seq_prob",
                    "seq_prob", "seq_prob", "option_softmax"],
     })
-    columns, methods = plots.panel_grid(summary, "facts")
+    columns, methods = reliability_plots.panel_grid(summary, "facts")
     assert columns == [("m1", "main"), ("m2", "step4"), ("m2", "step16"), ("m2", "main")]  # main: no step, last
     assert methods == ["first_token_prob", "seq_prob"]
-    assert plots.panel_grid(summary, "facts", primary="seq_prob")[1] == ["seq_prob", "first_token_prob"]
-    assert plots.panel_grid(summary, "facts", runs=[("m2", "step16"), ("m1", "main")])[0] == \
+    assert reliability_plots.panel_grid(summary, "facts", primary="seq_prob")[1] == ["seq_prob", "first_token_prob"]
+    assert reliability_plots.panel_grid(summary, "facts", runs=[("m2", "step16"), ("m1", "main")])[0] == \
         [("m1", "main"), ("m2", "step16")]
-    assert plots.panel_grid(summary, "mc") == ([("m3", "main")], ["option_softmax"])
+    assert reliability_plots.panel_grid(summary, "mc") == ([("m3", "main")], ["option_softmax"])
     with pytest.raises(ValueError, match="'lm'.*facts, mc"):
-        plots.panel_grid(summary, "lm")
+        reliability_plots.panel_grid(summary, "lm")
     with pytest.raises(ValueError, match="no summary rows of the runs m3@x"):
-        plots.panel_grid(summary, "facts", runs=[("m3", "x")])
+        reliability_plots.panel_grid(summary, "facts", runs=[("m3", "x")])
 
 
 def test_panel_layout_wraps_columns_into_balanced_blocks():
     columns = [f"c{k}" for k in range(10)]
-    shape, where = plots.panel_layout(columns, ["a", "b"], max_columns=8)
+    shape, where = style.panel_layout(columns, ["a", "b"], max_columns=8)
     assert shape == (4, 5)  # 2 blocks of 5 columns, 2 method rows each
     assert where[("c0", "a")] == (0, 0) and where[("c0", "b")] == (1, 0)
     assert where[("c4", "b")] == (1, 4)
     assert where[("c5", "a")] == (2, 0) and where[("c9", "b")] == (3, 4)
-    assert plots.panel_layout(["only"], ["m"]) == ((1, 1), {("only", "m"): (0, 0)})
-    shape, _ = plots.panel_layout(columns[:8], ["a"])
+    assert style.panel_layout(["only"], ["m"]) == ((1, 1), {("only", "m"): (0, 0)})
+    shape, _ = style.panel_layout(columns[:8], ["a"])
     assert shape == (1, 8)
 
 
 def test_labels():
-    assert plots.model_label("gpt2", "main") == "gpt2"
-    assert plots.model_label("org/m", "step1") == "org/m@step1"
-    assert plots.model_label("m", "0123456789abcdef0123456789abcdef01234567") == "m@0123456"
-    assert plots.wrap_label("EleutherAI/pythia-160m@step143000") == "EleutherAI/pythia-160m\n@step143000"
-    assert plots.wrap_label("gpt2") == "gpt2"
+    assert style.model_label("gpt2", "main") == "gpt2"
+    assert style.model_label("org/m", "step1") == "org/m@step1"
+    assert style.model_label("m", "0123456789abcdef0123456789abcdef01234567") == "m@0123456"
+    assert reliability_plots.wrap_label("EleutherAI/pythia-160m@step143000") == "EleutherAI/pythia-160m\n@step143000"
+    assert reliability_plots.wrap_label("gpt2") == "gpt2"
 
 
 def test_method_colours_are_stable_and_avoid_the_gap_red():
     summary = pd.DataFrame({"method": ["b", "a", "b", "c"]})
-    colours = plots.method_colours(summary)
+    colours = reliability_plots.method_colours(summary)
     assert list(colours) == ["a", "b", "c"]  # by name, whatever the order of the rows
-    assert plots.method_colours(summary.iloc[::-1]) == colours
+    assert reliability_plots.method_colours(summary.iloc[::-1]) == colours
     assert len(set(colours.values())) == 3
-    for unused in (plots.GAP_COLOUR, "tab:gray", "tab:brown"):
-        assert plots.matplotlib.colors.to_rgb(unused) not in colours.values()
+    for unused in (style.GAP_COLOUR, "tab:gray", "tab:brown"):
+        assert matplotlib.colors.to_rgb(unused) not in colours.values()
 
 
 # --- calibration against scale and along training ---------------------------------------------
@@ -240,13 +254,13 @@ def selection_table(with_data=True):
 
 
 def test_humanize():
-    assert [plots.humanize(n) for n in (70_426_624, 162_322_944, 1_414_647_808, 11_846_072_320,
+    assert [style.humanize(n) for n in (70_426_624, 162_322_944, 1_414_647_808, 11_846_072_320,
                                          160_000, 999_999, 143_000, 256, 0)] == \
         ["70M", "160M", "1.4B", "12B", "160K", "1M", "140K", "260", "0"]
 
 
 def test_scale_rows_pick_final_revision_suite_and_primary_method():
-    rows = plots.scale_rows(selection_table(), ["p"], {"t1": "m1"})
+    rows = pretraining.scale_rows(selection_table(), ["p"], {"t1": "m1"})
     assert set(rows["family"]) == {"p"}
     assert set(rows.loc[rows["task"] == "t1", "method"]) == {"m1"}  # named
     assert set(rows.loc[rows["task"] == "t2", "method"]) == {"a"}  # first in sorted order
@@ -260,31 +274,31 @@ def test_scale_rows_pick_final_revision_suite_and_primary_method():
 
 
 def test_scale_rows_without_data_column_and_bad_method():
-    rows = plots.scale_rows(selection_table(with_data=False), ["p", "q"], {})
+    rows = pretraining.scale_rows(selection_table(with_data=False), ["p", "q"], {})
     assert set(rows["data"]) == {"standard"}
     assert set(rows["family"]) == {"p", "q"}
-    assert plots.scale_rows(selection_table(), ["nope"], {}).empty
+    assert pretraining.scale_rows(selection_table(), ["nope"], {}).empty
     with pytest.raises(ValueError, match=r"'m3'.*'t1'.*m1, m2"):
-        plots.scale_rows(selection_table(), ["p"], {"t1": "m3"})
+        pretraining.scale_rows(selection_table(), ["p"], {"t1": "m3"})
 
 
 def test_dynamics_rows_keep_listed_models_with_steps_sorted_by_step():
-    rows = plots.dynamics_rows(selection_table(), ["p-big", "p-small", "p-nostep"], {"t2": "z"})
+    rows = pretraining.dynamics_rows(selection_table(), ["p-big", "p-small", "p-nostep"], {"t2": "z"})
     assert list(rows["task"]) == ["t1"] * 6 + ["t2"] * 6
     assert list(rows["model"])[:6] == ["p-small"] * 3 + ["p-big"] * 3  # natural order: by size
     assert list(rows["step"])[:6] == [20, 100, 5000] * 2  # step0 dropped (log axis)
     assert set(rows.loc[rows["task"] == "t2", "method"]) == {"z"}
     assert set(rows.loc[rows["task"] == "t1", "method"]) == {"m1"}
-    assert plots.dynamics_rows(selection_table(), ["p-nostep"], {}).empty
+    assert pretraining.dynamics_rows(selection_table(), ["p-nostep"], {}).empty
 
 
 def test_scale_and_dynamics_figures(suite, tmp_path):
     summary, *_ = suite
-    plots.plot_scale(summary, ["pythia"], {"facts": "first_token_prob"},
+    pretraining.plot_scale(summary, ["pythia"], {"facts": "first_token_prob"},
                      tmp_path / "scale.png", tmp_path / "scale.pdf")
     height, width = assert_figure(tmp_path / "scale.png", tmp_path / "scale.pdf")
     assert height > 0.6 * width  # two tasks stacked, accuracy | ECE side by side
-    plots.plot_dynamics(summary, ["pythia-1.4b", "pythia-1.4b-deduped"], {},
+    pretraining.plot_dynamics(summary, ["pythia-1.4b", "pythia-1.4b-deduped"], {},
                         tmp_path / "dynamics.png", tmp_path / "dynamics.pdf")
     assert_figure(tmp_path / "dynamics.png", tmp_path / "dynamics.pdf")
     assert_no_temp_files(tmp_path)
@@ -293,7 +307,7 @@ def test_scale_and_dynamics_figures(suite, tmp_path):
 def test_reliability_scale_figure(suite, tmp_path):
     summary, reliability, curves = suite
     png, pdf = tmp_path / "out" / "rs.png", tmp_path / "out" / "rs.pdf"
-    plots.plot_reliability_scale(summary, reliability, curves, "facts", ["pythia"], {}, png, pdf)
+    pretraining.plot_reliability_scale(summary, reliability, curves, "facts", ["pythia"], {}, png, pdf)
     height, width = assert_figure(png, pdf, min_width=600)
     assert width > height  # three sizes across, two data variants down
     assert_no_temp_files(png.parent)
@@ -303,20 +317,17 @@ def test_scale_figures_raise_clearly_when_nothing_matches(suite, tmp_path):
     summary, reliability, curves = suite
     out = tmp_path / "x.png", tmp_path / "x.pdf"
     with pytest.raises(ValueError, match=r"suites llama .*families present: gpt2, pythia"):
-        plots.plot_scale(summary, ["llama"], {}, *out)
+        pretraining.plot_scale(summary, ["llama"], {}, *out)
     with pytest.raises(ValueError, match=r"models nope, gpt2 .*pythia-1.4b"):
-        plots.plot_dynamics(summary, ["nope", "gpt2"], {}, *out)
+        pretraining.plot_dynamics(summary, ["nope", "gpt2"], {}, *out)
     with pytest.raises(ValueError, match=r"suites llama .*families present: gpt2, pythia"):
-        plots.plot_reliability_scale(summary, reliability, curves, "facts", ["llama"], {}, *out)
+        pretraining.plot_reliability_scale(summary, reliability, curves, "facts", ["llama"], {}, *out)
     with pytest.raises(ValueError, match=r"'lm'.*facts, mc"):
-        plots.plot_reliability_scale(summary, reliability, curves, "lm", ["pythia"], {}, *out)
+        pretraining.plot_reliability_scale(summary, reliability, curves, "lm", ["pythia"], {}, *out)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_pretrain_loss_table_and_figure(tmp_path):
-    from workflow_scripts.plots import plot_pretrain_loss
-    from workflow_scripts.tables import write_table
-
     dirs = []
     for name, start in (("toy-xs-standard", 7.0), ("toy-xs-deduped", 7.2)):
         folder = tmp_path / name
@@ -324,13 +335,13 @@ def test_pretrain_loss_table_and_figure(tmp_path):
                                   "lr": [1e-3] * 3, "tokens": [64, 128, 192]}), folder / "loss.parquet")
         dirs.append(folder)
     variants = {"toy-xs-standard": "standard", "toy-xs-deduped": "deduped"}
-    plot_pretrain_loss(dirs, variants, tmp_path / "loss.csv", tmp_path / "loss.png", tmp_path / "loss.pdf")
+    pretraining.plot_pretrain_loss(dirs, variants, tmp_path / "loss.csv", tmp_path / "loss.png", tmp_path / "loss.pdf")
     table = pd.read_csv(tmp_path / "loss.csv")
     assert list(table.columns) == ["model", "step", "loss", "lr", "tokens"] and len(table) == 6
     assert table.groupby("model")["loss"].first().to_dict() == {"toy-xs-deduped": 7.2, "toy-xs-standard": 7.0}
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no trained models"):
-        plot_pretrain_loss([], {}, tmp_path / "x.csv", tmp_path / "x.png", tmp_path / "x.pdf")
+        pretraining.plot_pretrain_loss([], {}, tmp_path / "x.csv", tmp_path / "x.png", tmp_path / "x.pdf")
 
 
 # --- calibration along alignment ---------------------------------------------------------------
@@ -361,7 +372,7 @@ def alignment_table():
 
 def test_alignment_rows_are_in_natural_order_for_the_primary_method():
     given = {"base": ALIGN_MODELS["base"], **dict(reversed(list(ALIGN_MODELS.items())[1:]))}  # the others reversed
-    rows = plots.alignment_rows(alignment_table(), given, {"facts": "first_token_prob"})
+    rows = alignment.alignment_rows(alignment_table(), given, {"facts": "first_token_prob"})
     facts = rows[rows["task"] == "facts"]
     # the base first, then by data, stage (sft, dpo, rlhf), tuning (full, lora), epoch
     assert list(zip(facts["model"], facts["revision"])) == [(m, r) for m, revs in ALIGN_MODELS.items() for r in revs]
@@ -369,7 +380,7 @@ def test_alignment_rows_are_in_natural_order_for_the_primary_method():
     assert list(facts["variant"]) == ["base", "narrow full", "narrow full", "narrow lora", "narrow lora", "dpo",
                                       "rlhf", "rlhf"]
     with pytest.raises(ValueError, match="base-rlhf@epoch3"):
-        plots.alignment_rows(alignment_table(), {**ALIGN_MODELS, "base-rlhf": ["epoch3"]}, {})
+        alignment.alignment_rows(alignment_table(), {**ALIGN_MODELS, "base-rlhf": ["epoch3"]}, {})
 
 
 def with_decoys(summary):
@@ -382,9 +393,9 @@ def with_decoys(summary):
 
 def test_rlhf_table_starts_from_the_policy_at_epoch_zero(tmp_path):
     write_table(with_decoys(alignment_table()), tmp_path / "summary.parquet")
-    plots.write_rlhf_table(tmp_path / "summary.parquet", ALIGN_MODELS, {"facts": "seq_prob"}, tmp_path / "rlhf.csv")
+    alignment.write_rlhf_table(tmp_path / "summary.parquet", ALIGN_MODELS, {"facts": "seq_prob"}, tmp_path / "rlhf.csv")
     table = pd.read_csv(tmp_path / "rlhf.csv")
-    assert list(table.columns) == plots.RLHF_COLUMNS
+    assert list(table.columns) == alignment.RLHF_COLUMNS
     facts = table[table["task"] == "facts"]
     assert list(zip(facts["stage"], facts["epoch"])) == [("sft", 0), ("dpo", 1), ("rlhf", 1), ("rlhf", 2)]
     assert facts.iloc[0]["model"] == "base-sft-narrow-full" and facts.iloc[0]["revision"] == "epoch2"
@@ -394,7 +405,7 @@ def test_rlhf_table_starts_from_the_policy_at_epoch_zero(tmp_path):
 
 def test_alignment_and_diversity_figures(tmp_path):
     write_table(with_decoys(alignment_table()), tmp_path / "summary.parquet")
-    plots.plot_alignment(tmp_path / "summary.parquet", ALIGN_MODELS, {}, tmp_path / "a.png", tmp_path / "a.pdf")
+    alignment.plot_alignment(tmp_path / "summary.parquet", ALIGN_MODELS, {}, tmp_path / "a.png", tmp_path / "a.pdf")
     assert_figure(tmp_path / "a.png", tmp_path / "a.pdf", min_width=600)
     rng = np.random.default_rng(0)
     points = pd.DataFrame({"dataset": ["narrow"] * 30 + ["broad"] * 30, "item_id": [str(i) for i in range(60)],
@@ -402,7 +413,8 @@ def test_alignment_and_diversity_figures(tmp_path):
     write_table(points, tmp_path / "map.parquet")
     pd.DataFrame({"dataset": ["narrow", "broad"], "n": [30, 30], "mean_cosine_distance": [0.5, 0.8]}).to_csv(
         tmp_path / "diversity.csv", index=False)
-    plots.plot_diversity(tmp_path / "map.parquet", tmp_path / "diversity.csv", tmp_path / "d.png", tmp_path / "d.pdf")
+    alignment.plot_diversity(tmp_path / "map.parquet", tmp_path / "diversity.csv", tmp_path / "d.png",
+                             tmp_path / "d.pdf")
     assert_figure(tmp_path / "d.png", tmp_path / "d.pdf")
     assert_no_temp_files(tmp_path)
 
@@ -410,7 +422,7 @@ def test_alignment_and_diversity_figures(tmp_path):
 def test_scale_rows_leave_out_aligned_models():
     table = selection_table()
     aligned = table[table["model"] == "p-big"].assign(model="p-big-sft", stage="sft")
-    rows = plots.scale_rows(pd.concat([table.assign(stage="base"), aligned]), ["p"], {})
+    rows = pretraining.scale_rows(pd.concat([table.assign(stage="base"), aligned]), ["p"], {})
     assert "p-big-sft" not in set(rows["model"])
 
 
@@ -608,24 +620,24 @@ def stars(fig):
 def test_select_rows_keeps_raw_micro_rows_where_the_columns_exist():
     table = pd.DataFrame({"recalibration": ["none", "none", "temperature", "platt"],
                           "aggregation": ["micro", "macro", "micro", "micro"], "ece": [1, 2, 3, 4]})
-    assert list(plots.select_rows(table)["ece"]) == [1]
-    assert list(plots.select_rows(table, "temperature")["ece"]) == [3]
-    assert list(plots.select_rows(table, None)["ece"]) == [1, 3, 4]
+    assert list(style.select_rows(table)["ece"]) == [1]
+    assert list(style.select_rows(table, "temperature")["ece"]) == [3]
+    assert list(style.select_rows(table, None)["ece"]) == [1, 3, 4]
     bins = table.drop(columns="aggregation")  # bins and curves: no aggregation column
-    assert list(plots.select_rows(bins)["ece"]) == [1, 2]
+    assert list(style.select_rows(bins)["ece"]) == [1, 2]
     old = table.drop(columns=["recalibration", "aggregation"])  # a summary from before recalibration
-    assert list(plots.select_rows(old)["ece"]) == [1, 2, 3, 4]
-    assert plots.select_rows(old, "temperature").empty
+    assert list(style.select_rows(old)["ece"]) == [1, 2, 3, 4]
+    assert style.select_rows(old, "temperature").empty
 
 
 def test_recalibration_order():
-    assert plots.recalibration_order(["platt", "x", "none", "temperature", "platt"]) == \
+    assert run_order.recalibration_order(["platt", "x", "none", "temperature", "platt"]) == \
         ["none", "temperature", "platt", "x"]
 
 
 def test_reliability_figures_draw_the_smooth_curve_and_smece_of_raw_rows(suite):
-    summary, reliability, curves = (plots.read_table(p) for p in suite)
-    fig = plots.reliability_figure(summary, reliability, curves, "facts")
+    summary, reliability, curves = (read_table(p) for p in suite)
+    fig = reliability_plots.reliability_figure(summary, reliability, curves, "facts")
     raw = summary[(summary["recalibration"] == "none") & (summary["aggregation"] == "micro")]
     panels = [ax for ax in fig.axes if ax.get_title().startswith("ECE")]
     assert len(panels) == 2 * raw[["model", "revision"]].drop_duplicates().shape[0]  # two methods each
@@ -636,21 +648,21 @@ def test_reliability_figures_draw_the_smooth_curve_and_smece_of_raw_rows(suite):
         (line,) = [c for c in ax.collections if c.get_gid() == "smooth"]
         points = np.concatenate(line.get_segments())
         assert len(points) == 2 * 20 and np.allclose(points[:, 1], 0.8 * points[:, 0])
-    plots.plt.close(fig)
-    fig = plots.reliability_scale_figure(summary, reliability, curves, "mc", ["pythia"], {})
+    plt.close(fig)
+    fig = pretraining.reliability_scale_figure(summary, reliability, curves, "mc", ["pythia"], {})
     assert len([c for ax in fig.axes for c in ax.collections if c.get_gid() == "smooth"]) == 6  # 3 sizes x 2 variants
-    plots.plt.close(fig)
+    plt.close(fig)
 
 
 def test_recalibration_figure_panels_runs_and_legend(study):
-    fig = plots.recalibration_figure(study["summary"], study["suites"], study["dynamics"], study["alignment"],
+    fig = analysis.recalibration_figure(study["summary"], study["suites"], study["dynamics"], study["alignment"],
                                      study["methods"])
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["capitals_mc\nECE (continuation_sum)", "facts\nECE (first_token_prob)",
                       "geography\nECE (option_softmax)", "T against size (final step)", "T along training",
                       "T along alignment"]
-    runs = plots.natural_runs(study["summary"])
-    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [plots.model_label(m, r) for m, r in runs]
+    runs = run_order.natural_runs(study["summary"])
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [style.model_label(m, r) for m, r in runs]
     assert runs[:4] == [("geo-neox-xs-standard", "step16"), ("geo-neox-s-standard", "step1"),
                         ("geo-neox-s-standard", "step4"), ("geo-neox-s-standard", "step16")]
     legend = fig.subfigs[0].legends[0]
@@ -663,25 +675,25 @@ def test_recalibration_figure_panels_runs_and_legend(study):
     (model, (revision,)), = list(study["alignment"].items())[:1]
     base = temps.loc[(temps["model"] == model) & (temps["revision"] == revision), "temperature"].item()
     assert any(np.isclose(line.get_ydata()[0], base) for line in fig.axes[-1].lines)
-    plots.plt.close(fig)
+    plt.close(fig)
 
 
 def test_recalibration_figure_leaves_out_panels_without_data(study):
     summary = study["summary"]
-    fig = plots.recalibration_figure(summary, [], study["dynamics"], {}, study["methods"])
+    fig = analysis.recalibration_figure(summary, [], study["dynamics"], {}, study["methods"])
     assert [ax.get_title() for ax in fig.axes][3:] == ["T along training"]
-    plots.plt.close(fig)
-    fig = plots.recalibration_figure(summary.drop(columns="temperature"), study["suites"], study["dynamics"],
+    plt.close(fig)
+    fig = analysis.recalibration_figure(summary.drop(columns="temperature"), study["suites"], study["dynamics"],
                                      study["alignment"], study["methods"])
     assert len(fig.axes) == 3 and not fig.subfigs  # no temperatures: the ECE panels alone
-    plots.plt.close(fig)
+    plt.close(fig)
     with pytest.raises(ValueError, match="no recalibrated rows"):
-        plots.recalibration_figure(summary[summary["recalibration"] == "none"], [], [], {}, {})
+        analysis.recalibration_figure(summary[summary["recalibration"] == "none"], [], [], {}, {})
 
 
 def test_risk_coverage_panels_group_the_runs(study):
-    rows = plots._primary_only(plots.select_rows(study["summary"]).query("task == 'facts'"), study["methods"])
-    panels = plots.risk_coverage_panels(rows, study["suites"], study["dynamics"], study["alignment"],
+    rows = style.primary_method_rows(style.select_rows(study["summary"]).query("task == 'facts'"), study["methods"])
+    panels = analysis.risk_coverage_panels(rows, study["suites"], study["dynamics"], study["alignment"],
                                         study["methods"])
     assert [title for title, _ in panels] == ["geo-neox: sizes (final step)", "geo-neox-s-standard along training",
                                               "alignment (last epoch)", "smollm2"]
@@ -691,30 +703,30 @@ def test_risk_coverage_panels_group_the_runs(study):
     assert labels[2] == ["base", "broad full e2", "broad lora e2", "narrow full e2", "narrow lora e2", "dpo e1",
                          "rlhf e1"]
     assert labels[3] == ["smollm2-135m-instruct"]
-    assert plots._thinned(pd.DataFrame({"a": range(20)}), 8)["a"].tolist() == [0, 3, 5, 8, 11, 14, 16, 19]
+    assert style.thinned(pd.DataFrame({"a": range(20)}), 8)["a"].tolist() == [0, 3, 5, 8, 11, 14, 16, 19]
 
 
 def test_risk_coverage_figure_legends_carry_the_aurc(study):
     summary, curves = study["summary"], study["curves"]
-    fig = plots.risk_coverage_figure(summary, curves, "geography", study["suites"], study["dynamics"],
+    fig = analysis.risk_coverage_figure(summary, curves, "geography", study["suites"], study["dynamics"],
                                      study["alignment"], {})
     assert len(fig.axes) == 4
     assert fig.axes[3].get_title() == "smollm2"
-    raw = plots.select_rows(summary).query("task == 'geography'").set_index(["model", "revision"])["aurc"]
+    raw = style.select_rows(summary).query("task == 'geography'").set_index(["model", "revision"])["aurc"]
     texts = [t.get_text() for t in fig.axes[3].get_legend().get_texts()]
     assert texts == [f"smollm2-135m-instruct (AURC {raw[('smollm2-135m-instruct', 'main')]:.3f})"]
     (line,) = fig.axes[3].lines  # the raw curve of the primary method
     raw_curve = curves.query("task == 'geography' and model == 'smollm2-135m-instruct' and "
                              "recalibration == 'none' and curve == 'risk_coverage'")
     assert np.allclose(line.get_ydata(), raw_curve["y"])
-    plots.plt.close(fig)
+    plt.close(fig)
     # runs without curves are left out, and so are panels left empty
-    fig = plots.risk_coverage_figure(summary, curves[curves["model"] != "smollm2-135m-instruct"], "geography",
+    fig = analysis.risk_coverage_figure(summary, curves[curves["model"] != "smollm2-135m-instruct"], "geography",
                                      study["suites"], study["dynamics"], study["alignment"], {})
     assert [ax.get_title() for ax in fig.axes][-1] == "alignment (last epoch)"
-    plots.plt.close(fig)
+    plt.close(fig)
     with pytest.raises(ValueError, match=r"no risk-coverage curves of task 'geography' \(option_softmax\)"):
-        plots.risk_coverage_figure(summary, curves[curves["task"] != "geography"], "geography", [], [], {}, {})
+        analysis.risk_coverage_figure(summary, curves[curves["task"] != "geography"], "geography", [], [], {}, {})
 
 
 def hand_comparisons():
@@ -732,19 +744,19 @@ def hand_comparisons():
 
 
 def test_sign_agreement_counts_by_hand():
-    table = plots.sign_agreement(hand_comparisons())
+    table = analysis.sign_agreement(hand_comparisons())
     got = {(r.comparison, r.first, r.second): (r.n, r.agree, r.disagree, r.flips) for r in table.itertuples()}
     assert got == {("aligned_vs_base", "ece", "sce"): (3, 2, 1, 0),
                    ("aligned_vs_base", "ece", "smece"): (3, 2, 1, 1),
                    ("aligned_vs_base", "sce", "smece"): (3, 1, 2, 1),
                    ("recalibration", "ece", "smece"): (1, 1, 0, 0)}  # no SCE: no pairs with it
-    lines = plots.flipped_comparisons(hand_comparisons())
+    lines = analysis.flipped_comparisons(hand_comparisons())
     assert lines == ["aligned_vs_base, t (m): a -> b@epoch1: \u0394ECE +0.040*, \u0394SCE +0.010, \u0394smECE -0.020*"]
-    assert plots.metric_pair(hand_comparisons().drop(columns="sce_diff"), "ece", "sce").empty
+    assert analysis.metric_pair(hand_comparisons().drop(columns="sce_diff"), "ece", "sce").empty
 
 
 def test_metric_agreement_figure_panels_and_flips(study):
-    fig = plots.metric_agreement_figure(hand_comparisons())
+    fig = analysis.metric_agreement_figure(hand_comparisons())
     panels = fig.axes
     assert len(panels) == 4  # aligned_vs_base: three pairs; recalibration: ECE-smECE only
     assert [ax.get_title() for ax in panels] == [
@@ -752,12 +764,12 @@ def test_metric_agreement_figure_panels_and_flips(study):
         "agree 1/3 (33%)\n1 significant flip", "agree 1/1 (100%)\n0 significant flips"]
     (note,) = fig.subfigs[1].texts  # the list of flips under the panels
     assert "b@epoch1" in note.get_text() and "epoch2" not in note.get_text()
-    plots.plt.close(fig)
-    fig = plots.metric_agreement_figure(study["comparisons"])
+    plt.close(fig)
+    fig = analysis.metric_agreement_figure(study["comparisons"])
     assert len(fig.axes) == 12  # four kinds x three pairs
-    plots.plt.close(fig)
+    plt.close(fig)
     with pytest.raises(ValueError, match="no rows"):
-        plots.metric_agreement_figure(hand_comparisons().iloc[:0])
+        analysis.metric_agreement_figure(hand_comparisons().iloc[:0])
 
 
 def marked_comparisons(study, kind, picks, drawn_models):
@@ -768,7 +780,7 @@ def marked_comparisons(study, kind, picks, drawn_models):
     table = study["comparisons"].assign(ece_q=0.2)
     index = table.index[table["comparison"] == kind]
     table.loc[index[list(picks)], "ece_q"] = 0.01
-    methods = plots.primary_methods(study["summary"], study["methods"])
+    methods = style.summary_primary_methods(study["summary"], study["methods"])
     drawn = [i for k, i in enumerate(index) if k not in picks and table.loc[i, "model_b"] in drawn_models
              and table.loc[i, "method"] == methods[table.loc[i, "task"]]]
     table.loc[drawn[0], "ece_q"] = 0.05
@@ -779,54 +791,54 @@ def marked_comparisons(study, kind, picks, drawn_models):
 def test_scale_figure_stars_exactly_the_significant_sizes(study):
     suite = {r["model"] for r in study["runs"] if r.get("stage") == "base"}
     comparisons, picked = marked_comparisons(study, "consecutive_sizes", [0, 2], suite)
-    raw = plots.select_rows(study["summary"]).set_index(["task", "method", "model", "revision"])
-    methods = plots.primary_methods(study["summary"], study["methods"])
+    raw = style.select_rows(study["summary"]).set_index(["task", "method", "model", "revision"])
+    methods = style.summary_primary_methods(study["summary"], study["methods"])
     picked = picked[picked["method"] == picked["task"].map(methods)]
     expected = {(raw.loc[(t, m, mb, rb), "params"], round(raw.loc[(t, m, mb, rb), "ece"], 9))
                 for t, m, mb, rb in zip(picked["task"], picked["method"], picked["model_b"], picked["revision_b"])}
-    fig = plots.scale_figure(study["summary"], study["suites"], study["methods"], comparisons)
+    fig = pretraining.scale_figure(study["summary"], study["suites"], study["methods"], comparisons)
     assert stars(fig) == expected and expected
-    plots.plt.close(fig)
-    fig = plots.scale_figure(study["summary"], study["suites"], study["methods"])
+    plt.close(fig)
+    fig = pretraining.scale_figure(study["summary"], study["suites"], study["methods"])
     assert stars(fig) == set()
-    plots.plt.close(fig)
+    plt.close(fig)
 
 
 def test_dynamics_and_alignment_figures_star_exactly_the_significant_runs(study):
-    methods = plots.primary_methods(study["summary"], study["methods"])
-    raw = plots.select_rows(study["summary"]).set_index(["task", "method", "model", "revision"])
+    methods = style.summary_primary_methods(study["summary"], study["methods"])
+    raw = style.select_rows(study["summary"]).set_index(["task", "method", "model", "revision"])
     rows = study["comparisons"].query("comparison == 'consecutive_checkpoints'").reset_index(drop=True)
     picks = [k for k, r in rows.iterrows()
              if r["model_b"] == "geo-neox-s-standard" and r["method"] == methods[r["task"]]][:3]
     comparisons, picked = marked_comparisons(study, "consecutive_checkpoints", picks, study["dynamics"])
-    fig = plots.dynamics_figure(study["summary"], study["dynamics"], study["methods"], comparisons)
+    fig = pretraining.dynamics_figure(study["summary"], study["dynamics"], study["methods"], comparisons)
     assert stars(fig) == {(raw.loc[(t, m, mb, rb), "step"], round(raw.loc[(t, m, mb, rb), "ece"], 9)) for t, m, mb, rb
                           in zip(picked["task"], picked["method"], picked["model_b"], picked["revision_b"])}
     assert len(stars(fig)) == 3
-    plots.plt.close(fig)
+    plt.close(fig)
 
     comparisons, picked = marked_comparisons(study, "aligned_vs_base", [0, 5, 7], set(study["alignment"]))
     picked = picked[picked["method"] == picked["task"].map(methods)]
-    fig = plots.alignment_figure(study["summary"], study["alignment"], study["methods"], comparisons)
-    rows = plots.alignment_rows(plots.select_rows(study["summary"]), study["alignment"], study["methods"])
-    bars, x, _, _ = plots.alignment_axis(rows)
+    fig = alignment.alignment_figure(study["summary"], study["alignment"], study["methods"], comparisons)
+    rows = alignment.alignment_rows(style.select_rows(study["summary"]), study["alignment"], study["methods"])
+    bars, x, _, _ = alignment.alignment_axis(rows)
     where = dict(zip(bars, x))
-    tasks = plots.ordered_unique(rows["task"])
+    tasks = run_order.ordered_unique(rows["task"])
     got = {(j, float(xy[0])) for j, ax in enumerate(fig.axes[len(tasks):2 * len(tasks)])  # the ECE row
            for c in ax.collections if c.get_gid() == "significant" for xy in c.get_offsets()}
     expected = {(tasks.index(t), where[(mb, rb)])
                 for t, mb, rb in zip(picked["task"], picked["model_b"], picked["revision_b"])}
     assert got == expected and expected
-    plots.plt.close(fig)
+    plt.close(fig)
 
 
 def test_read_comparisons_names_missing_columns(study, tmp_path):
     study["comparisons"].to_csv(tmp_path / "c.csv", index=False)
-    table = plots.read_comparisons(tmp_path / "c.csv")
+    table = style.read_comparisons(tmp_path / "c.csv")
     assert table["revision_b"].map(type).eq(str).all()
     study["comparisons"].drop(columns=["ece_q"]).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match=r"bad.csv lacks the columns ece_q"):
-        plots.read_comparisons(tmp_path / "bad.csv")
+        style.read_comparisons(tmp_path / "bad.csv")
 
 
 def test_analysis_figures_are_written_whole(study, tmp_path):
@@ -835,14 +847,14 @@ def test_analysis_figures_are_written_whole(study, tmp_path):
     study["comparisons"].to_csv(tmp_path / "comparisons.csv", index=False)
     out = tmp_path / "figures"
     args = study["suites"], study["dynamics"], study["alignment"], study["methods"]
-    plots.plot_recalibration(tmp_path / "summary.parquet", *args, out / "r.png", out / "r.pdf")
-    plots.plot_risk_coverage(tmp_path / "summary.parquet", tmp_path / "curves.parquet", "facts", *args,
+    analysis.plot_recalibration(tmp_path / "summary.parquet", *args, out / "r.png", out / "r.pdf")
+    analysis.plot_risk_coverage(tmp_path / "summary.parquet", tmp_path / "curves.parquet", "facts", *args,
                              out / "rc.png", out / "rc.pdf")
-    plots.plot_metric_agreement(tmp_path / "comparisons.csv", out / "m.png", out / "m.pdf")
+    analysis.plot_metric_agreement(tmp_path / "comparisons.csv", out / "m.png", out / "m.pdf")
     for name in ("r", "rc", "m"):
         assert_figure(out / f"{name}.png", out / f"{name}.pdf")
-    for plot, arg in ((plots.plot_scale, study["suites"]), (plots.plot_dynamics, study["dynamics"]),
-                      (plots.plot_alignment, study["alignment"])):
+    for plot, arg in ((pretraining.plot_scale, study["suites"]), (pretraining.plot_dynamics, study["dynamics"]),
+                      (alignment.plot_alignment, study["alignment"])):
         plot(tmp_path / "summary.parquet", arg, study["methods"], out / "s.png", out / "s.pdf",
              comparisons_path=tmp_path / "comparisons.csv")
         assert_figure(out / "s.png", out / "s.pdf")
@@ -883,14 +895,14 @@ def overview_table(runs, tasks=STUDY_TASKS, seed=0):
 
 
 def test_natural_key_and_parameter_counts():
-    assert sorted(["step16", "step4", "step128", "Step1"], key=plots.natural_key) == \
+    assert sorted(["step16", "step4", "step128", "Step1"], key=run_order.natural_key) == \
         ["Step1", "step4", "step16", "step128"]
-    assert sorted(["m-10", None, "m-9"], key=plots.natural_key) == ["m-9", "m-10", None]
-    assert [plots.parameter_count(p, s) for p, s in ((70_426_624, None), ("1.4b", None), (np.nan, "160M"),
+    assert sorted(["m-10", None, "m-9"], key=run_order.natural_key) == ["m-9", "m-10", None]
+    assert [run_order.parameter_count(p, s) for p, s in ((70_426_624, None), ("1.4b", None), (np.nan, "160M"),
                                                       (None, "xs"), ("2.8B", "ignored"))] == \
         pytest.approx([70_426_624, 1.4e9, 1.6e8, np.nan, 2.8e9], nan_ok=True)
-    assert [plots.stage_rank(s) for s in (None, "base", "sft", "dpo", "rlhf")] == [(0,), (0,), (1,), (2,), (3,)]
-    assert plots.stage_rank("reward") > plots.stage_rank("rlhf")
+    assert [run_order.stage_rank(s) for s in (None, "base", "sft", "dpo", "rlhf")] == [(0,), (0,), (1,), (2,), (3,)]
+    assert run_order.stage_rank("reward") > run_order.stage_rank("rlhf")
 
 
 def test_natural_runs_whatever_the_input_order():
@@ -906,11 +918,11 @@ def test_natural_runs_whatever_the_input_order():
                              ("smollm2-135m-instruct", "main")]
     for seed in range(3):
         shuffled = table.sample(frac=1, random_state=seed)
-        assert plots.natural_runs(shuffled) == expected
-        ordered = plots.natural_order(shuffled)
-        assert plots.ordered_unique(ordered["task"]) == sorted(STUDY_TASKS)
+        assert run_order.natural_runs(shuffled) == expected
+        ordered = run_order.natural_order(shuffled)
+        assert run_order.ordered_unique(ordered["task"]) == sorted(STUDY_TASKS)
         first = ordered[ordered["task"] == "capitals_mc"]
-        assert plots.ordered_unique(zip(first["model"], first["revision"])) == expected
+        assert run_order.ordered_unique(zip(first["model"], first["revision"])) == expected
         assert list(first["recalibration"][:3]) == ["none", "none", "temperature"]
         assert list(first["aggregation"][:2]) == ["micro", "macro"]
 
@@ -930,29 +942,29 @@ def test_natural_order_ranks_data_of_base_models_first_and_counts_sizes():
             dict(model="pythia-70m-deduped", revision="main", family="pythia", data="deduped", size="70m"),
             dict(model="gpt2", revision="main")]  # no family: last
     table = overview_table(runs, {"t": ["m"]}).iloc[::-1]
-    assert plots.natural_runs(table) == [
+    assert run_order.natural_runs(table) == [
         ("llama-7b", "main"), ("llama-7b-sft-alpaca-full", "epoch9"), ("llama-7b-sft-alpaca-full", "epoch10"),
         ("llama-7b-sft-alpaca-lora", "epoch1"), ("llama-7b-rlhf", "epoch1"), ("pythia-160m", "main"),
         ("pythia-1.4b", "main"), ("pythia-70m-deduped", "main"), ("gpt2", "main")]
-    assert plots.final_revisions(table)["llama-7b-sft-alpaca-full"] == "epoch10"
+    assert pretraining.final_revisions(table)["llama-7b-sft-alpaca-full"] == "epoch10"
 
 
 def test_shared_prefix_and_column_labels():
-    assert plots.shared_prefix(["geo-neox-l-standard", "geo-neox-l-deduped", "geo-neox-m"]) == "geo-neox-"
-    assert plots.shared_prefix(["abc", "abd"]) == ""  # not at a separator
-    assert plots.shared_prefix(["only-one", "only-one"]) == ""
-    assert plots.column_labels([("m-a", "epoch1"), ("m-b", "epoch2")]) == ("m-", ["a@epoch1", "b@epoch2"])
-    assert plots.column_labels([("m", "step1"), ("m", "step4")]) == ("m", ["step1", "step4"])
-    assert plots.column_labels([("gpt2", "main")]) == ("", ["gpt2"])
-    assert plots.short_label("geo-neox-l-standard", "step4", "geo-neox") == "l-standard@step4"
-    assert plots.short_label("geo-neox", "main", "geo-neox") == "geo-neox"
-    assert plots.short_label("pythia-70m", "main", np.nan) == "pythia-70m"
+    assert style.common_label_prefix(["geo-neox-l-standard", "geo-neox-l-deduped", "geo-neox-m"]) == "geo-neox-"
+    assert style.common_label_prefix(["abc", "abd"]) == ""  # not at a separator
+    assert style.common_label_prefix(["only-one", "only-one"]) == ""
+    assert reliability_plots.column_labels([("m-a", "epoch1"), ("m-b", "epoch2")]) == ("m-", ["a@epoch1", "b@epoch2"])
+    assert reliability_plots.column_labels([("m", "step1"), ("m", "step4")]) == ("m", ["step1", "step4"])
+    assert reliability_plots.column_labels([("gpt2", "main")]) == ("", ["gpt2"])
+    assert overview.short_label("geo-neox-l-standard", "step4", "geo-neox") == "l-standard@step4"
+    assert overview.short_label("geo-neox", "main", "geo-neox") == "geo-neox"
+    assert overview.short_label("pythia-70m", "main", np.nan) == "pythia-70m"
 
 
 def test_summary_grid_groups_runs_by_family_in_natural_order():
     runs = study_runs(sizes=("xs", "s"), checkpoints=(1, 16, 4), epochs=2, preference_epochs=1)
     table = overview_table(runs).sample(frac=1, random_state=1)
-    grid = plots.summary_grid(table, {"facts": "seq_prob"})
+    grid = overview.summary_grid(table, {"facts": "seq_prob"})
     kinds = [(e["kind"], e.get("run") or e["label"]) for e in grid["rows"]]
     expected = natural_expected(runs)
     assert kinds == [("family", "geo-neox")] + [("run", r) for r in expected[:-1]] + \
@@ -966,7 +978,7 @@ def test_summary_grid_groups_runs_by_family_in_natural_order():
     assert ece["facts"] == ["seq_prob", "first_token_prob"]  # the primary method first
     assert dict(grid["columns"]["accuracy"])["facts"] == ["seq_prob"]  # one accuracy for all methods
     two = {"mc": ["b", "a"]}
-    assert dict(plots.summary_grid(overview_table(runs[:3], two))["columns"]["accuracy"]) == {"mc": ["a", "b"]}
+    assert dict(overview.summary_grid(overview_table(runs[:3], two))["columns"]["accuracy"]) == {"mc": ["a", "b"]}
 
 
 def heat_axes(fig):
@@ -978,8 +990,8 @@ def heat_axes(fig):
 def test_summary_figure_rows_columns_and_cells(tmp_path):
     runs = study_runs(sizes=("xs", "s"), checkpoints=(1, 16, 4), epochs=2, preference_epochs=1)
     table = overview_table(runs).sample(frac=1, random_state=2)
-    fig = plots.summary_figure(table, {"facts": "seq_prob"})
-    grid = plots.summary_grid(table, {"facts": "seq_prob"})
+    fig = overview.summary_figure(table, {"facts": "seq_prob"})
+    grid = overview.summary_grid(table, {"facts": "seq_prob"})
     (labels_axis,) = [ax for ax in fig.axes if ax.get_yticklabels()]
     assert [t.get_text() for t in labels_axis.get_yticklabels()] == [e["label"] for e in grid["rows"]]
     bold = [t.get_text() for t in labels_axis.get_yticklabels() if t.get_fontweight() == "bold"]
@@ -992,60 +1004,60 @@ def test_summary_figure_rows_columns_and_cells(tmp_path):
     facts_accuracy, facts_ece = heats[1], heats[5]
     assert [t.get_text() for t in facts_accuracy.get_xticklabels()] == ["all methods"]
     assert [t.get_text() for t in facts_ece.get_xticklabels()] == ["seq_prob", "first_token_prob"]
-    raw = plots.select_rows(table).set_index(["task", "model", "revision", "method"])
+    raw = style.select_rows(table).set_index(["task", "model", "revision", "method"])
     y = next(i for i, e in enumerate(grid["rows"]) if e.get("run") == ("geo-neox-s-standard", "step4"))
     cells = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in facts_ece.texts}
     assert cells[(1, y)] == f"{raw.loc[('facts', 'geo-neox-s-standard', 'step4', 'first_token_prob'), 'ece']:.2f}"
     assert len(facts_ece.texts) == 2 * (len(grid["rows"]) - 2)  # a value in every cell but the headers
     colourbars = [ax.get_title() for ax in fig.axes if ax.get_title() in ("accuracy", "ECE")]
     assert colourbars == ["accuracy", "ECE"]
-    plots.plt.close(fig)
+    plt.close(fig)
 
 
 def test_summary_figure_grows_by_rows_with_fixed_fonts(tmp_path):
     """A hundred checkpoints: the figure grows by ROW_HEIGHT a run; widths and font sizes stay."""
     few = study_runs(sizes=("xs", "s"), checkpoints=(1, 4, 16), epochs=1, preference_epochs=1)
     many = study_runs(sizes=("xs", "s"), checkpoints=tuple(range(1, 92)), epochs=1, preference_epochs=1)
-    figures = [plots.summary_figure(overview_table(runs)) for runs in (few, many)]
+    figures = [overview.summary_figure(overview_table(runs)) for runs in (few, many)]
     (w1, h1), (w2, h2) = (f.get_size_inches() for f in figures)
     assert len(many) - len(few) == 88 and len(many) >= 100
     assert w1 == pytest.approx(w2, abs=0.3)
-    assert h2 - h1 == pytest.approx(88 * plots.ROW_HEIGHT, abs=0.05)
+    assert h2 - h1 == pytest.approx(88 * overview.ROW_HEIGHT, abs=0.05)
     for fig in figures:
         (labels_axis,) = [ax for ax in fig.axes if ax.get_yticklabels()]
         sizes = {t.get_fontsize() for t in labels_axis.get_yticklabels() if t.get_fontweight() != "bold"}
-        assert sizes == {plots.FONT["tick"]}
-        assert {t.get_fontsize() for ax in heat_axes(fig) for t in ax.texts} == {plots.FONT["value"]}
-    plots.save_figure(figures[1], tmp_path / "many.png", tmp_path / "many.pdf")
+        assert sizes == {style.FONT["tick"]}
+        assert {t.get_fontsize() for ax in heat_axes(fig) for t in ax.texts} == {style.FONT["value"]}
+    style.save_figure(figures[1], tmp_path / "many.png", tmp_path / "many.pdf")
     height, width = assert_figure(tmp_path / "many.png", tmp_path / "many.pdf")
-    assert height == pytest.approx(h2 * plots.DPI, abs=2) and width == pytest.approx(w2 * plots.DPI, abs=2)
-    plots.plt.close(figures[0])
+    assert height == pytest.approx(h2 * style.DPI, abs=2) and width == pytest.approx(w2 * style.DPI, abs=2)
+    plt.close(figures[0])
 
 
 def test_summary_figure_leaves_cells_of_missing_runs_blank():
     runs = study_runs(sizes=("xs",), checkpoints=(4,), epochs=1, preference_epochs=1)[:3]
     table = overview_table(runs, {"a": ["m"], "b": ["m"]})
     table = table[~((table["task"] == "b") & (table["model"] == runs[0]["model"]))]
-    fig = plots.summary_figure(table)
+    fig = overview.summary_figure(table)
     b_ece = heat_axes(fig)[3]
     assert [t.get_text() for t in b_ece.texts].count("n/a") == 1
-    plots.plt.close(fig)
+    plt.close(fig)
     with pytest.raises(ValueError, match="no rows of raw confidences"):
-        plots.summary_figure(table[table["recalibration"] != "none"])
+        overview.summary_figure(table[table["recalibration"] != "none"])
 
 
 def test_summary_table_html_lists_every_row_in_natural_order(tmp_path):
     runs = study_runs(sizes=("xs", "s"), checkpoints=(16, 4), epochs=1, preference_epochs=1)
     table = overview_table(runs, {"b": ["m"], "a": ["m"]}).sample(frac=1, random_state=0)
     write_table(table, tmp_path / "summary.parquet")
-    plots.write_summary_table(tmp_path / "summary.parquet", tmp_path / "out" / "summary.html")
+    overview.write_summary_table(tmp_path / "summary.parquet", tmp_path / "out" / "summary.html")
     html = (tmp_path / "out" / "summary.html").read_text()
     assert html.count("<tr") == len(table) + 1
     assert f"{len(table)} rows: {len(runs)} runs" in html
     cells = [line.strip()[4:-5] for line in html.splitlines() if line.strip().startswith("<td>")]
     width = len(table.columns)
     models = cells[list(table.columns).index("model")::width]
-    assert plots.ordered_unique(models) == plots.ordered_unique(m for m, _ in natural_expected(runs))
+    assert run_order.ordered_unique(models) == run_order.ordered_unique(m for m, _ in natural_expected(runs))
     assert cells[0] == "a" and cells[-width] == "b"  # tasks by name
     assert_no_temp_files(tmp_path / "out")
 
@@ -1054,22 +1066,22 @@ def test_reliability_figure_of_a_group_in_natural_order(study):
     s, r, c = study["summary"], study["reliability"], study["curves"]
     group = [("geo-neox-s-standard", "step16"), ("geo-neox-xs-deduped", "step16"), ("geo-neox-xs-standard", "step16"),
              ("geo-neox-s-deduped", "step16")]
-    fig = plots.reliability_figure(s, r, c, "facts", group, {"facts": "seq_prob"}, "geo-neox-base")
-    assert plots.reliability_runs(fig) == ["xs-standard@step16", "s-standard@step16", "xs-deduped@step16",
+    fig = reliability_plots.reliability_figure(s, r, c, "facts", group, {"facts": "seq_prob"}, "geo-neox-base")
+    assert reliability_plots.reliability_runs(fig) == ["xs-standard@step16", "s-standard@step16", "xs-deduped@step16",
                                            "s-deduped@step16"]
     assert fig._suptitle.get_text() == "Reliability diagrams: facts, geo-neox-base\nmodels geo-neox-\u2026"
     panels = [ax for ax in fig.axes if ax.get_title().startswith("ECE")]
     assert len(panels) == 4 * 2  # four runs, two methods
     methods = [t.get_text() for ax in fig.axes for t in ax.texts if t.get_rotation() == 90]
     assert methods == ["seq_prob", "first_token_prob"]  # the primary method's row first
-    plots.plt.close(fig)
+    plt.close(fig)
     steps = [("geo-neox-s-standard", f"step{k}") for k in (16, 1, 4)]
-    fig = plots.reliability_figure(s, r, c, "geography", steps, {}, "geo-neox-s-standard-training")
-    assert plots.reliability_runs(fig) == ["step1", "step4", "step16"]
+    fig = reliability_plots.reliability_figure(s, r, c, "geography", steps, {}, "geo-neox-s-standard-training")
+    assert reliability_plots.reliability_runs(fig) == ["step1", "step4", "step16"]
     assert fig._suptitle.get_text().endswith("\nmodel geo-neox-s-standard")
-    plots.plt.close(fig)
+    plt.close(fig)
     with pytest.raises(ValueError, match="no summary rows of the runs nope"):
-        plots.reliability_figure(s, r, c, "facts", [("nope", "main")])
+        reliability_plots.reliability_figure(s, r, c, "facts", [("nope", "main")])
 
 
 def test_reliability_index_has_a_panel_per_group(study, tmp_path):
@@ -1078,23 +1090,23 @@ def test_reliability_index_has_a_panel_per_group(study, tmp_path):
               "geo-neox-s-standard-training": [["geo-neox-s-standard", f"step{k}"] for k in (16, 4, 1)],
               "geo-neox-tuned": [[m, r] for m, revs in list(study["alignment"].items())[1:] for r in revs],
               "absent": [["nope", "main"]]}
-    fig = plots.reliability_index_figure(s, c, "facts", groups, {"facts": "seq_prob"})
+    fig = reliability_plots.reliability_index_figure(s, c, "facts", groups, {"facts": "seq_prob"})
     titles = [ax.get_title(loc="left") for ax in fig.axes]
     assert titles == ["geo-neox-s-standard-training\nmodel geo-neox-s-standard",
-                      f"geo-neox-tuned, {plots.MAX_LINES} of 10 runs\nmodels geo-neox-s-standard-\u2026",
+                      f"geo-neox-tuned, {style.MAX_LINES} of 10 runs\nmodels geo-neox-s-standard-\u2026",
                       "smollm2-sft"]  # groups by their first run; 'absent' has no rows
-    raw = plots.select_rows(s).query("task == 'facts' and method == 'seq_prob'").set_index(["model", "revision"])
+    raw = style.select_rows(s).query("task == 'facts' and method == 'seq_prob'").set_index(["model", "revision"])
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend == [f"step{k}: ECE {raw.loc[('geo-neox-s-standard', f'step{k}'), 'ece']:.3f}" for k in (1, 4, 16)]
-    assert [len([c for c in ax.collections if c.get_gid() == "index"]) for ax in fig.axes] == [3, plots.MAX_LINES, 1]
-    plots.plt.close(fig)
+    assert [len([c for c in ax.collections if c.get_gid() == "index"]) for ax in fig.axes] == [3, style.MAX_LINES, 1]
+    plt.close(fig)
     write_table(s, tmp_path / "s.parquet")
     write_table(c, tmp_path / "c.parquet")
-    plots.plot_reliability_index(tmp_path / "s.parquet", tmp_path / "c.parquet", "facts", groups, {},
+    reliability_plots.plot_reliability_index(tmp_path / "s.parquet", tmp_path / "c.parquet", "facts", groups, {},
                                  tmp_path / "i.png", tmp_path / "i.pdf")
     assert_figure(tmp_path / "i.png", tmp_path / "i.pdf", min_width=1500)
     with pytest.raises(ValueError, match="no run of the groups absent"):
-        plots.reliability_index_figure(s, c, "facts", {"absent": [["nope", "main"]]})
+        reliability_plots.reliability_index_figure(s, c, "facts", {"absent": [["nope", "main"]]})
 
 
 def test_captions_state_the_figures_constants():
@@ -1103,9 +1115,108 @@ def test_captions_state_the_figures_constants():
 
     report = Path(__file__).resolve().parents[1] / "report"
     text = {p.stem: " ".join(p.read_text().split()) for p in report.glob("*.rst")}
-    assert f"at most {plots.MAX_COLUMNS} a row" in text["reliability"]
-    assert f"at most {plots.MAX_LINES} runs a panel" in text["reliability_index"]
-    assert f"at most {plots.MAX_LINES} checkpoints" in text["risk_coverage"]
-    assert f"at most {plots.MAX_LINES} a panel" in text["risk_coverage"]
-    assert f"{plots.MIN_COVERAGE:.0%} coverage" in text["risk_coverage"]
-    assert f"(at most {plots.MAX_LISTED})" in text["metric_agreement"]
+    assert f"at most {style.MAX_COLUMNS} a row" in text["reliability"]
+    assert f"at most {style.MAX_LINES} runs a panel" in text["reliability_index"]
+    assert f"at most {style.MAX_LINES} checkpoints" in text["risk_coverage"]
+    assert f"at most {style.MAX_LINES} a panel" in text["risk_coverage"]
+    assert f"{analysis.MIN_COVERAGE:.0%} coverage" in text["risk_coverage"]
+    assert f"(at most {analysis.MAX_LISTED})" in text["metric_agreement"]
+
+
+# --- the registry of figures (workflow_scripts/plots/registry.py) ----------------------------------------------
+
+def test_every_figure_of_the_registry_names_its_code_caption_and_arguments():
+    """Names and rules unique; each figure's function exists and takes exactly what rules/scripts/plot.py passes
+    (inputs, params, wildcards, outputs by name); its outputs carry its wildcards; its caption exists and reads
+    only the params and wildcards its rule has; every caption but the report's own belongs to a figure."""
+    assert len({f.name for f in registry.FIGURES}) == len({f.rule for f in registry.FIGURES}) == len(registry.FIGURES)
+    categories = {registry.OVERVIEW, registry.PRETRAINING, registry.ALIGNMENT, registry.PER_TASK, registry.ANALYSIS}
+    for figure in registry.FIGURES:
+        function = getattr(importlib.import_module(f"workflow_scripts.plots.{figure.module}"), figure.function)
+        assert figure.draw() is function
+        passed = {*figure.inputs, *figure.params, *figure.wildcards, *figure.outputs}
+        parameters = inspect.signature(function).parameters
+        required = {n for n, p in parameters.items() if p.default is inspect.Parameter.empty}
+        assert required <= passed <= set(parameters), figure.name
+        assert set(figure.inputs) <= set(registry.INPUTS) and set(figure.params) <= set(registry.STUDY_VALUES)
+        assert set(figure.caption_params) <= set(registry.STUDY_VALUES) - set(figure.params)
+        assert isinstance(getattr(Study, figure.when), (bool, property)), figure.when
+        assert figure.category in categories
+        for path in figure.outputs.values():
+            assert set(re.findall(r"{(\w+)}", path)) == set(figure.wildcards), path
+        caption = (ROOT / "report" / f"{figure.caption}.rst").read_text()
+        assert set(re.findall(r"snakemake\.params\.(\w+)", caption)) <= {*figure.params, *figure.caption_params}
+        assert set(figure.caption_params) <= set(re.findall(r"snakemake\.params\.(\w+)", caption))
+        assert set(re.findall(r"snakemake\.wildcards\.(\w+)", caption)) <= set(figure.wildcards)
+    assert {f.caption for f in registry.FIGURES} | {"workflow"} == {p.stem for p in (ROOT / "report").glob("*.rst")}
+    by_rule = registry.FIGURES_BY_RULE
+    assert by_rule["rlhf_table"].log == "results/logs/rlhf_table.log"
+    assert by_rule["plot_reliability_group"].log == "results/logs/plot_reliability_group/{task}/{group}.log"
+    assert by_rule["plot_risk_coverage"].benchmark == "results/benchmarks/plot_risk_coverage/{task}.tsv"
+    assert by_rule["plot_risk_coverage"].subcategory == "{task}" and by_rule["plot_scale"].subcategory is None
+
+
+def test_the_registry_and_the_natural_order_import_no_matplotlib():
+    """The workflow reads the registry while it parses, and the summary sorts by the natural order."""
+    code = ("import sys, workflow_scripts.order, workflow_scripts.plots.registry; "
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_recalibrations_are_ordered_as_the_recalibration_stage_lists_them():
+    assert run_order.RECALIBRATIONS == ("none", *RECALIBRATION_METHODS)
+    assert tuple(analysis.RECALIBRATION_STYLES) == run_order.RECALIBRATIONS
+
+
+def test_figure_targets_and_params_follow_the_config():
+    """The figure targets of a config without a suite, alignment or comparisons, and of one with all of them:
+    today's targets of `rule all`, each figure where its predicate holds; params read from the study by wildcards."""
+
+    def study(**config):
+        config = {"tasks": {"prose": {"kind": "clm", "dataset": KIND_DATASETS["clm"]},
+                            "geo": {"kind": "multiple_choice", "dataset": KIND_DATASETS["multiple_choice"]}},
+                  **config}
+        validate(config, schema=str(ROOT / "config" / "schema.yaml"))
+        return Study(config)
+
+    plain = study(models={"m": {"source": "local:m"}}, recalibration={"methods": []})
+    per_task = ["results/figures/reliability_{t}.png", "results/figures/reliability/{t}/other-base.png",
+                "results/figures/risk_coverage_{t}.png"]
+    assert sorted(registry.figure_targets(plain)) == sorted(
+        ["results/figures/summary.png", "results/metrics/summary.html"] +
+        [path.format(t=t) for t in ("prose", "geo") for path in per_task])
+    recalibrated = study(models={"m": {"source": "local:m"}})
+    assert set(registry.figure_targets(recalibrated)) - set(registry.figure_targets(plain)) == {
+        "results/figures/recalibration.png", "results/figures/metric_agreement.png"}
+
+    size = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    suite = {"family": "toy", "sizes": {"xs": size, "s": size}, "dynamics": "s", "steps": 4, "checkpoints": [2, 4]}
+    align = {"base": "toy-s-standard", "instructions": {"narrow": {"format": "geonames"}}, "tuning": {"full": {}},
+             "epochs": 2, "preference": {"policy": "narrow-full", "data": {"format": "geonames"}, "dpo": {}}}
+    full = study(pretrain=suite, align=align, figures={"suites": ["toy"], "dynamics": ["toy-s-standard"]},
+                 recalibration={"methods": []})
+    targets = registry.figure_targets(full)
+    assert len(targets) == len(set(targets))
+    study_figures = {"results/figures/scale.png", "results/figures/reliability_scale_prose.png",
+                     "results/figures/reliability_scale_geo.png", "results/figures/dynamics.png",
+                     "results/figures/pretrain_loss.png", "results/figures/alignment.png",
+                     "results/figures/diversity.png", "results/metrics/rlhf.csv",
+                     "results/figures/metric_agreement.png"}
+    assert study_figures <= set(targets)
+    groups = [f"results/figures/reliability/{t}/{g}.png" for t, named in full.reliability_groups.items() for g in named]
+    assert set(targets) - study_figures == set(groups) | {
+        "results/figures/summary.png", "results/metrics/summary.html",
+        *[f"results/figures/{name}_{t}.png" for t in ("prose", "geo") for name in ("reliability", "risk_coverage")]}
+
+    group = next(iter(full.reliability_groups["geo"]))
+    wildcards = SimpleNamespace(task="geo", group=group)
+    params = {name: value(wildcards) for name, value in registry.FIGURES_BY_RULE["plot_reliability_group"]
+              .param_functions(full).items()}
+    assert params == {"runs": full.reliability_groups["geo"][group], "methods": full.methods,
+                      "task_methods": full.task_methods("geo")}
+    loss = registry.FIGURES_BY_RULE["plot_pretrain_loss"]
+    assert loss.input_files(full) == {"model_dirs": full.pretrained_dirs}
+    assert {name: value(wildcards) for name, value in loss.param_functions(full).items()} == {
+        "variants": full.pretrained_variants}
+    alignment_params = registry.FIGURES_BY_RULE["plot_alignment"].param_functions(full)
+    assert alignment_params["alignment"](wildcards) == full.alignment != {}

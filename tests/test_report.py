@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from workflow import ROOT, copy_run, snakemake, tiny_config, write_config
+
+from workflow_scripts.plots.registry import FIGURES
 
 CATEGORIES = ["1. Overview", "2. Pretraining", "3. Alignment", "4. Per task", "5. Analysis"]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -280,9 +281,10 @@ def test_report_renders_in_chromium(reported_run, tmp_path):
 
 def render_caption(name: str, config: dict, params: dict, wildcards: dict) -> str:
     """The HTML of report/<name>.rst rendered as Snakemake's report does (Jinja2, then docutils)."""
+    from types import SimpleNamespace
+
     from docutils.core import publish_parts
     from jinja2 import Environment, StrictUndefined
-    from types import SimpleNamespace
 
     template = Environment(trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined).from_string(
         (ROOT / "report" / f"{name}.rst").read_text())
@@ -305,26 +307,28 @@ def test_every_caption_renders_from_the_default_config():
     runs = [["geo-neox-xs-standard", "step256"], ["geo-neox-s-standard", "step256"]]
     task = {"task": "facts"}
     figures = {
-        "workflow": ({}, {}), "summary": ({"methods": methods, "runs": 32}, {}), "summary_table": ({}, {}),
+        "workflow": ({}, {}), "summary": ({"methods": methods, "n_runs": 32}, {}), "summary_table": ({}, {}),
         "reliability": ({"runs": runs, "methods": methods, "task_methods": ["a", "b"]}, {**task, "group": "g"}),
         "reliability_index": ({"groups": {"g": runs}, "methods": methods}, task),
         "scale": ({"suites": ["geo-neox"], "methods": methods}, {}),
-        "dynamics": ({"models": ["geo-neox-l-standard"], "methods": methods}, {}),
+        "dynamics": ({"dynamics": ["geo-neox-l-standard"], "methods": methods}, {}),
         "reliability_scale": ({"suites": ["geo-neox"], "methods": methods}, task),
-        "pretrain_loss": ({"variants": {}}, {}), "alignment": ({"models": {}, "methods": methods}, {}),
-        "rlhf": ({"models": {}, "methods": methods}, {}), "diversity": ({}, {}),
+        "pretrain_loss": ({"variants": {}}, {}), "alignment": ({"alignment": {}, "methods": methods}, {}),
+        "rlhf": ({"alignment": {}, "methods": methods}, {}), "diversity": ({}, {}),
         "recalibration": ({"suites": [], "dynamics": [], "alignment": {}, "methods": methods}, {}),
         "risk_coverage": ({"suites": ["geo-neox"], "dynamics": [], "alignment": {}, "methods": methods}, task),
         "metric_agreement": ({}, {}),
     }
     assert set(figures) == {p.stem for p in (ROOT / "report").glob("*.rst")}
+    for figure in FIGURES:  # the params each caption is rendered with are those of its rule
+        assert set(figures[figure.caption][0]) == {*figure.params, *figure.caption_params}, figure.name
     for name, (params, wildcards) in figures.items():
         html = render_caption(name, config, params, wildcards)
         assert "system-message" not in html, (name, html)
         assert "{{" not in html and "{%" not in html, name
     assert "256 steps" in render_caption("pretrain_loss", config, {}, {})
     assert "4 sizes (xs, s, m, l) x 2 data variants" in render_caption("pretrain_loss", config, {}, {})
-    assert "narrow, broad" in render_caption("alignment", config, {"models": {}, "methods": methods}, {})
+    assert "narrow, broad" in render_caption("alignment", config, {"alignment": {}, "methods": methods}, {})
     workflow = render_caption("workflow", config, {}, {})
     assert "geo-neox" in workflow and "4 tasks" in workflow and "1000" in workflow
     checkpoints = len(config["pretrain"]["checkpoints"])
