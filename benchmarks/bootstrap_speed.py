@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workflow_scripts import metrics as M  # noqa: E402
+from workflow_scripts import bootstrap  # noqa: E402
 
 
 def timed(conf, correct, n_bootstrap: int) -> float:
     """Seconds of one bootstrap_ece_interval call."""
     start = time.perf_counter()
-    M.bootstrap_ece_interval(conf, correct, n_bootstrap=n_bootstrap)
+    bootstrap.bootstrap_ece_interval(conf, correct, n_bootstrap=n_bootstrap)
     return time.perf_counter() - start
 
 
@@ -38,7 +38,7 @@ def main() -> None:
     seconds = timed(conf, correct, args.n_bootstrap)
     print(f"bootstrap_ece_interval: {args.rows} rows, n_bootstrap {args.n_bootstrap}: {seconds:.2f} s wall "
           f"({seconds / args.n_bootstrap * 1e3:.2f} ms per resample)")
-    M._EXACT_CELL_SIZE = args.rows  # every confidence drawn row by row
+    bootstrap.EXACT_CELL_SIZE = args.rows  # every confidence drawn row by row
     exact = timed(conf, correct, args.exact_resamples) / args.exact_resamples
     print(f"row by row: {exact * 1e3:.0f} ms per resample, {exact * args.n_bootstrap:.0f} s for "
           f"n_bootstrap {args.n_bootstrap}")

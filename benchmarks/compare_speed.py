@@ -22,7 +22,8 @@ import relplot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workflow_scripts import compare as C  # noqa: E402
-from workflow_scripts.metrics import expected_calibration_error  # noqa: E402
+from workflow_scripts.bootstrap import resample_counts  # noqa: E402
+from workflow_scripts.metrics import expected_calibration_error, static_calibration_error  # noqa: E402
 from workflow_scripts.tables import write_table  # noqa: E402
 
 METHODS = ("m1", "m2", "m3", "m4", "m5")
@@ -83,9 +84,9 @@ def plain_resampled(rows: pd.DataFrame, side: C.Side, counts: np.ndarray) -> flo
         conf, hit = drawn["confidence"].to_numpy(), drawn["correct"].to_numpy().astype(float)
         hit.mean()
         expected_calibration_error(conf, hit, 10)
-        relplot.metrics.smECE_sigma(conf, hit, side.sigma)
-        if side.sce_gaps is not None:
-            C.static_calibration_error(drawn["option_probs"], drawn["gold"], 10)
+        relplot.metrics.smECE_sigma(conf, hit, side.rows.smooth[1])
+        if side.rows.option_probs is not None:
+            static_calibration_error(drawn["option_probs"], drawn["gold"], 10)
     return (time.perf_counter() - start) / len(counts)
 
 
@@ -112,7 +113,7 @@ def main() -> None:
             side = C.side_statistics(rows)
             setup = time.perf_counter() - start
             codes, _ = pd.factorize(side.unit_strata, use_na_sentinel=False)
-            counts = C.resample_counts(codes, args.n_bootstrap, 0)
+            counts = resample_counts(codes, args.n_bootstrap, 0)
             start = time.perf_counter()
             side.resampled(counts)
             vectorised = (time.perf_counter() - start) / args.n_bootstrap

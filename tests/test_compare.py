@@ -6,9 +6,11 @@ import pytest
 import relplot
 
 from workflow_scripts import compare as C
-from workflow_scripts import metrics as M
-from workflow_scripts.metrics import expected_calibration_error
-from workflow_scripts.tables import write_table
+from workflow_scripts import metric_table as M
+from workflow_scripts.bootstrap import resample_counts, smoothed_per_unit
+from workflow_scripts.metrics import expected_calibration_error, static_calibration_error
+from workflow_scripts.scoring import score
+from workflow_scripts.tables import read_table, write_table
 
 N_BINS = 10
 
@@ -56,7 +58,7 @@ def run_compare(tmp_path, runs, pairs, **kwargs) -> pd.DataFrame:
 def side_and_counts(rows, n_bootstrap=200, seed=0):
     side = C.side_statistics(rows, N_BINS)
     codes, _ = pd.factorize(side.unit_strata, use_na_sentinel=False)
-    return side, C.resample_counts(codes, n_bootstrap, seed)
+    return side, resample_counts(codes, n_bootstrap, seed)
 
 
 def materialised(rows: pd.DataFrame, side: C.Side, counts_row: np.ndarray) -> pd.DataFrame:
@@ -79,7 +81,7 @@ def test_identical_runs_give_zero_difference_unit_intervals_and_q_one(tmp_path):
     assert list(result.columns) == list(C.COLUMNS)
     row = result[result["comparison"] == "consecutive_sizes"]
     assert len(row) == 1 and row["n"].item() == 120
-    for metric in C.METRICS:
+    for metric in C.COMPARED_METRICS:
         assert row[f"{metric}_a"].item() == row[f"{metric}_b"].item()
         assert row[f"{metric}_diff"].item() == 0.0
         assert row[f"{metric}_ci_low"].item() == 0.0 and row[f"{metric}_ci_high"].item() == 0.0
@@ -93,6 +95,7 @@ def test_resampled_metrics_equal_plain_metrics_of_materialised_resamples():
     rows = mc_rows(1, n=90)
     side, counts = side_and_counts(rows, n_bootstrap=60)
     values = side.resampled(counts)
+    bandwidth = side.rows.smooth[1]  # the full sample's, held in the resamples
     for b in range(len(counts)):
         drawn = materialised(rows, side, counts[b])
         conf, hit = drawn["confidence"].to_numpy(), drawn["correct"].to_numpy()
@@ -102,7 +105,7 @@ def test_resampled_metrics_equal_plain_metrics_of_materialised_resamples():
             np.stack(drawn["option_probs"].to_list()), drawn["gold"].to_numpy(), p=1, debias=False, num_bins=N_BINS,
             binning_scheme=calibration.get_equal_prob_bins, mode="marginal")
         assert values["sce"][b] == pytest.approx(kumar, abs=1e-12)
-        held = relplot.metrics.smECE_sigma(conf, hit.astype(float), side.sigma)
+        held = relplot.metrics.smECE_sigma(conf, hit.astype(float), bandwidth)
         assert values["smece"][b] == pytest.approx(held, abs=1e-12)
 
 
@@ -110,13 +113,30 @@ def test_resampled_metrics_of_multi_row_units_equal_materialised_resamples():
     rows = clm_rows(2)
     side, counts = side_and_counts(rows, n_bootstrap=40)
     values = side.resampled(counts)
+    bandwidth = side.rows.smooth[1]
     assert np.isnan(values["sce"]).all()
     for b in range(len(counts)):
         drawn = materialised(rows, side, counts[b])
         conf, hit = drawn["confidence"].to_numpy(), drawn["correct"].to_numpy().astype(float)
         assert values["accuracy"][b] == pytest.approx(hit.mean(), abs=1e-12)
         assert values["ece"][b] == pytest.approx(expected_calibration_error(conf, hit, N_BINS), abs=1e-12)
-        assert values["smece"][b] == pytest.approx(relplot.metrics.smECE_sigma(conf, hit, side.sigma), abs=1e-12)
+        assert values["smece"][b] == pytest.approx(relplot.metrics.smECE_sigma(conf, hit, bandwidth), abs=1e-12)
+
+
+@pytest.mark.parametrize("rows", [mc_rows(18, n=60), clm_rows(19)], ids=["questions", "documents"])
+def test_every_compared_metric_resampled_is_its_value_on_the_materialised_resample(rows):
+    # Generic over the metrics table: a metric given a resampled form is checked here with no test of its own.
+    side, counts = side_and_counts(rows, n_bootstrap=15)
+    values = side.resampled(counts)
+    bandwidth = side.rows.smooth[1]  # smECE's resamples hold the full sample's bandwidth
+    for b in range(len(counts)):
+        drawn = materialised(rows, side, counts[b])
+        conf, hit = drawn["confidence"].to_numpy(), drawn["correct"].to_numpy()
+        options = {"option_probs": drawn["option_probs"], "gold": drawn["gold"]} if "gold" in drawn else {}
+        scored = M.ScoredRows(conf, hit, N_BINS, **options,
+                              smooth=(relplot.metrics.smECE_sigma(conf, hit.astype(float), bandwidth), bandwidth))
+        for metric in C.COMPARED_METRICS:
+            assert values[metric][b] == pytest.approx(M.METRICS[metric].value(scored), abs=1e-12, nan_ok=True)
 
 
 @pytest.mark.parametrize("sigma", [0.3, 0.05, 0.0117, 0.006, 0.003])
@@ -126,7 +146,7 @@ def test_per_unit_smoothing_equals_relplots_kernel_on_each_units_rows(sigma):
     conf = np.concatenate([[0.0, 1.0, 0.5], rng.uniform(size=297)])
     residual = conf - (rng.uniform(size=300) < conf)
     unit = rng.integers(0, 7, 300)
-    smoothed, density = C._smoothed_per_unit(conf, residual, unit, 7, sigma)
+    smoothed, density = smoothed_per_unit(conf, residual, unit, 7, sigma)
     t = np.linspace(0, 1, max(round(10 / sigma), relplot.config.smECE_mesh_pts))
     kernel = relplot.kernels.ReflectedGaussianKernel(sigma)
     for u in range(7):
@@ -147,8 +167,62 @@ def test_point_estimates_are_the_plain_full_sample_metrics():
         binning_scheme=calibration.get_equal_prob_bins, mode="marginal"))
     # Drawing every unit once reproduces the full sample.
     once = side.resampled(np.ones((1, len(side.units))))
-    for metric in C.METRICS:
+    for metric in C.COMPARED_METRICS:
         assert once[metric][0] == pytest.approx(side.point[metric], abs=1e-12)
+
+
+# ---------------------------------------------------------------- one metrics table for score and compare
+
+
+def score_and_compare(tmp_path, runs, pairs, n_bootstrap=50):
+    """Every run's micro summary rows from score, indexed by (task, model, method, recalibration), and compare's
+    table of `pairs`."""
+    summaries = []
+    for run in runs:
+        out = tmp_path / "scored" / f"{run['task']}-{run['model']}"
+        paths = [out / f"{name}.parquet" for name in ("summary", "bins", "sweep", "subjects", "curves")]
+        score(run["path"], *paths, task=run["task"], model=run["model"], revision=run["revision"], step=None,
+              epoch=None, n_bins=N_BINS, n_bootstrap=n_bootstrap, seed=0)
+        summaries.append(read_table(paths[0]))
+    summary = pd.concat(summaries)
+    summary = summary[summary["aggregation"] == "micro"].set_index(["task", "model", "method", "recalibration"])
+    return summary, run_compare(tmp_path, runs, pairs, n_bootstrap=n_bootstrap)
+
+
+def test_compare_reports_the_metrics_of_the_table_that_have_a_resampled_form_at_scores_values(tmp_path):
+    assert C.COMPARED_METRICS == tuple(sorted(name for name, metric in M.METRICS.items() if metric.resampled))
+    mmlu = pd.concat([mc_rows(12), mc_rows(12, recalibration="temperature"),
+                      mc_rows(12, recalibration="platt").assign(option_probs=None)])
+    runs = [write_run(tmp_path, "mmlu", "a", mmlu), write_run(tmp_path, "mmlu", "b", mc_rows(13)),
+            write_run(tmp_path, "pile", "a", clm_rows(14)), write_run(tmp_path, "pile", "b", clm_rows(15))]
+    summary, result = score_and_compare(tmp_path, runs, [pair("a", "b")])
+    assert len(result) == 4  # a against b on both tasks, and a's two recalibrations of mmlu
+    for _, row in result.iterrows():
+        for side in ("a", "b"):
+            scored = summary.loc[(row["task"], row[f"model_{side}"], row["method"], row[f"recalibration_{side}"])]
+            for metric in C.COMPARED_METRICS:  # bit for bit (NaN: SCE without option_probs)
+                values = [row[f"{metric}_{side}"], scored[metric]]
+                assert values[0] == values[1] or np.isnan(values).all()
+    assert result["sce_a"].notna().sum() == 3 and result["sce_b"].notna().sum() == 2
+
+
+def test_a_metric_of_the_table_reaches_score_and_compare(tmp_path, monkeypatch):
+    # The table's smECE replaced by the largest confidence, the same on every resample: score's column,
+    # compare's values and compare's resamples all follow the table.
+    def largest(rows):
+        return float(rows.confidence.max())
+
+    def resampled(rows):
+        return lambda counts: np.full(len(counts), largest(rows))
+
+    monkeypatch.setitem(M.METRICS, "smece", M.Metric(largest, resampled))
+    tables = {"a": mc_rows(16), "b": mc_rows(17)}
+    runs = [write_run(tmp_path, "mmlu", model, table) for model, table in tables.items()]
+    summary, result = score_and_compare(tmp_path, runs, [pair("a", "b")])
+    for model, table in tables.items():
+        assert summary.loc[("mmlu", model, "letters", "none"), "smece"] == table["confidence"].max()
+        assert result[f"smece_{model}"].item() == table["confidence"].max()
+    assert result["smece_ci_low"].item() == result["smece_ci_high"].item() == result["smece_diff"].item()
 
 
 # ---------------------------------------------------------------- SCE, hand-worked
@@ -167,7 +241,7 @@ SCE_GOLD = [0, 1, 2]
 
 
 def test_sce_hand_worked_with_items_of_fewer_options():
-    assert M.static_calibration_error(SCE_PROBS, SCE_GOLD, N_BINS) == pytest.approx(0.8 / 3)
+    assert static_calibration_error(SCE_PROBS, SCE_GOLD, N_BINS) == pytest.approx(0.8 / 3)
     rows = pd.DataFrame({"item_id": [1, 2, 3], "confidence": [0.75, 0.55, 0.65], "correct": [True, True, False],
                          "option_probs": SCE_PROBS, "gold": SCE_GOLD})
     side = C.side_statistics(rows, N_BINS)
@@ -281,7 +355,7 @@ def test_a_clearly_different_pair_is_significant_and_q_is_bh_over_the_table(tmp_
     assert row["ece_p"] == pytest.approx(2 / 301) and row["ece_q"] < 0.05
     assert row["smece_q"] < 0.05 and row["accuracy_q"] < 0.05
     assert np.isnan(row["sce_p"]) and np.isnan(row["sce_q"])
-    for metric in C.METRICS:
+    for metric in C.COMPARED_METRICS:
         np.testing.assert_allclose(result[f"{metric}_q"], hand_bh(result[f"{metric}_p"]), equal_nan=True)
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts.confidence import (METHODS, answer_matches, default_methods, extract_confidence,
-                                         normalize_answer)
-from workflow_scripts.metrics import multiclass_brier_score, score
+from workflow_scripts.confidence import METHODS, answer_matches, default_methods, extract_confidence, normalize_answer
+from workflow_scripts.metrics import multiclass_brier_score
 from workflow_scripts.recalibrate import recalibrate
+from workflow_scripts.scoring import score
 from workflow_scripts.tables import read_provenance, read_table, write_table
 
 
@@ -330,7 +330,7 @@ def test_extract_confidence_continuation_methods_then_score(tmp_path):
     assert list(out.columns) == ["item_id", "method", "confidence", "correct", "subject", "option_probs", "gold",
                                  "pred"]
     assert read_provenance(tmp_path / "c.parquet")["scoring"] == "continuation"
-    for method, (confidence, _, probs) in EXPECTED_CONT.items():
+    for method, (confidence, _, _) in EXPECTED_CONT.items():
         rows = out[out["method"] == method]
         np.testing.assert_allclose(rows["confidence"], confidence)
         assert [len(p) for p in rows["option_probs"]] == [2, 7, 3]

@@ -15,7 +15,11 @@ from hypothesis import strategies as st
 from sklearn.metrics import brier_score_loss, log_loss
 from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
-from workflow_scripts import metrics as M
+from workflow_scripts import bootstrap as B
+from workflow_scripts import metrics as F
+from workflow_scripts import metric_table as M
+from workflow_scripts import scoring as S
+from workflow_scripts.summary import summarize
 from workflow_scripts.tables import read_provenance, read_table, write_table
 
 # ---------------------------------------------------------------- hand-worked example
@@ -45,7 +49,7 @@ CORRECT = [False, False, True, True, False, True]
 
 
 def test_reliability_bins_hand_worked():
-    table = M.reliability_bins(CONF, CORRECT)
+    table = F.reliability_bins(CONF, CORRECT)
     assert list(table.columns) == ["bin", "bin_lower", "bin_upper", "count", "mean_confidence", "accuracy"]
     assert table["bin"].tolist() == list(range(10))
     assert table["bin_lower"].tolist() == pytest.approx([i / 10 for i in range(10)])
@@ -59,13 +63,13 @@ def test_reliability_bins_hand_worked():
 
 
 def test_scalar_metrics_hand_worked():
-    assert M.expected_calibration_error(CONF, CORRECT) == pytest.approx(1.85 / 6)
-    assert M.maximum_calibration_error(CONF, CORRECT) == pytest.approx(0.45)
-    assert M.brier_score(CONF, CORRECT) == pytest.approx(1.5725 / 6)
-    assert M.auroc(CONF, CORRECT) == pytest.approx(7 / 9)
-    assert M.adaptive_calibration_error(CONF, CORRECT) == pytest.approx(2.25 / 6)
-    assert M.adaptive_calibration_error(CONF, CORRECT, n_bins=3) == pytest.approx(2.25 / 6)
-    assert M.adaptive_calibration_error(CONF, CORRECT, n_bins=2) == pytest.approx(1.05 / 6)
+    assert F.expected_calibration_error(CONF, CORRECT) == pytest.approx(1.85 / 6)
+    assert F.maximum_calibration_error(CONF, CORRECT) == pytest.approx(0.45)
+    assert F.brier_score(CONF, CORRECT) == pytest.approx(1.5725 / 6)
+    assert F.auroc(CONF, CORRECT) == pytest.approx(7 / 9)
+    assert F.adaptive_calibration_error(CONF, CORRECT) == pytest.approx(2.25 / 6)
+    assert F.adaptive_calibration_error(CONF, CORRECT, n_bins=3) == pytest.approx(2.25 / 6)
+    assert F.adaptive_calibration_error(CONF, CORRECT, n_bins=2) == pytest.approx(1.05 / 6)
 
 
 # The metrics added for issue 14, on the same six items:
@@ -77,14 +81,14 @@ def test_scalar_metrics_hand_worked():
 #   oracle (3 right first): errors 0 0 0 1 2 3 -> risks 0, 0, 0, 1/4, 2/5, 1/2 -> 69/360; E-AURC 50/360
 # Accuracy at 50% coverage: ceil(3) = 3 rows (R W R) -> 2/3; at 80%: ceil(4.8) = 5 rows -> 3/5
 def test_added_metrics_hand_worked():
-    assert M.rms_calibration_error(CONF, CORRECT) == pytest.approx(math.sqrt(0.71625 / 6))
+    assert F.rms_calibration_error(CONF, CORRECT) == pytest.approx(math.sqrt(0.71625 / 6))
     nll = (-math.log(0.8) - math.log(0.25) - math.log(0.6) - math.log(0.1)) / 6
-    assert M.negative_log_likelihood(CONF, CORRECT) == pytest.approx(nll, abs=1e-12)
-    aurc, eaurc = M.area_under_risk_coverage(CONF, CORRECT)
+    assert F.negative_log_likelihood(CONF, CORRECT) == pytest.approx(nll, abs=1e-12)
+    aurc, eaurc = F.area_under_risk_coverage(CONF, CORRECT)
     assert aurc == pytest.approx(119 / 360) and eaurc == pytest.approx(50 / 360)
-    assert M.accuracy_at_coverage(CONF, CORRECT, 0.5) == pytest.approx(2 / 3)
-    assert M.accuracy_at_coverage(CONF, CORRECT, 0.8) == pytest.approx(3 / 5)
-    curve = M.risk_coverage_curve(CONF, CORRECT)
+    assert F.accuracy_at_coverage(CONF, CORRECT, 0.5) == pytest.approx(2 / 3)
+    assert F.accuracy_at_coverage(CONF, CORRECT, 0.8) == pytest.approx(3 / 5)
+    curve = F.risk_coverage_curve(CONF, CORRECT)
     assert curve["x"].tolist() == pytest.approx([i / 6 for i in range(1, 7)])
     assert curve["y"].tolist() == pytest.approx([0, 1 / 2, 1 / 3, 1 / 4, 2 / 5, 1 / 2])
 
@@ -92,7 +96,7 @@ def test_added_metrics_hand_worked():
 def test_nll_clips_certain_mistakes():
     # A wrong answer at confidence 1.0 costs -log(eps), not infinity; one at 0.0 that is right the same.
     eps = np.finfo(np.float64).eps
-    assert M.negative_log_likelihood([1.0, 0.0], [False, True]) == pytest.approx(-math.log(eps))
+    assert F.negative_log_likelihood([1.0, 0.0], [False, True]) == pytest.approx(-math.log(eps))
 
 
 # Ties: confidences 0.9 0.9 | 0.5 0.5 0.5 with correct 1 0 | 1 1 0. Over the orders of a tie group of m rows
@@ -105,12 +109,12 @@ TIED_CONF, TIED_CORRECT = [0.9, 0.9, 0.5, 0.5, 0.5], [True, False, True, True, F
 
 
 def test_risk_coverage_ties_hand_worked():
-    aurc, eaurc = M.area_under_risk_coverage(TIED_CONF, TIED_CORRECT)
+    aurc, eaurc = F.area_under_risk_coverage(TIED_CONF, TIED_CORRECT)
     expected = (1 / 2 + 1 / 2 + 4 / 9 + 5 / 12 + 2 / 5) / 5
     assert aurc == pytest.approx(expected) and eaurc == pytest.approx(expected - (1 / 4 + 2 / 5) / 5)
-    assert M.accuracy_at_coverage(TIED_CONF, TIED_CORRECT, 0.5) == pytest.approx(5 / 9)
-    assert M.accuracy_at_coverage(TIED_CONF, TIED_CORRECT, 0.8) == pytest.approx(7 / 12)
-    assert M.risk_coverage_curve(TIED_CONF, TIED_CORRECT)["y"].tolist() == pytest.approx(
+    assert F.accuracy_at_coverage(TIED_CONF, TIED_CORRECT, 0.5) == pytest.approx(5 / 9)
+    assert F.accuracy_at_coverage(TIED_CONF, TIED_CORRECT, 0.8) == pytest.approx(7 / 12)
+    assert F.risk_coverage_curve(TIED_CONF, TIED_CORRECT)["y"].tolist() == pytest.approx(
         [1 / 2, 1 / 2, 4 / 9, 5 / 12, 2 / 5])
 
 
@@ -124,7 +128,7 @@ def test_debiased_ece_hand_worked():
     folded = s * math.sqrt(2 / math.pi) * math.exp(-0.25 ** 2 / (2 * s ** 2)) + 0.25 * math.erf(0.25 / (s * 2 ** 0.5))
     assert folded == pytest.approx(scipy.stats.foldnorm(0.25 / s, scale=s).mean())  # the formula, checked by scipy
     expected = 0.5 * (2 * 0.25 - folded) + 0.5 * 0.25
-    assert M.debiased_calibration_error([0.2, 0.3, 0.7, 0.8], [False, True, True, True], n_bins=2) == \
+    assert F.debiased_calibration_error([0.2, 0.3, 0.7, 0.8], [False, True, True, True], n_bins=2) == \
         pytest.approx(expected, abs=1e-12)
 
 
@@ -133,10 +137,10 @@ def test_debiased_ece_leaves_bins_of_one_row_uncorrected():
     rng = np.random.default_rng(5)
     conf = rng.uniform(size=30)
     correct = rng.uniform(size=30) < conf
-    assert M.debiased_calibration_error(conf, correct, 30) == pytest.approx(
-        M.adaptive_calibration_error(conf, correct, 30), abs=1e-12)
+    assert F.debiased_calibration_error(conf, correct, 30) == pytest.approx(
+        F.adaptive_calibration_error(conf, correct, 30), abs=1e-12)
     # A calibrated bin of many rows is corrected downwards: all at 0.5, half right -> ACE 0, debiased < 0.
-    assert M.debiased_calibration_error([0.5] * 100, [True, False] * 50, 1) < 0.0
+    assert F.debiased_calibration_error([0.5] * 100, [True, False] * 50, 1) < 0.0
 
 
 # SCE over the three items of OPTION_PROBS (gold 0, 2, 0), 10 equal-width bins per option position:
@@ -147,43 +151,43 @@ def test_debiased_ece_leaves_bins_of_one_row_uncorrected():
 # Items with fewer options count only for the positions they have: (0.8, 0.2) gold 0 and (0.1, 0.6, 0.3)
 #   gold 1, one bin: k=0 |1 - 0.9| / 2, k=1 |1 - 0.8| / 2, k=2 |0 - 0.3| / 1 -> (0.05 + 0.1 + 0.3) / 3 = 0.15
 def test_sce_hand_worked():
-    assert M.static_calibration_error(OPTION_PROBS, GOLD) == pytest.approx(2 / 9)
-    assert M.static_calibration_error(OPTION_PROBS, GOLD, n_bins=1) == pytest.approx(1.4 / 9)
-    assert M.static_calibration_error([[0.8, 0.2], [0.1, 0.6, 0.3]], [0, 1], n_bins=1) == pytest.approx(0.15)
+    assert F.static_calibration_error(OPTION_PROBS, GOLD) == pytest.approx(2 / 9)
+    assert F.static_calibration_error(OPTION_PROBS, GOLD, n_bins=1) == pytest.approx(1.4 / 9)
+    assert F.static_calibration_error([[0.8, 0.2], [0.1, 0.6, 0.3]], [0, 1], n_bins=1) == pytest.approx(0.15)
     result = M.calibration_metrics([0.7, 0.5, 1.0], [True, False, True], n_bootstrap=0, option_probs=OPTION_PROBS,
                                    gold=GOLD)
     assert result["sce"] == pytest.approx(2 / 9)
     with pytest.raises(ValueError, match=r"gold must be an option index within \[0, 2\)"):
-        M.static_calibration_error([[0.5, 0.5]], [2])
+        F.static_calibration_error([[0.5, 0.5]], [2])
 
 
 def test_bin_edges():
     # Every value i/10 starts bin i; 1.0 belongs to the last bin. Same with 3 bins and the float 1/3.
     edges = [i / 10 for i in range(11)]
-    table = M.reliability_bins(edges, [True] * 11)
+    table = F.reliability_bins(edges, [True] * 11)
     assert table["count"].tolist() == [1] * 9 + [2]
-    assert M.reliability_bins([0.0, 1 / 3, 0.5, 2 / 3, 1.0], [True] * 5, n_bins=3)["count"].tolist() == [1, 2, 2]
+    assert F.reliability_bins([0.0, 1 / 3, 0.5, 2 / 3, 1.0], [True] * 5, n_bins=3)["count"].tolist() == [1, 2, 2]
 
 
 def test_ace_ties_follow_the_calibration_library():
     # [0.1, 0.2, 0.2, 0.4] in 2 parts: [0.1, 0.2] [0.2, 0.4]; the edge (0.2 + 0.2)/2 = 0.2 takes both 0.2s
     # (bisect_left), so the bins are {0.1, 0.2, 0.2} (acc 1/3, conf 0.5/3) and {0.4} (acc 1, conf 0.4).
-    ace = M.adaptive_calibration_error([0.1, 0.2, 0.2, 0.4], [False, True, False, True], n_bins=2)
+    ace = F.adaptive_calibration_error([0.1, 0.2, 0.2, 0.4], [False, True, False, True], n_bins=2)
     assert ace == pytest.approx((3 * abs(1 / 3 - 0.5 / 3) + 1 * abs(1 - 0.4)) / 4)
     # All equal: every edge collapses onto 0.3, one bin holds everything -> |acc - 0.3|.
-    assert M.adaptive_calibration_error([0.3] * 4, [True, False, False, False]) == pytest.approx(0.05)
+    assert F.adaptive_calibration_error([0.3] * 4, [True, False, False, False]) == pytest.approx(0.05)
 
 
 def test_auroc_ties_count_half_and_one_class_is_nan():
     # correct {0.5, 0.7} vs wrong {0.3, 0.5}: 0.5 beats 0.3, ties 0.5 (half), 0.7 beats both -> 3.5/4
-    assert M.auroc([0.3, 0.5, 0.5, 0.7], [False, True, False, True]) == pytest.approx(0.875)
-    assert M.auroc([0.5, 0.5], [True, False]) == pytest.approx(0.5)
-    assert np.isnan(M.auroc([0.2, 0.9], [True, True]))
+    assert F.auroc([0.3, 0.5, 0.5, 0.7], [False, True, False, True]) == pytest.approx(0.875)
+    assert F.auroc([0.5, 0.5], [True, False]) == pytest.approx(0.5)
+    assert np.isnan(F.auroc([0.2, 0.9], [True, True]))
 
 
 def test_correct_may_be_zero_one_numbers():
-    assert M.brier_score(CONF, np.array(CORRECT, dtype=int)) == M.brier_score(CONF, CORRECT)
-    assert M.expected_calibration_error(CONF, np.array(CORRECT, dtype=float)) == pytest.approx(1.85 / 6)
+    assert F.brier_score(CONF, np.array(CORRECT, dtype=int)) == F.brier_score(CONF, CORRECT)
+    assert F.expected_calibration_error(CONF, np.array(CORRECT, dtype=float)) == pytest.approx(1.85 / 6)
 
 
 # Multi-class Brier, by hand:
@@ -197,10 +201,10 @@ GOLD = [0, 2, 0]
 
 
 def test_multiclass_brier_hand_worked():
-    assert M.multiclass_brier_score(OPTION_PROBS, GOLD) == pytest.approx(0.92 / 3)
-    assert M.multiclass_brier_score([np.array(p) for p in OPTION_PROBS], np.array(GOLD, dtype=float)) == \
+    assert F.multiclass_brier_score(OPTION_PROBS, GOLD) == pytest.approx(0.92 / 3)
+    assert F.multiclass_brier_score([np.array(p) for p in OPTION_PROBS], np.array(GOLD, dtype=float)) == \
         pytest.approx(0.92 / 3)
-    assert M.brier_score([0.7, 0.5, 1.0], [True, False, True]) == pytest.approx(0.34 / 3)
+    assert F.brier_score([0.7, 0.5, 1.0], [True, False, True]) == pytest.approx(0.34 / 3)
     result = M.calibration_metrics([0.7, 0.5, 1.0], [True, False, True], n_bootstrap=0, option_probs=OPTION_PROBS,
                                    gold=GOLD)
     assert result["brier_multiclass"] == pytest.approx(0.92 / 3) and result["brier"] == pytest.approx(0.34 / 3)
@@ -213,16 +217,16 @@ def test_multiclass_brier_matches_sklearn(n_options):
     probs = rng.dirichlet(np.full(n_options, 0.5), size=500)
     gold = rng.integers(0, n_options, 500)
     expected = brier_score_loss(gold, probs, labels=np.arange(n_options), scale_by_half=False)
-    assert M.multiclass_brier_score(list(probs), gold) == pytest.approx(expected, abs=1e-12)
+    assert F.multiclass_brier_score(list(probs), gold) == pytest.approx(expected, abs=1e-12)
 
 
 def test_multiclass_brier_items_of_different_option_counts():
     # 2, 7 and 3 options: (0.2^2 + 0.2^2) + (6 * (1/7)^2 + (6/7)^2) + (0.5^2 + 0.5^2 + 0) = 0.08 + 6/7 + 0.5
     probs = [[0.8, 0.2], np.full(7, 1 / 7), [0.5, 0.0, 0.5]]
-    assert M.multiclass_brier_score(probs, [0, 6, 2]) == pytest.approx((0.08 + 6 / 7 + 0.5) / 3)
+    assert F.multiclass_brier_score(probs, [0, 6, 2]) == pytest.approx((0.08 + 6 / 7 + 0.5) / 3)
     # the same as padding every item with options of probability 0 that are never gold
     padded = [np.pad(p, (0, 7 - len(p))) for p in probs]
-    assert M.multiclass_brier_score(probs, [0, 6, 2]) == pytest.approx(M.multiclass_brier_score(padded, [0, 6, 2]))
+    assert F.multiclass_brier_score(probs, [0, 6, 2]) == pytest.approx(F.multiclass_brier_score(padded, [0, 6, 2]))
 
 
 @pytest.mark.parametrize("probs, gold, message", [
@@ -239,7 +243,7 @@ def test_multiclass_brier_items_of_different_option_counts():
 ])
 def test_multiclass_brier_invalid_input(probs, gold, message):
     with pytest.raises(ValueError, match=message):
-        M.multiclass_brier_score(probs, gold)
+        F.multiclass_brier_score(probs, gold)
 
 
 def test_multiclass_brier_needs_option_probs_and_gold_together():
@@ -272,8 +276,8 @@ def test_ece_and_mce_match_torchmetrics(seed, n_bins):
     preds, target = torch.tensor(conf, dtype=torch.float64), torch.tensor(correct.astype(int))
     ece = binary_calibration_error(preds, target, n_bins=n_bins, norm="l1").item()
     mce = binary_calibration_error(preds, target, n_bins=n_bins, norm="max").item()
-    assert M.expected_calibration_error(conf, correct, n_bins) == pytest.approx(ece, abs=1e-12)
-    assert M.maximum_calibration_error(conf, correct, n_bins) == pytest.approx(mce, abs=1e-12)
+    assert F.expected_calibration_error(conf, correct, n_bins) == pytest.approx(ece, abs=1e-12)
+    assert F.maximum_calibration_error(conf, correct, n_bins) == pytest.approx(mce, abs=1e-12)
 
 
 @pytest.mark.parametrize("decimals", [None, 2, 1])
@@ -284,7 +288,7 @@ def test_auroc_matches_torchmetrics(decimals):
     if decimals is not None:  # many ties
         conf = np.round(conf, decimals)
     expected = binary_auroc(torch.tensor(conf), torch.tensor(correct.astype(int))).item()
-    assert M.auroc(conf, correct) == pytest.approx(expected, abs=1e-6)  # torchmetrics returns float32
+    assert F.auroc(conf, correct) == pytest.approx(expected, abs=1e-6)  # torchmetrics returns float32
 
 
 def naive_ace(probs, labels, num_bins):
@@ -315,7 +319,7 @@ def test_ace_matches_naive_loop(size, n_bins, decimals):
     if decimals is not None:  # ties, and edges that coincide with values
         conf = np.round(conf, decimals)
     correct = rng.uniform(size=size) < conf
-    assert M.adaptive_calibration_error(conf, correct, n_bins) == pytest.approx(
+    assert F.adaptive_calibration_error(conf, correct, n_bins) == pytest.approx(
         naive_ace(conf, correct, n_bins), abs=1e-12)
 
 
@@ -325,7 +329,7 @@ def test_rmsce_matches_torchmetrics(seed, n_bins):
     conf, correct = _off_edge_sample(seed, n_bins)
     expected = binary_calibration_error(torch.tensor(conf, dtype=torch.float64), torch.tensor(correct.astype(int)),
                                         n_bins=n_bins, norm="l2").item()
-    assert M.rms_calibration_error(conf, correct, n_bins) == pytest.approx(expected, abs=1e-12)
+    assert F.rms_calibration_error(conf, correct, n_bins) == pytest.approx(expected, abs=1e-12)
 
 
 @pytest.mark.parametrize("decimals", [None, 1])
@@ -336,7 +340,7 @@ def test_nll_matches_sklearn(decimals):
     if decimals is not None:
         conf = np.round(conf, decimals)
     correct = rng.uniform(size=1000) < conf
-    assert M.negative_log_likelihood(conf, correct) == pytest.approx(
+    assert F.negative_log_likelihood(conf, correct) == pytest.approx(
         log_loss(correct, conf, labels=[False, True]), rel=1e-12)
 
 
@@ -355,13 +359,13 @@ def _calibrated_sample(size, seed):
 @pytest.mark.parametrize("size, n_bins", [(2000, 10), (2000, 15), (300, 5)])
 def test_debiased_ece_matches_kumar_monte_carlo(size, n_bins):
     conf, correct = _calibrated_sample(size, seed=size + n_bins)
-    ours = M.debiased_calibration_error(conf, correct, n_bins)
+    ours = F.debiased_calibration_error(conf, correct, n_bins)
     np.random.seed(0)
     theirs = calibration.get_ece_em(conf, correct, debias=True, num_bins=n_bins)
     tolerance = 5 / (2 * math.sqrt(size * 1000))
     assert ours == pytest.approx(theirs, abs=tolerance)
     # The plain ACE lies outside the tolerance: the test tells the debiased ECE from it.
-    assert M.adaptive_calibration_error(conf, correct, n_bins) - theirs > tolerance
+    assert F.adaptive_calibration_error(conf, correct, n_bins) - theirs > tolerance
 
 
 def test_debiased_ece_matches_kumar_with_many_resamples():
@@ -370,7 +374,7 @@ def test_debiased_ece_matches_kumar_with_many_resamples():
     binned = calibration.bin(list(zip(conf, correct)), calibration.get_equal_bins(conf, num_bins=10))
     np.random.seed(1)
     theirs = calibration.utils.normal_debiased_ce(binned, power=1, resamples=10**5)
-    assert M.debiased_calibration_error(conf, correct, 10) == pytest.approx(theirs, abs=5 / (2 * math.sqrt(2000e5)))
+    assert F.debiased_calibration_error(conf, correct, 10) == pytest.approx(theirs, abs=5 / (2 * math.sqrt(2000e5)))
 
 
 def _reflected_kernel(grid, conf, bandwidth):
@@ -384,11 +388,11 @@ def test_smooth_ece_is_relplots_and_its_curve_the_kernel_regression(size):
     rng = np.random.default_rng(size)
     conf = rng.beta(5, 2, size)
     correct = rng.uniform(size=size) < conf ** 1.3
-    value, bandwidth = M.smooth_calibration_error(conf, correct)
+    value, bandwidth = F.smooth_calibration_error(conf, correct)
     assert (value, bandwidth) == relplot.smECE(conf, correct.astype(float), return_width=True)
     assert bandwidth == pytest.approx(value, abs=2e-3)  # relplot's fixed point: bandwidth = smECE at it
 
-    curve = M.smooth_reliability_curve(conf, correct, bandwidth)
+    curve = F.smooth_reliability_curve(conf, correct, bandwidth)
     assert list(curve.columns) == ["x", "y", "density"] and curve["x"].tolist() == pytest.approx(
         np.linspace(0, 1, 101).tolist())
     # Written out exactly (relplot rounds the data to a grid): the Nadaraya-Watson accuracy and the density.
@@ -407,10 +411,10 @@ def test_smooth_reliability_curve_is_relplots_diagram(monkeypatch):
     # relplot's own reliability diagram (no bootstrap band), on a mesh of our 101 points, gives the same curve.
     monkeypatch.setattr(relplot.config, "plot_mesh_pts", 101)
     conf, correct = _calibrated_sample(800, seed=3)
-    _, bandwidth = M.smooth_calibration_error(conf, correct)
+    _, bandwidth = F.smooth_calibration_error(conf, correct)
     diagram = relplot.prepare_rel_diagram(conf, correct, plot_confidence_band=False, report_CE=False)
     assert diagram["sigma"] == bandwidth
-    curve = M.smooth_reliability_curve(conf, correct, bandwidth)
+    curve = F.smooth_reliability_curve(conf, correct, bandwidth)
     np.testing.assert_allclose(curve["x"], diagram["mesh"], atol=1e-15)
     np.testing.assert_allclose(curve["y"], diagram["mu"], rtol=1e-12)
     np.testing.assert_allclose(curve["density"], diagram["density"], rtol=1e-12)
@@ -425,7 +429,7 @@ def test_sce_matches_kumar_marginal_ce(n_options, n_bins):
     gold = np.array([rng.choice(n_options, p=p) for p in probs])
     expected = calibration.lower_bound_scaling_ce(probs, gold, p=1, debias=False, num_bins=n_bins,
                                                   binning_scheme=calibration.get_equal_prob_bins, mode="marginal")
-    assert M.static_calibration_error(list(probs), gold, n_bins) == pytest.approx(expected, abs=1e-12)
+    assert F.static_calibration_error(list(probs), gold, n_bins) == pytest.approx(expected, abs=1e-12)
 
 
 def naive_sce(option_probs, gold, n_bins):
@@ -450,7 +454,7 @@ def test_sce_of_items_with_different_option_counts_matches_naive_loop(decimals):
     if decimals is not None:  # values on the bin edges
         probs = [np.round(p, decimals) / np.round(p, decimals).sum() for p in probs]
     gold = [rng.choice(len(p), p=p) for p in probs]
-    assert M.static_calibration_error(probs, gold, 10) == pytest.approx(naive_sce(probs, gold, 10), abs=1e-12)
+    assert F.static_calibration_error(probs, gold, 10) == pytest.approx(naive_sce(probs, gold, 10), abs=1e-12)
 
 
 def _risk_over_all_orders(conf, correct):
@@ -471,14 +475,14 @@ def test_risk_coverage_ties_match_the_average_over_all_orders(seed):
     conf = rng.choice([0.3, 0.6, 0.9], size).tolist()
     correct = (rng.uniform(size=size) < 0.6).tolist()
     risk = _risk_over_all_orders(conf, correct)
-    aurc, eaurc = M.area_under_risk_coverage(conf, correct)
+    aurc, eaurc = F.area_under_risk_coverage(conf, correct)
     assert aurc == pytest.approx(risk.mean(), abs=1e-12)
     oracle = np.maximum(np.arange(1, size + 1) - sum(correct), 0) / np.arange(1, size + 1)
     assert eaurc == pytest.approx(risk.mean() - oracle.mean(), abs=1e-12)
-    assert M.risk_coverage_curve(conf, correct)["y"].to_numpy() == pytest.approx(risk, abs=1e-12)
+    assert F.risk_coverage_curve(conf, correct)["y"].to_numpy() == pytest.approx(risk, abs=1e-12)
     for coverage in (0.5, 0.8):
         rows = math.ceil(round(coverage * size, 9))
-        assert M.accuracy_at_coverage(conf, correct, coverage) == pytest.approx(1 - risk[rows - 1], abs=1e-12)
+        assert F.accuracy_at_coverage(conf, correct, coverage) == pytest.approx(1 - risk[rows - 1], abs=1e-12)
 
 
 def test_aurc_matches_kumar_selective_stats():
@@ -488,17 +492,17 @@ def test_aurc_matches_kumar_selective_stats():
     conf = rng.uniform(size=2003)
     correct = rng.uniform(size=2003) < conf
     area, accuracy_10 = calibration.get_selective_stats(conf, correct)
-    assert M.area_under_risk_coverage(conf, correct)[0] == pytest.approx(1 - area, abs=1e-12)
-    assert M.accuracy_at_coverage(conf, correct, 0.1) == pytest.approx(accuracy_10, abs=1e-12)
+    assert F.area_under_risk_coverage(conf, correct)[0] == pytest.approx(1 - area, abs=1e-12)
+    assert F.accuracy_at_coverage(conf, correct, 0.1) == pytest.approx(accuracy_10, abs=1e-12)
 
 
 def test_risk_coverage_curve_has_at_most_101_points():
     conf, correct = _calibrated_sample(1234, seed=2)
-    curve = M.risk_coverage_curve(conf, correct)
+    curve = F.risk_coverage_curve(conf, correct)
     rows = [1] + [math.ceil(j * 1234 / 100) for j in range(1, 101)]
     assert curve["x"].tolist() == pytest.approx([r / 1234 for r in rows])
     assert curve["y"].iloc[-1] == pytest.approx(1 - correct.mean())
-    assert len(M.risk_coverage_curve(conf[:100], correct[:100])) == 100
+    assert len(F.risk_coverage_curve(conf[:100], correct[:100])) == 100
 
 
 # ---------------------------------------------------------------- properties
@@ -511,18 +515,18 @@ bin_counts = st.integers(1, 20)
 @given(items, bin_counts)
 def test_ece_bounded_by_mce_and_unit_interval(data, n_bins):
     conf, correct = zip(*data)
-    ece = M.expected_calibration_error(conf, correct, n_bins)
-    mce = M.maximum_calibration_error(conf, correct, n_bins)
+    ece = F.expected_calibration_error(conf, correct, n_bins)
+    mce = F.maximum_calibration_error(conf, correct, n_bins)
     assert 0.0 <= ece <= 1.0 and 0.0 <= mce <= 1.0
     assert ece <= mce + 1e-12
-    assert 0.0 <= M.adaptive_calibration_error(conf, correct, n_bins) <= 1.0
+    assert 0.0 <= F.adaptive_calibration_error(conf, correct, n_bins) <= 1.0
 
 
 @settings(deadline=None)
 @given(items, bin_counts)
 def test_reliability_counts_sum_to_n(data, n_bins):
     conf, correct = zip(*data)
-    table = M.reliability_bins(conf, correct, n_bins)
+    table = F.reliability_bins(conf, correct, n_bins)
     assert len(table) == n_bins and table["count"].sum() == len(conf)
     full = table[table["count"] > 0]
     assert ((full["mean_confidence"] >= full["bin_lower"] - 1e-12)
@@ -533,10 +537,10 @@ def test_reliability_counts_sum_to_n(data, n_bins):
 @given(items, bin_counts, st.randoms(use_true_random=False))
 def test_ece_invariant_to_item_order(data, n_bins, random):
     shuffled = random.sample(data, len(data))
-    assert M.expected_calibration_error(*zip(*shuffled), n_bins) == pytest.approx(
-        M.expected_calibration_error(*zip(*data), n_bins), abs=1e-12)
-    assert M.adaptive_calibration_error(*zip(*shuffled), n_bins) == pytest.approx(
-        M.adaptive_calibration_error(*zip(*data), n_bins), abs=1e-12)
+    assert F.expected_calibration_error(*zip(*shuffled), n_bins) == pytest.approx(
+        F.expected_calibration_error(*zip(*data), n_bins), abs=1e-12)
+    assert F.adaptive_calibration_error(*zip(*shuffled), n_bins) == pytest.approx(
+        F.adaptive_calibration_error(*zip(*data), n_bins), abs=1e-12)
 
 
 # A group of m items at confidence k/m with exactly k correct is calibrated; so is any union of such
@@ -550,8 +554,8 @@ groups = st.lists(st.integers(1, 12).flatmap(lambda m: st.tuples(st.just(m), st.
 def test_calibrated_construction_has_zero_ece(group_list, n_bins):
     conf = [k / m for m, k in group_list for _ in range(m)]
     correct = [i < k for m, k in group_list for i in range(m)]
-    assert M.expected_calibration_error(conf, correct, n_bins) == pytest.approx(0.0, abs=1e-12)
-    assert M.maximum_calibration_error(conf, correct, n_bins) == pytest.approx(0.0, abs=1e-12)
+    assert F.expected_calibration_error(conf, correct, n_bins) == pytest.approx(0.0, abs=1e-12)
+    assert F.maximum_calibration_error(conf, correct, n_bins) == pytest.approx(0.0, abs=1e-12)
 
 
 # ---------------------------------------------------------------- bootstrap
@@ -564,17 +568,17 @@ def _overconfident(size, seed=0):
 
 def test_bootstrap_contains_point_and_is_deterministic():
     conf, correct = _overconfident(2000)
-    ece = M.expected_calibration_error(conf, correct)
-    low, high = M.bootstrap_ece_interval(conf, correct, seed=7)
+    ece = F.expected_calibration_error(conf, correct)
+    low, high = B.bootstrap_ece_interval(conf, correct, seed=7)
     assert low < ece < high
-    assert M.bootstrap_ece_interval(conf, correct, seed=7) == (low, high)
-    assert M.bootstrap_ece_interval(conf, correct, seed=8) != (low, high)
+    assert B.bootstrap_ece_interval(conf, correct, seed=7) == (low, high)
+    assert B.bootstrap_ece_interval(conf, correct, seed=8) != (low, high)
 
 
 def test_bootstrap_narrows_with_more_data():
     widths = []
     for size in (200, 2000, 20000):
-        low, high = M.bootstrap_ece_interval(*_overconfident(size))
+        low, high = B.bootstrap_ece_interval(*_overconfident(size))
         widths.append(high - low)
     assert widths[0] > widths[1] > widths[2]
 
@@ -590,7 +594,7 @@ def naive_bootstrap_eces(conf, correct, n_bins, n_bootstrap, seed, units=None, s
     for _ in range(n_bootstrap):
         rows = np.concatenate([rows_of[members[i]] for members in by_stratum
                                for i in rng.integers(0, len(members), len(members))])
-        eces.append(M.expected_calibration_error(conf[rows], correct[rows], n_bins))
+        eces.append(F.expected_calibration_error(conf[rows], correct[rows], n_bins))
     return np.array(eces)
 
 
@@ -615,8 +619,8 @@ def test_bootstrap_agrees_with_index_resampling(monkeypatch, stratified):
     strata = strata if stratified else None
     eces = naive_bootstrap_eces(conf, correct, 10, 1500, seed=2, strata=strata)
     for exact_cell_size in (0, 10**9):  # every cell by its normal limit / row by row
-        monkeypatch.setattr(M, "_EXACT_CELL_SIZE", exact_cell_size)
-        _assert_same_interval(*M.bootstrap_ece_interval(conf, correct, n_bootstrap=3000, seed=3, strata=strata),
+        monkeypatch.setattr(B, "EXACT_CELL_SIZE", exact_cell_size)
+        _assert_same_interval(*B.bootstrap_ece_interval(conf, correct, n_bootstrap=3000, seed=3, strata=strata),
                               eces)
 
 
@@ -634,23 +638,23 @@ def _documents(n_docs, seed):
 @pytest.mark.parametrize("chunk_elements", [2**22, 50])  # all resamples at once / a few at a time
 @pytest.mark.parametrize("stratified", [False, True])
 def test_bootstrap_over_units_agrees_with_unit_resampling(monkeypatch, chunk_elements, stratified):
-    monkeypatch.setattr(M, "_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(B, "UNIT_CHUNK_ELEMENTS", chunk_elements)
     conf, correct, docs = _documents(120, seed=4)
     strata = np.array(["a" if doc[-1] in "123" else "b" for doc in docs]) if stratified else None
     eces = naive_bootstrap_eces(conf, correct, 10, 2000, seed=5, units=docs, strata=strata)
-    low, high = M.bootstrap_ece_interval(conf, correct, n_bootstrap=3000, seed=6, units=docs, strata=strata)
+    low, high = B.bootstrap_ece_interval(conf, correct, n_bootstrap=3000, seed=6, units=docs, strata=strata)
     _assert_same_interval(low, high, eces)
-    assert M.bootstrap_ece_interval(conf, correct, n_bootstrap=3000, seed=6, units=docs, strata=strata) == (low, high)
+    assert B.bootstrap_ece_interval(conf, correct, n_bootstrap=3000, seed=6, units=docs, strata=strata) == (low, high)
 
 
 def test_bootstrap_over_documents_does_not_shrink_when_tokens_repeat():
     conf, correct, docs = _documents(200, seed=7)
     repeated = np.repeat(np.arange(len(conf)), 5)  # every token five times, within its document
     conf5, correct5, docs5 = conf[repeated], correct[repeated], docs[repeated]
-    assert M.expected_calibration_error(conf5, correct5) == pytest.approx(M.expected_calibration_error(conf, correct))
+    assert F.expected_calibration_error(conf5, correct5) == pytest.approx(F.expected_calibration_error(conf, correct))
 
     def width(*args, **kwargs):
-        low, high = M.bootstrap_ece_interval(*args, n_bootstrap=2000, seed=0, **kwargs)
+        low, high = B.bootstrap_ece_interval(*args, n_bootstrap=2000, seed=0, **kwargs)
         return high - low
 
     by_token, by_token5 = width(conf, correct), width(conf5, correct5)
@@ -667,33 +671,33 @@ def test_stratified_bootstrap_keeps_every_stratum_size(monkeypatch, exact_cell_s
     # 30 rows right and 70 wrong, all at confidence 0.9, the right ones in stratum "a": ECE |30 - 90| / 100.
     # A resample of 30 rows of "a" and 70 of "b" has that same ECE: the interval collapses onto it.
     # Drawn without strata, the mix varies and so does the ECE.
-    monkeypatch.setattr(M, "_EXACT_CELL_SIZE", exact_cell_size)
+    monkeypatch.setattr(B, "EXACT_CELL_SIZE", exact_cell_size)
     conf, correct = np.full(100, 0.9), np.arange(100) < 30
     strata = np.where(correct, "a", "b")
     units = np.arange(100) // rows_per_unit
-    low, high = M.bootstrap_ece_interval(conf, correct, n_bootstrap=500, units=units, strata=strata)
+    low, high = B.bootstrap_ece_interval(conf, correct, n_bootstrap=500, units=units, strata=strata)
     assert low == pytest.approx(0.6, abs=1e-12) and high == pytest.approx(0.6, abs=1e-12)
-    low, high = M.bootstrap_ece_interval(conf, correct, n_bootstrap=500, units=units)
+    low, high = B.bootstrap_ece_interval(conf, correct, n_bootstrap=500, units=units)
     assert high - low > 0.1
 
 
 def test_bootstrap_grouping_errors():
     conf, correct = np.array([0.5, 0.6, 0.7]), np.array([True, False, True])
     with pytest.raises(ValueError, match=r"unit 'd1' has rows in strata 'x' and 'y'"):
-        M.bootstrap_ece_interval(conf, correct, units=["d1", "d1", "d2"], strata=["x", "y", "y"])
+        B.bootstrap_ece_interval(conf, correct, units=["d1", "d1", "d2"], strata=["x", "y", "y"])
     with pytest.raises(ValueError, match=r"units \(column 'item_id'\) must not be missing: 1 of 3 .*position 2"):
-        M.bootstrap_ece_interval(conf, correct, units=pd.Series(["a", "b", None], name="item_id"))
+        B.bootstrap_ece_interval(conf, correct, units=pd.Series(["a", "b", None], name="item_id"))
     with pytest.raises(ValueError, match=r"strata must be 1-D and as long as confidence \(3\), got shape \(2,\)"):
-        M.bootstrap_ece_interval(conf, correct, strata=["x", "y"])
+        B.bootstrap_ece_interval(conf, correct, strata=["x", "y"])
 
 
 def test_bootstrap_on_a_million_tokens_holds_the_ece_and_narrows_as_one_over_root_n():
     """Rows whose cells are drawn by their normal limit (benchmarks/bootstrap_speed.py times this):
     the interval holds the ECE, and ten times the rows make it about sqrt(10) times narrower."""
     conf, correct = _overconfident(10**6)
-    low, high = M.bootstrap_ece_interval(conf, correct, n_bootstrap=1000)
-    assert low < M.expected_calibration_error(conf, correct) < high
-    tenth_low, tenth_high = M.bootstrap_ece_interval(conf[:10**5], correct[:10**5], n_bootstrap=1000)
+    low, high = B.bootstrap_ece_interval(conf, correct, n_bootstrap=1000)
+    assert low < F.expected_calibration_error(conf, correct) < high
+    tenth_low, tenth_high = B.bootstrap_ece_interval(conf[:10**5], correct[:10**5], n_bootstrap=1000)
     assert (tenth_high - tenth_low) / (high - low) == pytest.approx(10**0.5, rel=0.25)
 
 
@@ -702,7 +706,7 @@ def test_calibration_metrics_keys_and_values():
     assert list(result) == ["n", "accuracy", "mean_confidence", "ece", "mce", "ace", "brier", "brier_multiclass",
                             "letter_mass", "auroc", "rmsce", "ece_debiased", "smece", "nll", "sce", "aurc", "eaurc",
                             "acc_at_coverage_50", "acc_at_coverage_80", "ece_ci_low", "ece_ci_high"]
-    assert list(M.METRIC_COLUMNS) == ["n", "unparsed", *list(result)[1:], "temperature"]
+    assert list(S.METRIC_COLUMNS) == ["n", "unparsed", *list(result)[1:], "temperature"]
     assert result["n"] == 6 and result["accuracy"] == pytest.approx(0.5)
     assert result["mean_confidence"] == pytest.approx(2.95 / 6)
     assert result["ece"] == pytest.approx(1.85 / 6) and result["ace"] == pytest.approx(2.25 / 6)
@@ -714,9 +718,9 @@ def test_calibration_metrics_keys_and_values():
 def test_letter_mass_is_the_mean_over_rows_that_have_one():
     result = M.calibration_metrics(CONF, CORRECT, n_bootstrap=0, letter_mass=[0.9, 0.5, np.nan, 0.4, 1.0, 0.2])
     assert result["letter_mass"] == pytest.approx(3.0 / 5)
-    assert np.isnan(M.mean_letter_mass([np.nan, np.nan])) and M.mean_letter_mass([0.25]) == 0.25
+    assert np.isnan(F.mean_letter_mass([np.nan, np.nan])) and F.mean_letter_mass([0.25]) == 0.25
     with pytest.raises(ValueError, match=r"letter_mass must be a probability within \[0, 1\]: 1 of 2 .*1\.5"):
-        M.mean_letter_mass([0.5, 1.5])
+        F.mean_letter_mass([0.5, 1.5])
     with pytest.raises(ValueError, match="letter_mass and confidence differ in length: 2 vs 6"):
         M.calibration_metrics(CONF, CORRECT, n_bootstrap=0, letter_mass=[0.5, 0.5])
 
@@ -734,14 +738,14 @@ def test_letter_mass_is_the_mean_over_rows_that_have_one():
     ([0.5, 0.2], ["yes", "no"], r"correct must be boolean"),
 ])
 def test_invalid_input_is_a_clear_value_error(conf, correct, message):
-    for function in (M.calibration_metrics, M.expected_calibration_error, M.reliability_bins, M.auroc):
+    for function in (M.calibration_metrics, F.expected_calibration_error, F.reliability_bins, F.auroc):
         with pytest.raises(ValueError, match=message):
             function(conf, correct)
 
 
 def test_invalid_bins():
     with pytest.raises(ValueError, match="n_bins must be a positive integer"):
-        M.expected_calibration_error(CONF, CORRECT, n_bins=0)
+        F.expected_calibration_error(CONF, CORRECT, n_bins=0)
 
 
 # ---------------------------------------------------------------- score and summarize
@@ -796,7 +800,7 @@ OUTPUTS = ("summary", "bins", "sweep", "subjects", "curves")
 def _score(source, out, **kwargs):
     """Score `source` into out/<output>.parquet for every output; returns those paths."""
     paths = {name: out / f"{name}.parquet" for name in OUTPUTS}
-    M.score(source, *paths.values(), **{"task": "t", "model": "m", "revision": "r", "step": None, "epoch": None,
+    S.score(source, *paths.values(), **{"task": "t", "model": "m", "revision": "r", "step": None, "epoch": None,
                                         "n_bins": 10, "n_bootstrap": 1000, "seed": 0, **kwargs})
     return paths
 
@@ -825,7 +829,7 @@ GROUPS = [("max_prob", "none"), ("max_prob", "temperature"), ("max_prob", "isoto
 def test_score_writes_rows_per_method_recalibration_and_aggregation(scored):
     _, outputs = scored
     summary = read_table(outputs["summary"][0])
-    assert list(summary.columns) == [*M.KEYS, "aggregation", *M.METRIC_COLUMNS, "params", "step", "epoch", "family",
+    assert list(summary.columns) == [*S.KEYS, "aggregation", *S.METRIC_COLUMNS, "params", "step", "epoch", "family",
                                      "tag"]
     assert list(zip(summary["method"], summary["recalibration"], summary["aggregation"])) == [
         ("max_prob", "none", "micro"), ("max_prob", "temperature", "micro"), ("max_prob", "isotonic", "micro"),
@@ -851,29 +855,29 @@ def test_score_writes_rows_per_method_recalibration_and_aggregation(scored):
                                  "ece_ci_high", "epoch"]).notna().all().all()
 
     bins = read_table(outputs["bins"][0])
-    assert list(bins.columns) == [*M.KEYS, *M.BIN_COLUMNS]
+    assert list(bins.columns) == [*S.KEYS, *S.BIN_COLUMNS]
     assert list(bins.groupby(["method", "recalibration"], sort=False)["count"].sum().items()) == [
         (group, 80 if group[0] == "max_prob" else 150) for group in GROUPS]
     sweep = read_table(outputs["sweep"][0])
-    assert list(sweep.columns) == [*M.KEYS, "n_bins", "ece"]
+    assert list(sweep.columns) == [*S.KEYS, "n_bins", "ece"]
     assert list(sweep.groupby(["method", "recalibration"], sort=False).groups) == GROUPS
     assert sweep["n_bins"].tolist() == [5, 10, 15, 20] * 6
     micro = summary[~macro].reset_index(drop=True)
     assert sweep.loc[sweep["n_bins"] == 10, "ece"].tolist() == pytest.approx(micro["ece"].tolist())
 
     subjects = read_table(outputs["subjects"][0])
-    assert list(subjects.columns) == [*M.KEYS, "subject", *M.METRIC_COLUMNS]
+    assert list(subjects.columns) == [*S.KEYS, "subject", *S.METRIC_COLUMNS]
     assert list(zip(subjects["recalibration"], subjects["subject"])) == [
         (recalibration, subject) for recalibration in ("none", "temperature", "platt")
         for subject in ("algebra", "law", "virology")]
     assert (subjects["method"] == "softmax").all() and subjects.groupby("recalibration")["n"].sum().eq(150).all()
     # a macro row is the mean of its subjects' rows
-    means = subjects.groupby("recalibration", sort=False)[list(M.METRIC_COLUMNS)].mean()
+    means = subjects.groupby("recalibration", sort=False)[list(S.METRIC_COLUMNS)].mean()
     for metric in ("accuracy", "ece", "smece", "sce", "aurc", "acc_at_coverage_80", "temperature"):
         assert summary.loc[macro, metric].tolist() == pytest.approx(means[metric].tolist(), nan_ok=True)
 
     curves = read_table(outputs["curves"][0])
-    assert list(curves.columns) == [*M.KEYS, "curve", "x", "y", "density"]
+    assert list(curves.columns) == [*S.KEYS, "curve", "x", "y", "density"]
     sizes = curves.groupby(["method", "recalibration", "curve"], sort=False).size()
     assert sizes.tolist() == [101, 80] * 3 + [101, 101] * 3  # risk-coverage: every row count up to 100 rows
     smooth = curves["curve"] == "smooth_reliability"
@@ -909,7 +913,7 @@ def test_score_matches_calibration_metrics(scored, tmp_path):
                                          letter_mass=rows["letter_mass"] if mc else None)
         got = summary.loc[(method, recalibration)]
         assert {name: got[name] for name in M.METRIC_NAMES} == pytest.approx(expected, nan_ok=True)
-        assert got["temperature"] == pytest.approx(M.mean_fold_temperature(rows), nan_ok=True)
+        assert got["temperature"] == pytest.approx(S.mean_fold_temperature(rows), nan_ok=True)
         if mc:
             for subject, part in rows.groupby("subject"):
                 expected = M.calibration_metrics(part["confidence"], part["correct"], n_bootstrap=0,
@@ -917,10 +921,10 @@ def test_score_matches_calibration_metrics(scored, tmp_path):
                                                  **{key: value[part.index] for key, value in options.items()})
                 got = subjects.loc[(method, recalibration, subject)]
                 assert {name: got[name] for name in M.METRIC_NAMES} == pytest.approx(expected, nan_ok=True)
-        _, bandwidth = M.smooth_calibration_error(rows["confidence"], rows["correct"])
+        _, bandwidth = F.smooth_calibration_error(rows["confidence"], rows["correct"])
         mine = curves[(curves["method"] == method) & (curves["recalibration"] == recalibration)]
-        smooth = M.smooth_reliability_curve(rows["confidence"], rows["correct"], bandwidth)
-        risk = M.risk_coverage_curve(rows["confidence"], rows["correct"])
+        smooth = F.smooth_reliability_curve(rows["confidence"], rows["correct"], bandwidth)
+        risk = F.risk_coverage_curve(rows["confidence"], rows["correct"])
         pd.testing.assert_frame_equal(mine.loc[mine["curve"] == "smooth_reliability", ["x", "y", "density"]]
                                       .reset_index(drop=True), smooth)
         pd.testing.assert_frame_equal(mine.loc[mine["curve"] == "risk_coverage", ["x", "y"]].reset_index(drop=True),
@@ -938,7 +942,7 @@ def test_score_without_two_subjects_has_no_macro_rows(tmp_path):
     write_table(table[table["method"] == "max_prob"], tmp_path / "clm.parquet", {"stage": "recalibrate"})
     paths = _score(tmp_path / "clm.parquet", tmp_path / "clm", n_bootstrap=0)
     subjects = read_table(paths["subjects"])
-    assert subjects.empty and list(subjects.columns) == [*M.KEYS, "subject", *M.METRIC_COLUMNS]
+    assert subjects.empty and list(subjects.columns) == [*S.KEYS, "subject", *S.METRIC_COLUMNS]
     assert read_table(paths["summary"])["params"].isna().all()  # no inference provenance: unknown
 
 
@@ -946,8 +950,8 @@ def test_score_reads_only_recalibrated_tables(tmp_path):
     source = tmp_path / "confidence.parquet"
     write_table(pd.DataFrame({"item_id": ["a", "b"], "method": "softmax", "confidence": [0.5, 0.6],
                               "correct": [True, False]}), source)
-    with pytest.raises(ValueError, match=r"confidence\.parquet: no column 'recalibration': score reads a "
-                                         r"recalibrated table"):
+    with pytest.raises(ValueError, match=r"confidence\.parquet: no column 'recalibration': score and "
+                                         r"compare read a recalibrated table"):
         _score(source, tmp_path)
 
 
@@ -987,16 +991,16 @@ def test_summarize_gathers_the_runs_with_union_of_labels(scored):
     out = root / "metrics"
     targets = [out / name for name in ("summary.parquet", "summary.csv", "reliability.parquet", "bin_sweep.parquet",
                                        "subjects.parquet", "curves.parquet")]
-    M.summarize(*outputs.values(), *targets)
+    summarize(*outputs.values(), *targets)
 
     summary = read_table(out / "summary.parquet")
-    # runs in natural order (plots.natural_order): tasks, then family olmo before pythia, whatever the input order
+    # runs in natural order (order.natural_order): tasks, then family olmo before pythia, whatever the input order
     runs = [("arc", "olmo-1b", "epoch2"), ("arc", "pythia-160m", "main"), ("mmlu", "pythia-160m", "step1000")]
     assert summary[["task", "model", "revision"]].drop_duplicates().values.tolist() == [list(r) for r in runs]
     first = read_table(outputs["summary"][0])  # a run's rows keep their order: method, recalibration, micro/macro
     pd.testing.assert_frame_equal(summary.iloc[-len(first):][list(first.columns[:-2])].reset_index(drop=True),
                                   first[first.columns[:-2]], check_dtype=False)
-    assert list(summary.columns) == [*M.KEYS, "aggregation", *M.METRIC_COLUMNS, "params", "step", "epoch", "family",
+    assert list(summary.columns) == [*S.KEYS, "aggregation", *S.METRIC_COLUMNS, "params", "step", "epoch", "family",
                                      "tag", "data"]
     assert summary["step"].isna().sum() == 18  # revisions "main" and "epoch2" name no step
     assert summary["epoch"].tolist()[:9] == [2] * 9 and summary["epoch"][9:].isna().all()
@@ -1009,8 +1013,8 @@ def test_summarize_gathers_the_runs_with_union_of_labels(scored):
     pd.testing.assert_frame_equal(csv, summary, check_dtype=False)
 
     reliability = read_table(out / "reliability.parquet")
-    assert list(reliability.columns) == [*M.KEYS, *M.BIN_COLUMNS] and len(reliability) == 3 * 6 * 10
-    counts = reliability.groupby([*M.KEYS], sort=False)["count"].sum()
+    assert list(reliability.columns) == [*S.KEYS, *S.BIN_COLUMNS] and len(reliability) == 3 * 6 * 10
+    counts = reliability.groupby([*S.KEYS], sort=False)["count"].sum()
     micro = summary[summary["aggregation"] == "micro"]
     assert counts.tolist() == micro["n"].tolist()
     sweep = read_table(out / "bin_sweep.parquet")
@@ -1040,8 +1044,8 @@ def test_relplot_metric_modules_load_without_its_plotting_and_agree_with_the_pac
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np; from workflow_scripts import metrics as M; "
-            "print(M.smooth_calibration_error(np.array([0.2, 0.9, 0.7, 0.6]), np.array([0, 1, 1, 0]))[0]); "
+    code = ("import sys, numpy as np; from workflow_scripts import scoring as S; "
+            "print(S.smooth_calibration_error(np.array([0.2, 0.9, 0.7, 0.6]), np.array([0, 1, 1, 0]))[0]); "
             "print(sorted({'matplotlib', 'seaborn', 'relplot'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     import relplot

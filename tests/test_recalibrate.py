@@ -89,7 +89,7 @@ def test_platt_matches_kumar_et_al():
         np.testing.assert_allclose(R.platt_scale(GRID, a, b), theirs(GRID), atol=1e-3)
         x = np.log(confidence / (1 - confidence))
 
-        def nll(a, b):
+        def nll(a, b, x=x, correct=correct):
             return np.sum(np.logaddexp(0, a * x + b) - correct * (a * x + b))
 
         assert nll(a, b) <= nll(clf.coef_[0][0], clf.intercept_[0]) + 1e-9

@@ -8,96 +8,49 @@ sums, never by materialising the resampled rows.
 """
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import scipy.sparse
 import scipy.stats
 
-from .metrics import (STRATA_COLUMNS, _check_n_bins, _codes, _validated, _width_bin_index,
-                      expected_calibration_error, option_matrix, relplot_modules, smooth_calibration_error,
-                      static_calibration_error, stratum_of_units, unparsed_rows)
-from .tables import atomic_path, read_table
+from .bootstrap import group_codes, resample_counts, stratum_of_units
+from .metrics import unparsed_rows
+from .metrics import check_n_bins
+from .metric_table import METRICS, RECALIBRATED_COLUMNS, STRATA_COLUMNS, ScoredRows, read_recalibrated, strata_of
+from .tables import atomic_path
 
 log = logging.getLogger(__name__)
 
-METRICS = ("accuracy", "ece", "sce", "smece")
+# The metrics compared: those of the metrics table that have a resampled form, in name order.
+COMPARED_METRICS = tuple(sorted(name for name, metric in METRICS.items() if metric.resampled is not None))
 STATISTICS = ("a", "b", "diff", "ci_low", "ci_high", "p", "q")
 ID_COLUMNS = ("comparison", "task", "method", "model_a", "revision_a", "recalibration_a",
               "model_b", "revision_b", "recalibration_b", "n")
-COLUMNS = (*ID_COLUMNS, *(f"{metric}_{statistic}" for metric in METRICS for statistic in STATISTICS))
+COLUMNS = (*ID_COLUMNS, *(f"{metric}_{statistic}" for metric in COMPARED_METRICS for statistic in STATISTICS))
 RECALIBRATION = "recalibration"  # the comparison label of "none" against a recalibration of the same run
 UNCALIBRATED = "none"
 LEVEL = 0.95
-INPUT_COLUMNS = ("item_id", "method", "recalibration", "confidence", "correct")
 _OPTIONAL_COLUMNS = (*STRATA_COLUMNS, "option_probs", "gold")
-# Elements of the smoothing map (evaluation points x grid) built at once (4 MiB), and how many such maps
-# are kept (relplot's bandwidths are multiples of 2**-10, so sides share them: ~70 distinct ones in the
-# default-sized workload of benchmarks/compare_speed.py).
-_CHUNK_ELEMENTS = 2**19
-_CACHED_MAPS = 128
-# relplot.smooth_ece adds this to the kernel density at every evaluation point (BaseKernelMixin.smooth).
-RELPLOT = relplot_modules()
-_DENSITY_EPS = inspect.signature(RELPLOT.kernels.BaseKernelMixin.smooth).parameters["eps"].default
-
-
-def resample_counts(unit_strata, n_bootstrap: int, seed: int) -> np.ndarray:
-    """How often each unit is drawn in each resample (n_bootstrap x units, float64).
-
-    `unit_strata` holds the stratum code of every unit (units in sorted order); every stratum's units are
-    drawn with replacement, as many as it has (a multinomial per stratum, strata in code order), from
-    numpy default_rng(seed), as metrics.bootstrap_ece_interval draws them.
-    """
-    strata = np.asarray(unit_strata, dtype=np.intp)
-    rng = np.random.default_rng(seed)
-    counts = np.empty((n_bootstrap, len(strata)))
-    for stratum in range(strata.max() + 1):
-        members = np.flatnonzero(strata == stratum)
-        counts[:, members] = rng.multinomial(len(members), np.full(len(members), 1.0 / len(members)),
-                                             size=n_bootstrap)
-    return counts
 
 
 @dataclass
 class Side:
-    """One side of comparisons: its units (sorted item ids) and their strata, the full-sample metrics, and
-    the per-unit sums from which `resampled` computes every resample's metrics."""
+    """One side of comparisons: its units (sorted item ids) and their strata, its rows, the full-sample value
+    of every compared metric, and the resampled forms that give their values on resamples of the units."""
 
     units: np.ndarray          # sorted unique item_ids
     unit_strata: np.ndarray    # stratum label of each unit (all None without strata)
-    point: dict                # metric -> full-sample value
-    sigma: float               # relplot's smECE bandwidth of the full sample, held in the resamples
-    rows: np.ndarray           # per unit: number of rows
-    hits: np.ndarray           # per unit: number correct
-    ece_gaps: np.ndarray       # per unit and equal-width bin: number correct - confidence sum
-    sce_gaps: np.ndarray | None    # per unit, option position x bin: sum of 1[gold == k] - p_k (None: no SCE)
-    sce_items: np.ndarray | None   # per unit and option position: rows having that option
-    smooth_residuals: np.ndarray   # per unit and relplot evaluation point: kernel-smoothed (conf - correct)
-    smooth_density: np.ndarray     # per unit: kernel density summed over the evaluation points
+    rows: ScoredRows
+    point: dict[str, float]    # metric -> full-sample value
+    resamplers: dict[str, Callable[[np.ndarray], np.ndarray]]  # metric -> its values on resample counts
 
     def resampled(self, counts: np.ndarray) -> dict[str, np.ndarray]:
-        """Each metric of every resample, for `counts` (resamples x units, as resample_counts)."""
-        rows = counts @ self.rows
-        values = {
-            "accuracy": counts @ self.hits / rows,
-            "ece": np.abs(counts @ self.ece_gaps).sum(axis=1) / rows,
-            "smece": np.abs(counts @ self.smooth_residuals).sum(axis=1)
-            / (counts @ self.smooth_density + _DENSITY_EPS * self.smooth_residuals.shape[1]),
-        }
-        if self.sce_gaps is None:
-            values["sce"] = np.full(len(counts), np.nan)
-        else:
-            items = counts @ self.sce_items
-            errors = np.abs((counts @ self.sce_gaps).reshape(*items.shape, -1)).sum(axis=2)
-            per_option = np.divide(errors, items, out=np.full(items.shape, np.nan), where=items > 0)
-            values["sce"] = np.nanmean(per_option, axis=1)  # every resample has an item with option 0
-        return values
+        """Each compared metric of every resample, for `counts` (resamples x units, as resample_counts)."""
+        return {metric: values(counts) for metric, values in self.resamplers.items()}
 
 
 def side_statistics(rows: pd.DataFrame, n_bins: int = 10) -> Side:
@@ -105,118 +58,33 @@ def side_statistics(rows: pd.DataFrame, n_bins: int = 10) -> Side:
     optionally subject/relation, option_probs and gold).
 
     Rows sharing an item_id form one unit; units are stratified by the first of STRATA_COLUMNS the rows
-    fill. SCE needs option_probs and gold on every row (NaN when no row has option_probs).
+    fill. SCE needs option_probs and gold on every row (NaN when no row has option_probs). smECE's
+    resamples hold the full sample's bandwidth.
     """
-    _check_n_bins(n_bins)
-    conf, hit = _validated(rows["confidence"], rows["correct"])
-    unit, units = pd.factorize(np.asarray(rows["item_id"], dtype=object), sort=True)
-    if (unit < 0).any():
-        raise ValueError(f"item_id must not be missing: {int((unit < 0).sum())} of {len(rows)} rows lack one")
-    n_units = len(units)
-    strata = next((rows[c] for c in STRATA_COLUMNS if c in rows and rows[c].notna().any()), None)
-    unit_strata = np.full(n_units, None, dtype=object)
+    check_n_bins(n_bins)
+    probs = rows["option_probs"] if "option_probs" in rows else None
+    if probs is not None and probs.isna().all():
+        probs = None
+    if probs is not None:
+        missing = probs.isna() | (rows["gold"].isna() if "gold" in rows else True)
+        if missing.any():
+            raise ValueError(f"SCE needs option_probs and gold on every row: {int(missing.sum())} of {len(rows)} "
+                             f"rows lack them (e.g. item_id {rows['item_id'][missing].iloc[0]!r})")
+    scored = ScoredRows(rows["confidence"], rows["correct"], n_bins, option_probs=probs,
+                        gold=None if probs is None else rows["gold"], units=rows["item_id"])
+    unit, units = scored.unit_index
+    strata = strata_of(rows)
+    unit_strata = np.full(len(units), None, dtype=object)
     if strata is not None:
-        stratum, labels = _codes(strata, "strata", len(rows))
+        stratum, labels = group_codes(strata, "strata", len(rows))
         of_unit, row = stratum_of_units(unit, stratum)
         if row is not None:
             raise ValueError(f"a unit must lie in one stratum: item_id {units[unit[row]]!r} has rows in "
                              f"{strata.name} {labels[stratum[row]]!r} and {labels[of_unit[unit[row]]]!r}")
         unit_strata = np.asarray(labels, dtype=object)[of_unit]
-
-    ece_gaps = _per_unit(unit, hit - conf, n_units, _width_bin_index(conf, n_bins), n_bins)
-    point = {"accuracy": float(hit.mean()), "ece": expected_calibration_error(conf, hit, n_bins)}
-    sce_gaps = sce_items = None
-    probs = rows["option_probs"] if "option_probs" in rows else None
-    if probs is None or probs.isna().all():
-        point["sce"] = float("nan")
-    else:
-        missing = probs.isna() | (rows["gold"].isna() if "gold" in rows else True)
-        if missing.any():
-            raise ValueError(f"SCE needs option_probs and gold on every row: {int(missing.sum())} of {len(rows)} "
-                             f"rows lack them (e.g. item_id {rows['item_id'][missing].iloc[0]!r})")
-        matrix, lengths, gold = option_matrix(probs, rows["gold"])
-        positions = np.arange(matrix.shape[1])
-        has = positions < lengths[:, None]
-        residual = np.where(has, (gold[:, None] == positions) - matrix, 0.0)
-        cell = positions * n_bins + _width_bin_index(matrix.ravel(), n_bins).reshape(matrix.shape)
-        row_unit = np.repeat(unit, len(positions))
-        sce_gaps = _per_unit(row_unit, residual.ravel(), n_units, cell.ravel(), len(positions) * n_bins)
-        sce_items = _per_unit(row_unit, has.ravel().astype(np.float64), n_units, np.tile(positions, len(rows)),
-                              len(positions))
-        point["sce"] = static_calibration_error(probs, rows["gold"], n_bins)
-    smece, sigma = smooth_calibration_error(conf, hit)
-    point["smece"] = float(smece)
-    smooth_residuals, smooth_density = _smoothed_per_unit(conf, conf - hit, unit, n_units, sigma)
-    return Side(units=np.asarray(units, dtype=object), unit_strata=unit_strata, point=point, sigma=float(sigma),
-                rows=_per_unit(unit, None, n_units)[:, 0], hits=_per_unit(unit, hit, n_units)[:, 0],
-                ece_gaps=ece_gaps, sce_gaps=sce_gaps, sce_items=sce_items, smooth_residuals=smooth_residuals,
-                smooth_density=smooth_density)
-
-
-def _per_unit(unit, weights, n_units: int, columns=None, n_columns: int = 1) -> np.ndarray:
-    """Sums of `weights` (None: ones) per unit and column (units x n_columns)."""
-    index = unit if columns is None else unit * n_columns + columns
-    return np.bincount(index, weights=weights, minlength=n_units * n_columns).reshape(n_units, n_columns)
-
-
-def _smoothed_per_unit(conf, residual, unit, n_units: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per unit, relplot's kernel smoothing (ReflectedGaussianKernel.apply at bandwidth `sigma`) of its rows'
-    residuals at smooth_ece's evaluation points, and of its rows' ones summed over those points.
-
-    relplot.metrics.smooth_ece(f, y, sigma) = sum_t |apply(f, f - y)(t)| / sum_t (apply(f, 1)(t) + eps), and
-    apply is linear in the weights: smooth_round_to_grid splits each row's weight between two grid points,
-    then a reflected convolution and a linear interpolation at the points t map the grid to t. So a
-    resample drawing unit u c_u times has apply = sum_u c_u * apply(unit u's rows). Here the grid weights of
-    every unit (a sparse units x grid matrix) are multiplied by that map from the grid to t.
-    """
-    if RELPLOT.config.use_logit_scaling:
-        raise ValueError("relplot.config.use_logit_scaling is set: its logit kernel is not linear in the rows, "
-                         "so the resampled smECE cannot be built from per-unit sums")
-    points = max(round(10 / sigma), RELPLOT.config.smECE_mesh_pts)  # as relplot.metrics.smooth_ece
-    grid = max(2000, round(20 / sigma)) // 2 + 1  # as GaussianKernel.apply
-    position = conf * (grid - 1)  # as smooth_round_to_grid
-    cell = position.astype(int).clip(0, grid - 2)
-    frac = position - cell
-    shape = (n_units, grid)
-    spread = (np.concatenate([unit, unit]), np.concatenate([cell, cell + 1]))
-    residuals = scipy.sparse.csr_array((np.concatenate([(1 - frac) * residual, frac * residual]), spread), shape)
-    ones = scipy.sparse.csr_array((np.concatenate([1 - frac, frac]), spread), shape)
-    smoothed = np.empty((n_units, points))
-    density = np.zeros(n_units)
-    step = max(1, _CHUNK_ELEMENTS // grid)
-    for first in range(0, points, step):
-        operator, column_sums = _grid_to_points(sigma, grid, points, first, min(first + step, points))
-        smoothed[:, first:first + step] = residuals @ operator.T
-        density += ones @ column_sums
-    return smoothed, density
-
-
-@functools.lru_cache(maxsize=_CACHED_MAPS)
-def _grid_to_points(sigma: float, grid: int, points: int, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """The matrix (stop - first x grid) of ReflectedGaussianKernel(sigma).convolve followed by
-    relplot.kernels.interpolate at the evaluation points t[first:stop] of np.linspace(0, 1, points): row k
-    holds, for every grid point, its weight at t[first + k]; and its column sums."""
-    t = np.linspace(0, 1, points)[first:stop]
-    kernel = RELPLOT.kernels.ReflectedGaussianKernel(sigma).kernel_ev(grid)
-    # interpolate: t lies between grid points left and left + 1.
-    left = (t * (grid - 1)).astype(int).clip(0, grid - 2)
-    weight = (t - left * (1 / (grid - 1))) / (1 / (grid - 1))
-    # convolve: output s = np.convolve(extended, kernel, "valid")[grid // 2 + s] = sum_j kernel[j] *
-    # extended[grid // 2 + s + grid - 1 - j], with extended = [values[:0:-1], values, values[-2::-1]];
-    # extended position e holds values[e - (grid - 1)], reflected at both ends.
-    # Kernel values that underflow to 0 (beyond about 38 sigma) add nothing and are left out.
-    j = np.flatnonzero(kernel)
-    rows = np.stack([left, left + 1], axis=1)[:, :, None]  # (points, 2, 1): the outputs s interpolated
-    e = grid // 2 + rows + grid - 1 - j
-    source = np.abs(e - (grid - 1))
-    source = np.where(source > grid - 1, 2 * (grid - 1) - source, source)
-    weights = np.stack([1 - weight, weight], axis=1)[:, :, None] * kernel[j]
-    index = np.arange(len(t))[:, None, None] * grid + source
-    operator = np.bincount(index.ravel(), weights=weights.ravel(), minlength=len(t) * grid).reshape(len(t), grid)
-    operator.setflags(write=False)
-    column_sums = operator.sum(axis=0)
-    column_sums.setflags(write=False)
-    return operator, column_sums
+    return Side(units=np.asarray(units, dtype=object), unit_strata=unit_strata, rows=scored,
+                point={metric: METRICS[metric].value(scored) for metric in COMPARED_METRICS},
+                resamplers={metric: METRICS[metric].resampled(scored) for metric in COMPARED_METRICS})
 
 
 def bootstrap_p_value(differences) -> float:
@@ -245,7 +113,7 @@ def _difference(a: Side, b: Side, a_values: dict | None, b_values: dict | None) 
     """The metric columns (all but q) of b - a: point difference, percentile interval and p of the resamples."""
     tail = (1.0 - LEVEL) / 2.0
     columns = {}
-    for metric in METRICS:
+    for metric in COMPARED_METRICS:
         columns[f"{metric}_a"], columns[f"{metric}_b"] = a.point[metric], b.point[metric]
         columns[f"{metric}_diff"] = b.point[metric] - a.point[metric]
         low = high = p = float("nan")
@@ -285,12 +153,12 @@ def compare(
 
     For one task and method, the resamples (units drawn with replacement, stratified as side_statistics
     says) are drawn once by resample_counts(seed) and serve every side; the sides of a comparison must
-    hold the same item_ids (else ValueError). Per metric (accuracy, ECE, SCE, smECE): the full-sample
+    hold the same item_ids (else ValueError). Per metric of COMPARED_METRICS: the full-sample
     values {m}_a, {m}_b, their difference, its percentile 95% interval over the resamples and the p-value
     of bootstrap_p_value, and q, Benjamini-Hochberg over the table per metric. smECE's resamples hold each
     side's full-sample bandwidth. With n_bootstrap == 0 the intervals, p and q are NaN.
     """
-    _check_n_bins(n_bins)
+    check_n_bins(n_bins)
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
     by_task: dict[str, dict[tuple[str, str], str]] = {}
@@ -313,7 +181,7 @@ def compare(
     for task, task_runs in by_task.items():
         rows += _task_comparisons(task, task_runs, model_pairs, n_bins, n_bootstrap, seed)
     table = pd.DataFrame(rows, columns=[c for c in COLUMNS if not c.endswith("_q")])
-    for metric in METRICS:
+    for metric in COMPARED_METRICS:
         table.insert(table.columns.get_loc(f"{metric}_p") + 1, f"{metric}_q",
                      benjamini_hochberg(table[f"{metric}_p"]))
     table["n"] = table["n"].astype(np.int64)
@@ -391,15 +259,9 @@ def _task_comparisons(task: str, task_runs: Mapping, model_pairs: Sequence, n_bi
 def _groups(path) -> tuple[dict[tuple[str, str], pd.DataFrame], set[tuple[str, str]]]:
     """The rows of a recalibrated table by (method, recalibration), less the rows without a confidence
     (metrics.unparsed_rows), and the (method, recalibration) pairs that had such rows."""
-    table = read_table(path)
-    missing = [column for column in INPUT_COLUMNS if column not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
-    for column in ("method", "recalibration"):
-        if table[column].isna().any():
-            raise ValueError(f"{path}: {int(table[column].isna().sum())} rows have no {column}")
+    table = read_recalibrated(path)
     unparsed = unparsed_rows(table)
     left_out = {(str(m), str(r)) for m, r in table.loc[unparsed, ["method", "recalibration"]].itertuples(index=False)}
-    table = table.loc[~unparsed, [c for c in (*INPUT_COLUMNS, *_OPTIONAL_COLUMNS) if c in table.columns]]
+    table = table.loc[~unparsed, [c for c in (*RECALIBRATED_COLUMNS, *_OPTIONAL_COLUMNS) if c in table.columns]]
     return {(str(m), str(r)): group.reset_index(drop=True)
             for (m, r), group in table.groupby(["method", "recalibration"], sort=True)}, left_out

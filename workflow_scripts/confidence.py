@@ -14,24 +14,18 @@ import string
 import numpy as np
 import pandas as pd
 
-from .metrics import option_indices
+from .kinds import CLM, GENERATION, KINDS, MULTIPLE_CHOICE, SCORINGS
+from .metrics import option_indices, unparsed_rows
 from .tables import read_provenance, read_table, write_table
 
 MATCH_RULES = ("exact", "prefix")
-# Columns the methods of each kind read from the inference table and from the task table.
-RAW_COLUMNS = {
-    "clm": ["item_id", "position", "target_id", "max_logprob", "argmax_id"],
-    "generation": ["item_id", "token_ids", "token_logprobs", "answer_text", "gold_first_ids", "first_text"],
-    "multiple_choice": ["item_id", "subject", "option_logprobs", "gold"],
-}
-DATA_COLUMNS = {"clm": [], "generation": ["item_id", "relation", "aliases"], "multiple_choice": []}
-# Which multiple-choice methods apply to a task of each scoring (the first: the primary one, the figures' method).
+# Which multiple-choice methods apply to a task of each scoring (kinds.SCORINGS; the first: the primary one,
+# the figures' method).
 MC_METHODS_BY_SCORING = {
     "letters": ("option_softmax",),
     "continuation": ("continuation_sum", "continuation_norm_chars", "continuation_norm_tokens", "continuation_min"),
 }
-SCORINGS = tuple(MC_METHODS_BY_SCORING)
-# Columns a multiple-choice method reads beyond RAW_COLUMNS / DATA_COLUMNS of its kind.
+# Columns a multiple-choice method reads beyond the raw_columns / data_columns of its kind (kinds.KINDS).
 METHOD_RAW_COLUMNS = {"continuation_norm_tokens": ["option_token_counts"],
                       "continuation_min": ["option_min_logprobs"]}
 METHOD_DATA_COLUMNS = {"continuation_norm_chars": ["item_id", "choices"]}
@@ -202,23 +196,22 @@ def mc_continuation_min(raw: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
 
 
 METHODS = {
-    "clm": {"max_prob": clm_max_prob},
-    "generation": {"first_token_prob": facts_first_token_prob, "seq_prob": facts_seq_prob,
-                   "mean_token_prob": facts_mean_token_prob},
-    "multiple_choice": {"option_softmax": mc_option_softmax, "continuation_sum": mc_continuation_sum,
-                        "continuation_norm_chars": mc_continuation_norm_chars,
-                        "continuation_norm_tokens": mc_continuation_norm_tokens,
-                        "continuation_min": mc_continuation_min},
+    CLM: {"max_prob": clm_max_prob},
+    GENERATION: {"first_token_prob": facts_first_token_prob, "seq_prob": facts_seq_prob,
+                 "mean_token_prob": facts_mean_token_prob},
+    MULTIPLE_CHOICE: {"option_softmax": mc_option_softmax, "continuation_sum": mc_continuation_sum,
+                      "continuation_norm_chars": mc_continuation_norm_chars,
+                      "continuation_norm_tokens": mc_continuation_norm_tokens,
+                      "continuation_min": mc_continuation_min},
 }
 
 
-# Confidence the model states about its own answer, read from the second inference pass (self_eval.py);
-# the kinds they apply to. Their rows follow the first pass's answers (``proposals``).
+# Confidence the model states about its own answer, read from the second inference pass (self_eval.py), for the
+# kinds whose KINDS entry has self_eval; the task-table columns they read. Their rows follow the first pass's
+# answers (``proposals``).
 SELF_EVAL_METHODS = ("p_true", "verbalized")
-SELF_EVAL_KINDS = ("generation", "multiple_choice")
-SELF_EVAL_DATA_COLUMNS = {"generation": ["item_id", "aliases", "relation"],
-                          "multiple_choice": ["item_id", "choices", "gold"]}
-STRATA = {"generation": ["relation"], "multiple_choice": ["subject"]}  # the columns that group a kind's items
+SELF_EVAL_DATA_COLUMNS = {GENERATION: ["item_id", "aliases", "relation"],
+                          MULTIPLE_CHOICE: ["item_id", "choices", "gold"]}
 VERBALIZED_PROBABILITY = re.compile(r"probability\s*:\s*\**\s*(\d+(?:\.\d*)?|\.\d+)\s*(%?)", re.IGNORECASE)
 VERBALIZED_GUESS = re.compile(r"guess\s*:\**[ \t]*(.*?)[ \t]*(?:\**[ \t]*probability\s*:|\n|$)", re.IGNORECASE)
 OPTION_LETTER = re.compile(r"^\(?([A-Z])(?:[.):]|$)")  # "B", "B.", "B)", "(B) Paris", "B: Paris"
@@ -230,7 +223,7 @@ def default_methods(kind: str, scoring: str | None = None) -> list[str]:
     ``continuation_sum`` first as the primary); for the other kinds all of theirs (scoring is not read)."""
     if kind not in METHODS:
         raise ValueError(f"unknown task kind {kind!r}; known: {sorted(METHODS)}")
-    if kind != "multiple_choice":
+    if kind != MULTIPLE_CHOICE:
         return list(METHODS[kind])
     return list(MC_METHODS_BY_SCORING[_check_scoring(scoring or "letters")])
 
@@ -286,7 +279,7 @@ def check_methods(kind: str, scoring: str | None, methods: list[str]) -> None:
     """ValueError naming the methods that are unknown for ``kind`` or, for multiple choice, do not apply
     to its ``scoring`` (the token methods of MC_METHODS_BY_SCORING; the SELF_EVAL_METHODS apply to any)."""
     _check_known(kind, methods)
-    if kind == "multiple_choice":
+    if kind == MULTIPLE_CHOICE:
         scoring = _check_scoring(scoring)
         misfits = [m for m in token_methods(methods) if m not in MC_METHODS_BY_SCORING[scoring]]
         if misfits:
@@ -297,7 +290,7 @@ def check_methods(kind: str, scoring: str | None, methods: list[str]) -> None:
 def _check_known(kind: str, methods: list[str]) -> None:
     if kind not in METHODS:
         raise ValueError(f"unknown task kind {kind!r}; known: {sorted(METHODS)}")
-    known = [*METHODS[kind], *(SELF_EVAL_METHODS if kind in SELF_EVAL_KINDS else ())]
+    known = [*METHODS[kind], *(SELF_EVAL_METHODS if KINDS[kind].self_eval else ())]
     unknown = [m for m in methods if m not in known]
     if unknown:
         raise ValueError(f"unknown confidence method(s) {unknown} for task kind {kind!r}; known: {sorted(known)}")
@@ -311,7 +304,7 @@ def token_methods(methods: list[str]) -> list[str]:
 def proposal_method(kind: str, methods: list[str], scoring: str | None) -> str | None:
     """The method whose top option is a multiple-choice item's answer for the self-evaluation methods: the
     task's first token method, else its scoring's primary one; None for the other kinds (the greedy answer)."""
-    if kind != "multiple_choice":
+    if kind != MULTIPLE_CHOICE:
         return None
     return (token_methods(methods) or default_methods(kind, scoring))[0]
 
@@ -320,12 +313,13 @@ def proposals(kind: str, raw: pd.DataFrame, data: pd.DataFrame, *, methods: list
     """The first pass's answer to every item (``item_id, proposed, correct`` and the item's ``relation`` or
     ``subject``): for facts the greedy answer (``answer_text``, correct by the alias rule ``match``); for
     multiple choice the text of the top option of ``proposal_method`` (correct when it is gold)."""
-    if kind == "generation":
+    if kind == GENERATION:
         return pd.DataFrame({"item_id": raw["item_id"].to_numpy(), "proposed": raw["answer_text"].to_numpy(),
                              "correct": _answer_correct(raw, data, match),
                              "relation": _task_values(raw, data, "relation")})
-    if kind != "multiple_choice":
-        raise ValueError(f"the self-evaluation methods {list(SELF_EVAL_METHODS)} apply to {list(SELF_EVAL_KINDS)} "
+    if kind != MULTIPLE_CHOICE:
+        raise ValueError(f"the self-evaluation methods {list(SELF_EVAL_METHODS)} apply to "
+                         f"{[name for name, facts in KINDS.items() if facts.self_eval]} "
                          f"tasks, not {kind!r}")
     top = METHODS[kind][proposal_method(kind, methods, table_scoring(data))](raw, data)
     choices = _task_values(top, data, "choices")
@@ -377,10 +371,10 @@ def verbalized(kind: str, proposed: pd.DataFrame, replies: pd.DataFrame, data: p
     ``parsed`` false, no confidence, not correct."""
     parsed = pd.Series([parse_verbalized(r) for r in replies["generated"]], index=replies["item_id"].to_numpy(),
                        dtype=object)
-    table = _matched(proposed, parsed, "the verbalized table")[["item_id", *STRATA[kind]]]
+    table = _matched(proposed, parsed, "the verbalized table")[["item_id", *KINDS[kind].strata]]
     found = parsed.loc[table["item_id"]].to_list()
     guesses = [f[0] if f else None for f in found]
-    if kind == "generation":
+    if kind == GENERATION:
         aliases = _task_values(table, data, "aliases")
         correct = [g is not None and answer_matches(g, a, match) for g, a in zip(guesses, aliases)]
     else:
@@ -415,17 +409,17 @@ def extract_confidence(kind: str, inference_path, data_path, out_path, *, method
     _check_match(match)
     raw, data = read_table(inference_path), read_table(data_path)
     scoring = None
-    if kind == "multiple_choice":
+    if kind == MULTIPLE_CHOICE:
         scoring = table_scoring(data, data_path)
         try:
             check_methods(kind, scoring, methods)
         except ValueError as error:
             raise ValueError(f"{data_path}: {error}") from None
     reading = token_methods(methods)  # and, for the self-evaluation methods, the proposals' method
-    if len(reading) < len(methods) and kind == "multiple_choice":
+    if len(reading) < len(methods) and kind == MULTIPLE_CHOICE:
         reading = [*reading, proposal_method(kind, methods, scoring)]
-    raw_columns = RAW_COLUMNS[kind] + [c for m in reading for c in METHOD_RAW_COLUMNS.get(m, [])]
-    data_columns = DATA_COLUMNS[kind] + [c for m in reading for c in METHOD_DATA_COLUMNS.get(m, [])]
+    raw_columns = [*KINDS[kind].raw_columns, *(c for m in reading for c in METHOD_RAW_COLUMNS.get(m, []))]
+    data_columns = [*KINDS[kind].data_columns, *(c for m in reading for c in METHOD_DATA_COLUMNS.get(m, []))]
     if len(reading) < len(methods):
         data_columns += SELF_EVAL_DATA_COLUMNS[kind]
     for path, table, columns in ((inference_path, raw, raw_columns), (data_path, data, data_columns)):

@@ -337,7 +337,8 @@ def recalibrate(confidence_path, data_path, out_path, *, methods, folds: int, se
     for method in pd.unique(table["method"]):
         rows = table[table["method"] == method]
         unparsed, split = unparsed_rows(rows), splits.loc[rows["item_id"]].to_numpy()
-        rows, kept, val_unparsed = rows[~unparsed], rows[unparsed & (split == "test")], (unparsed & (split == "val")).any()
+        rows, kept = rows[~unparsed], rows[unparsed & (split == "test")]
+        val_unparsed = (unparsed & (split == "val")).any()
         options = _check_rows(rows, confidence_path, method)
         split = splits.loc[rows["item_id"]].to_numpy()
         test, val = rows[split == "test"].reset_index(drop=True), rows[split == "val"]

@@ -3,7 +3,7 @@ from workflow_scripts.runlog import run_logged
 
 
 def every_task(tasks, raws, datas, outs):
-    for (task, run), raw, data, out in zip(tasks.items(), raws, datas, outs, strict=True):
+    for run, raw, data, out in zip(tasks.values(), raws, datas, outs, strict=True):
         extract_confidence(run["kind"], raw, data, out, methods=run["methods"], match=run["match"],
                            self_eval=run["self_eval"])
 

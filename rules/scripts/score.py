@@ -1,5 +1,5 @@
-from workflow_scripts.metrics import score
 from workflow_scripts.runlog import run_logged
+from workflow_scripts.scoring import score
 
 wc, out, p = snakemake.wildcards, snakemake.output, snakemake.params
 

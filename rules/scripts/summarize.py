@@ -1,5 +1,5 @@
-from workflow_scripts.metrics import summarize
 from workflow_scripts.runlog import run_logged
+from workflow_scripts.summary import summarize
 
 inp, out = snakemake.input, snakemake.output
 run_logged(snakemake.log[0], summarize, inp.summaries, inp.bins, inp.sweeps, inp.subjects, inp.curves, out.summary,
