@@ -77,7 +77,7 @@ if STUDY.preference:
 
 rule tune:
     input:
-        code=code("align"),
+        code=code("align", "launch"),
         base="results/align/base",
         data=lambda wc: f"results/align/data/instructions/{STUDY.tuned[wc.tuned].labels['data']}.parquet",
     output:
@@ -108,7 +108,7 @@ if "rlhf" in STUDY.preference:
 
     rule train_reward_model:
         input:
-            code=code("align"),
+            code=code("align", "launch"),
             policy=STUDY.policy_dir(),
             pairs="results/align/data/preferences.parquet",
         output:
@@ -133,7 +133,7 @@ if "rlhf" in STUDY.preference:
 
     rule rlhf:
         input:
-            code=code("align"),
+            code=code("align", "launch"),
             policy=STUDY.policy_dir(),
             reward_model="results/align/reward_model",
             pairs="results/align/data/preferences.parquet",
@@ -161,7 +161,7 @@ if "dpo" in STUDY.preference:
 
     rule dpo:
         input:
-            code=code("align"),
+            code=code("align", "launch"),
             policy=STUDY.policy_dir(),
             pairs="results/align/data/preferences.parquet",
         output:

@@ -11,10 +11,11 @@ STUDY = Study(config)
 CODE = Path(workflow.basedir) / "workflow_scripts"  # the workflow's own code, not another copy on sys.path
 
 
-def code(module):
-    """The files a rule's code is made of: the import closure of the module it runs (dotted, below
+def code(*modules):
+    """The files a rule's code is made of: the import closure of the modules its script imports (dotted, below
     workflow_scripts), so that editing any of them reruns the rule (tables.NOT_RESULT_CODE lists the exceptions)."""
-    return [str(path) for path in module_files(f"workflow_scripts.{module}", CODE).values()]
+    files = {name: path for module in modules for name, path in module_files(f"workflow_scripts.{module}", CODE).items()}
+    return [str(files[name]) for name in sorted(files)]
 
 
 def one_of(names):

@@ -20,7 +20,7 @@ for figure in FIGURES:
             figure.rule
         input:
             **figure.input_files(STUDY),
-            code=code(f"plots.{figure.module}"),
+            code=code("plots.registry", f"plots.{figure.module}"),
         output:
             **{
                 name: (

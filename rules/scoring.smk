@@ -55,7 +55,7 @@ rule recalibrate:
 
 rule score:
     input:
-        code=code("metrics"),
+        code=code("scoring"),
         recalibrated=checkpoint_files("recalibrated", STUDY.regular_tasks),
     output:
         summary=checkpoint_files("metrics", STUDY.regular_tasks),
@@ -112,7 +112,7 @@ if STUDY.imports:  # an imported harness run: a job per task
 
     use rule score as score_imported with:
         input:
-            code=code("metrics"),
+            code=code("scoring"),
             recalibrated=checkpoint_files("recalibrated", ["{task}"]),
         output:
             summary=checkpoint_files("metrics", ["{task}"]),
@@ -133,7 +133,7 @@ if STUDY.imports:  # an imported harness run: a job per task
 
 rule summarize:
     input:
-        code=code("metrics"),
+        code=code("summary"),
         summaries=run_outputs("metrics"),
         bins=run_outputs("metrics", ".bins.parquet"),
         sweeps=run_outputs("metrics", ".sweep.parquet"),
