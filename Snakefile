@@ -22,9 +22,12 @@ validate(config, schema="config/schema.yaml")  # fills in the schema's defaults
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
+
+
 if STUDY.align:
 
     include: "rules/align.smk"
+
 
 include: "rules/inference.smk"
 include: "rules/imports.smk"
@@ -32,12 +35,13 @@ include: "rules/scoring.smk"
 include: "rules/figures.smk"
 
 
-localrules: all
+localrules:
+    all,
 
 
 rule all:
+    default_target: True
     input:
         "results/metrics/summary.csv",
         "results/metrics/comparisons.csv",
         figure_targets(STUDY),
-    default_target: True

@@ -19,16 +19,16 @@ rule fetch_align_base:
         trained=STUDY.training_output(STUDY.align_base()[0]),
     output:
         directory("results/align/base"),
-    params:
-        source=STUDY.models[STUDY.align_base()[0]].source,
-        revision=STUDY.align_base()[1],
-    priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
     log:
         "results/logs/fetch_align_base.log",
     benchmark:
         "results/benchmarks/fetch_align_base.tsv"
+    priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
     resources:
         mem_mb=STUDY.align["resources"]["mem_mb"],
+    params:
+        source=STUDY.models[STUDY.align_base()[0]].source,
+        revision=STUDY.align_base()[1],
     script:
         "scripts/fetch_align_base.py"
 
@@ -39,16 +39,16 @@ rule build_instructions:
         held_out=eval_task_tables(),
     output:
         "results/align/data/instructions/{instructions}.parquet",
-    params:
-        dataset=lambda wc: canonical(STUDY.align["instructions"][wc.instructions]),
-        limit=STUDY.align["limit"],
-        seed=config["seed"],
     log:
         "results/logs/build_instructions/{instructions}.log",
     benchmark:
         "results/benchmarks/build_instructions/{instructions}.tsv"
     resources:
         mem_mb=4000,
+    params:
+        dataset=lambda wc: canonical(STUDY.align["instructions"][wc.instructions]),
+        limit=STUDY.align["limit"],
+        seed=config["seed"],
     script:
         "scripts/build_instructions.py"
 
@@ -61,16 +61,16 @@ if STUDY.preference:
             held_out=eval_task_tables(),
         output:
             "results/align/data/preferences.parquet",
-        params:
-            dataset=lambda wc: canonical(STUDY.preference["data"]),
-            limit=STUDY.preference["limit"],
-            seed=config["seed"],
         log:
             "results/logs/build_preferences.log",
         benchmark:
             "results/benchmarks/build_preferences.tsv"
         resources:
             mem_mb=4000,
+        params:
+            dataset=lambda wc: canonical(STUDY.preference["data"]),
+            limit=STUDY.preference["limit"],
+            seed=config["seed"],
         script:
             "scripts/build_preferences.py"
 
@@ -82,6 +82,16 @@ rule tune:
         data=lambda wc: f"results/align/data/instructions/{STUDY.tuned[wc.tuned].labels['data']}.parquet",
     output:
         directory("results/align/models/{tuned}"),
+    log:
+        "results/logs/tune/{tuned}.log",
+    benchmark:
+        "results/benchmarks/tune/{tuned}.tsv"
+    priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
+    threads: STUDY.align["threads"]
+    resources:
+        mem_mb=lambda wc: STUDY.training_resources(STUDY.tuning_of(wc.tuned))["mem_mb"],
+        gpu=lambda wc: STUDY.training_resources(STUDY.tuning_of(wc.tuned))["gpu"],
+        runtime=lambda wc: STUDY.training_resources(STUDY.tuning_of(wc.tuned))["runtime"],
     params:
         tuning=lambda wc: STUDY.tuning_of(wc.tuned),
         lr=lambda wc: STUDY.tuning_settings(STUDY.tuning_of(wc.tuned))["lr"],  # the schema's default where unset
@@ -90,16 +100,6 @@ rule tune:
         parallel=lambda wc: STUDY.training_parallel(STUDY.tuning_of(wc.tuned)),
         seed=config["seed"],
         work_dir=lambda wc: f"results/align/work/{wc.tuned}",
-    threads: STUDY.align["threads"]
-    priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
-    log:
-        "results/logs/tune/{tuned}.log",
-    benchmark:
-        "results/benchmarks/tune/{tuned}.tsv"
-    resources:
-        mem_mb=lambda wc: STUDY.training_resources(STUDY.tuning_of(wc.tuned))["mem_mb"],
-        gpu=lambda wc: STUDY.training_resources(STUDY.tuning_of(wc.tuned))["gpu"],
-        runtime=lambda wc: STUDY.training_resources(STUDY.tuning_of(wc.tuned))["runtime"],
     script:
         "scripts/tune.py"
 
@@ -113,23 +113,22 @@ if "rlhf" in STUDY.preference:
             pairs="results/align/data/preferences.parquet",
         output:
             directory("results/align/reward_model"),
+        log:
+            "results/logs/train_reward_model.log",
+        benchmark:
+            "results/benchmarks/train_reward_model.tsv"
+        priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
+        threads: STUDY.align["threads"]
+        resources:
+            **STUDY.training_resources("reward"),
         params:
             settings=STUDY.training_settings("reward"),
             parallel=STUDY.training_parallel("reward"),
             policy_revision=STUDY.policy()[1],
             max_length=STUDY.align["max_length"],
             seed=config["seed"],
-        threads: STUDY.align["threads"]
-        priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
-        log:
-            "results/logs/train_reward_model.log",
-        benchmark:
-            "results/benchmarks/train_reward_model.tsv"
-        resources:
-            **STUDY.training_resources("reward"),
         script:
             "scripts/train_reward_model.py"
-
 
     rule rlhf:
         input:
@@ -139,20 +138,20 @@ if "rlhf" in STUDY.preference:
             pairs="results/align/data/preferences.parquet",
         output:
             directory(f"results/align/models/{STUDY.aligned_names['rlhf']}"),
+        log:
+            "results/logs/rlhf.log",
+        benchmark:
+            "results/benchmarks/rlhf.tsv"
+        priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
+        threads: STUDY.align["threads"]
+        resources:
+            **STUDY.training_resources("rlhf"),
         params:
             settings=STUDY.training_settings("rlhf"),
             parallel=STUDY.training_parallel("rlhf"),
             policy_revision=STUDY.policy()[1],
             seed=config["seed"],
             work_dir=f"results/align/work/{STUDY.aligned_names['rlhf']}",
-        threads: STUDY.align["threads"]
-        priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
-        log:
-            "results/logs/rlhf.log",
-        benchmark:
-            "results/benchmarks/rlhf.tsv"
-        resources:
-            **STUDY.training_resources("rlhf"),
         script:
             "scripts/rlhf.py"
 
@@ -166,6 +165,14 @@ if "dpo" in STUDY.preference:
             pairs="results/align/data/preferences.parquet",
         output:
             directory(f"results/align/models/{STUDY.aligned_names['dpo']}"),
+        log:
+            "results/logs/dpo.log",
+        benchmark:
+            "results/benchmarks/dpo.tsv"
+        priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
+        threads: STUDY.align["threads"]
+        resources:
+            **STUDY.training_resources("dpo"),
         params:
             settings=STUDY.training_settings("dpo"),
             parallel=STUDY.training_parallel("dpo"),
@@ -173,14 +180,6 @@ if "dpo" in STUDY.preference:
             max_length=STUDY.align["max_length"],
             seed=config["seed"],
             work_dir=f"results/align/work/{STUDY.aligned_names['dpo']}",
-        threads: STUDY.align["threads"]
-        priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
-        log:
-            "results/logs/dpo.log",
-        benchmark:
-            "results/benchmarks/dpo.tsv"
-        resources:
-            **STUDY.training_resources("dpo"),
         script:
             "scripts/dpo.py"
 
@@ -192,16 +191,16 @@ rule diversity:
     output:
         map="results/align/diversity_map.parquet",
         csv="results/metrics/diversity.csv",
-    params:
-        names=list(STUDY.align["instructions"]),
-        settings=canonical(STUDY.align["diversity"]),
-        seed=config["seed"],
-    threads: STUDY.align["threads"]
     log:
         "results/logs/diversity.log",
     benchmark:
         "results/benchmarks/diversity.tsv"
+    threads: STUDY.align["threads"]
     resources:
         mem_mb=4000,
+    params:
+        names=list(STUDY.align["instructions"]),
+        settings=canonical(STUDY.align["diversity"]),
+        seed=config["seed"],
     script:
         "scripts/diversity.py"

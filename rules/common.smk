@@ -14,7 +14,9 @@ CODE = Path(workflow.basedir) / "workflow_scripts"  # the workflow's own code, n
 def code(*modules):
     """The files a rule's code is made of: the import closure of the modules its script imports (dotted, below
     workflow_scripts), so that editing any of them reruns the rule (tables.NOT_RESULT_CODE lists the exceptions)."""
-    files = {name: path for module in modules for name, path in module_files(f"workflow_scripts.{module}", CODE).items()}
+    files = {
+        name: path for module in modules for name, path in module_files(f"workflow_scripts.{module}", CODE).items()
+    }
     return [str(files[name]) for name in sorted(files)]
 
 
@@ -55,8 +57,10 @@ def model_resource(name, default):
 
 def self_eval_tables(task, wildcards):
     """The second-pass tables that a run's confidence stage reads beside the first pass, by method."""
-    return {m: f"results/self_eval/{task}/{wildcards.model}/{wildcards.revision}.{m}.parquet"
-            for m in STUDY.self_eval_methods(task)}
+    return {
+        m: f"results/self_eval/{task}/{wildcards.model}/{wildcards.revision}.{m}.parquet"
+        for m in STUDY.self_eval_methods(task)
+    }
 
 
 def dataset_files(wildcards):
@@ -95,14 +99,19 @@ def eval_task_tables():
 
 def confidence_settings(tasks, wildcards):
     """What the confidence stage does on each task: its kind, methods, alias rule and second-pass tables."""
-    return {t: {"kind": STUDY.kind(t), "methods": STUDY.task_methods(t),
-                "match": STUDY.task_config[t].get("match", "prefix"), "self_eval": self_eval_tables(t, wildcards)}
-            for t in tasks}
+    return {
+        t: {
+            "kind": STUDY.kind(t),
+            "methods": STUDY.task_methods(t),
+            "match": STUDY.task_config[t].get("match", "prefix"),
+            "self_eval": self_eval_tables(t, wildcards),
+        }
+        for t in tasks
+    }
 
 
 def score_settings(tasks, wildcards):
     """The tasks a score job scores, and the model's labels and revision numbers (the model registry's)."""
     model = STUDY.models[wildcards.model]
     revision = model.revision(wildcards.revision)
-    return {"tasks": list(tasks), "labels": model.labels,
-            "step": revision.step, "epoch": revision.epoch}
+    return {"tasks": list(tasks), "labels": model.labels, "step": revision.step, "epoch": revision.epoch}

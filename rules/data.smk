@@ -1,14 +1,21 @@
 # Stage 1: model-independent task data, and every model source as a Hugging Face folder.
 
+
 rule prepare_task:
-    wildcard_constraints:
-        task=one_of(STUDY.regular_tasks),  # imported tasks get their tables from the harness's samples
     input:
         code=code("tasks"),
         files=dataset_files,
         held_out=held_out_files,
     output:
         "results/data/{task}.parquet",
+    log:
+        "results/logs/prepare_task/{task}.log",
+    benchmark:
+        "results/benchmarks/prepare_task/{task}.tsv"
+    wildcard_constraints:
+        task=one_of(STUDY.regular_tasks),  # imported tasks get their tables from the harness's samples
+    resources:
+        mem_mb=4000,
     params:
         kind=lambda wc: STUDY.task_config[wc.task]["kind"],
         dataset=lambda wc: canonical(STUDY.task_config[wc.task]["dataset"]),
@@ -16,12 +23,6 @@ rule prepare_task:
         limit=lambda wc: STUDY.task_config[wc.task]["limit"],
         seed=config["seed"],
         prompting=lambda wc: STUDY.prompting(wc.task),
-    log:
-        "results/logs/prepare_task/{task}.log",
-    benchmark:
-        "results/benchmarks/prepare_task/{task}.tsv"
-    resources:
-        mem_mb=4000,
     script:
         "scripts/prepare_task.py"
 
@@ -32,9 +33,6 @@ rule fetch_checkpoint:
         trained=trained_model_dir,
     output:
         checkpoint("{model}", "{revision}"),
-    params:
-        source=lambda wc: STUDY.models[wc.model].source,
-        evict_hub_cache=config["evict_hub_cache"],
     log:
         "results/logs/fetch_checkpoint/{model}/{revision}.log",
     benchmark:
@@ -43,5 +41,8 @@ rule fetch_checkpoint:
         mem_mb=model_resource("mem_mb", 8000),
         disk_mb=model_resource("disk_mb", 10000),
         runtime=model_resource("fetch_runtime", 60),
+    params:
+        source=lambda wc: STUDY.models[wc.model].source,
+        evict_hub_cache=config["evict_hub_cache"],
     script:
         "scripts/fetch_checkpoint.py"

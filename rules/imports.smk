@@ -1,13 +1,14 @@
 # Existing lm-evaluation-harness runs (config `imports`): their multiple-choice samples become the
 # task and inference tables of this workflow, without running a model.
 
+
 # Seconds of pandas each: run where snakemake runs.
-localrules: import_task_table, import_lm_eval
+localrules:
+    import_task_table,
+    import_lm_eval,
 
 
 rule import_task_table:
-    wildcard_constraints:
-        task=one_of(STUDY.imported_tasks),
     input:
         code=code("imports"),
         samples=lambda wc: STUDY.first_import(wc.task),
@@ -17,6 +18,8 @@ rule import_task_table:
         "results/logs/import_task_table/{task}.log",
     benchmark:
         "results/benchmarks/import_task_table/{task}.tsv"
+    wildcard_constraints:
+        task=one_of(STUDY.imported_tasks),
     resources:
         mem_mb=2000,
     script:
@@ -24,9 +27,6 @@ rule import_task_table:
 
 
 rule import_lm_eval:
-    wildcard_constraints:
-        task=one_of(STUDY.imported_tasks),
-        model=one_of(STUDY.imports),
     input:
         code=code("imports"),
         samples=lambda wc: STUDY.imports[wc.model][wc.task],
@@ -36,6 +36,9 @@ rule import_lm_eval:
         "results/logs/import_lm_eval/{task}/{model}.log",
     benchmark:
         "results/benchmarks/import_lm_eval/{task}/{model}.tsv"
+    wildcard_constraints:
+        task=one_of(STUDY.imported_tasks),
+        model=one_of(STUDY.imports),
     resources:
         mem_mb=2000,
     script:

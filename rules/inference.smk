@@ -9,20 +9,24 @@ rule infer:
         checkpoint="results/checkpoints/{model}/{revision}",
     output:
         checkpoint_files("inference", STUDY.regular_tasks),
-    params:
-        # by name, as are the inputs and outputs (the order of the config's tasks changes nothing)
-        tasks=lambda wc: canonical({task: {"kind": STUDY.kind(task), "settings": STUDY.inference_settings(task, wc.model)}
-                                    for task in STUDY.regular_tasks}),
-        source=lambda wc: STUDY.models[wc.model].source,
-    threads: config["inference"]["threads"]
     log:
         "results/logs/infer/{model}/{revision}.log",
     benchmark:
         "results/benchmarks/infer/{model}/{revision}.tsv"
+    threads: config["inference"]["threads"]
     resources:
         mem_mb=model_resource("mem_mb", 8000),
         gpu=model_resource("gpu", 0),
         runtime=model_resource("runtime", 120),
+    params:
+        # by name, as are the inputs and outputs (the order of the config's tasks changes nothing)
+        tasks=lambda wc: canonical(
+            {
+                task: {"kind": STUDY.kind(task), "settings": STUDY.inference_settings(task, wc.model)}
+                for task in STUDY.regular_tasks
+            }
+        ),
+        source=lambda wc: STUDY.models[wc.model].source,
     script:
         "scripts/infer.py"
 
@@ -38,24 +42,34 @@ if STUDY.self_eval_tasks:
             first_pass=checkpoint_files("inference", STUDY.self_eval_tasks),
             checkpoint="results/checkpoints/{model}/{revision}",
         output:
-            [f"results/self_eval/{task}/{{model}}/{{revision}}.{method}.parquet"
-             for task in STUDY.self_eval_tasks for method in STUDY.self_eval_methods(task)],
-        params:
-            tasks=lambda wc: canonical({task: {"kind": STUDY.kind(task), "methods": STUDY.task_methods(task),
-                                               "second_pass": STUDY.self_eval_methods(task),
-                                               "match": STUDY.task_config[task].get("match", "prefix"),
-                                               "settings": STUDY.self_eval_settings(task, wc.model)}
-                                        for task in STUDY.self_eval_tasks}),
-            prompts=STUDY.self_eval_prompts(),
-            source=lambda wc: STUDY.models[wc.model].source,
-        threads: config["inference"]["threads"]
+            [
+                f"results/self_eval/{task}/{{model}}/{{revision}}.{method}.parquet"
+                for task in STUDY.self_eval_tasks
+                for method in STUDY.self_eval_methods(task)
+            ],
         log:
             "results/logs/self_evaluate/{model}/{revision}.log",
         benchmark:
             "results/benchmarks/self_evaluate/{model}/{revision}.tsv"
+        threads: config["inference"]["threads"]
         resources:
             mem_mb=model_resource("mem_mb", 8000),
             gpu=model_resource("gpu", 0),
             runtime=model_resource("runtime", 120),
+        params:
+            tasks=lambda wc: canonical(
+                {
+                    task: {
+                        "kind": STUDY.kind(task),
+                        "methods": STUDY.task_methods(task),
+                        "second_pass": STUDY.self_eval_methods(task),
+                        "match": STUDY.task_config[task].get("match", "prefix"),
+                        "settings": STUDY.self_eval_settings(task, wc.model),
+                    }
+                    for task in STUDY.self_eval_tasks
+                }
+            ),
+            prompts=STUDY.self_eval_prompts(),
+            source=lambda wc: STUDY.models[wc.model].source,
         script:
             "scripts/self_evaluate.py"

@@ -13,15 +13,15 @@ rule build_corpus:
         held_out=task_tables(t for t in STUDY.tasks if STUDY.kind(t) == "clm"),
     output:
         "results/pretrain/corpus/{data}.parquet",
-    params:
-        corpus=lambda wc: canonical(config["pretrain"]["corpus"]),
-        seed=config["seed"],
     log:
         "results/logs/build_corpus/{data}.log",
     benchmark:
         "results/benchmarks/build_corpus/{data}.tsv"
     resources:
         mem_mb=2000,
+    params:
+        corpus=lambda wc: canonical(config["pretrain"]["corpus"]),
+        seed=config["seed"],
     script:
         "scripts/build_corpus.py"
 
@@ -32,14 +32,14 @@ rule train_tokenizer:
         corpus="results/pretrain/corpus/standard.parquet",
     output:
         directory("results/pretrain/tokenizer"),
-    params:
-        vocab_size=lambda wc: config["pretrain"]["vocab_size"],
     log:
         "results/logs/train_tokenizer.log",
     benchmark:
         "results/benchmarks/train_tokenizer.tsv"
     resources:
         mem_mb=2000,
+    params:
+        vocab_size=lambda wc: config["pretrain"]["vocab_size"],
     script:
         "scripts/train_tokenizer.py"
 
@@ -51,18 +51,20 @@ rule pretrain:
         tokenizer="results/pretrain/tokenizer",
     output:
         directory("results/pretrain/models/{pretrained}"),
-    params:
-        size=lambda wc: canonical(config["pretrain"]["sizes"][STUDY.pretrained[wc.pretrained].labels["size"]]),
-        training=lambda wc: canonical({k: config["pretrain"][k] for k in ("steps", "checkpoints", "batch_size", "seq_len", "lr", "warmup")}),
-        seed=config["seed"],
-        work_dir=lambda wc: f"results/pretrain/work/{wc.pretrained}",
-    threads: lambda wc: config["pretrain"]["threads"]
-    priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
     log:
         "results/logs/pretrain/{pretrained}.log",
     benchmark:
         "results/benchmarks/pretrain/{pretrained}.tsv"
+    priority: 10  # long jobs on the critical path first; short inference jobs fill the gaps
+    threads: lambda wc: config["pretrain"]["threads"]
     resources:
         mem_mb=4000,
+    params:
+        size=lambda wc: canonical(config["pretrain"]["sizes"][STUDY.pretrained[wc.pretrained].labels["size"]]),
+        training=lambda wc: canonical(
+            {k: config["pretrain"][k] for k in ("steps", "checkpoints", "batch_size", "seq_len", "lr", "warmup")}
+        ),
+        seed=config["seed"],
+        work_dir=lambda wc: f"results/pretrain/work/{wc.pretrained}",
     script:
         "scripts/pretrain.py"

@@ -3,7 +3,12 @@
 
 
 # Seconds of pandas each: on a cluster they run where snakemake runs, not as cluster jobs.
-localrules: extract_confidence, recalibrate, score, summarize, compare
+localrules:
+    extract_confidence,
+    recalibrate,
+    score,
+    summarize,
+    compare,
 
 
 # Each job serves one checkpoint, every task of it (one start-up for several small tables; a harness run's
@@ -18,16 +23,16 @@ rule extract_confidence:
         self_eval=lambda wc: [path for t in STUDY.regular_tasks for path in self_eval_tables(t, wc).values()],
     output:
         checkpoint_files("confidence", STUDY.regular_tasks),
-    params:
-        tasks=lambda wc: confidence_settings(STUDY.regular_tasks, wc),
-    wildcard_constraints:
-        model=one_of(STUDY.evaluated),
     log:
         "results/logs/extract_confidence/{model}/{revision}.log",
     benchmark:
         "results/benchmarks/extract_confidence/{model}/{revision}.tsv"
+    wildcard_constraints:
+        model=one_of(STUDY.evaluated),
     resources:
         mem_mb=4000,
+    params:
+        tasks=lambda wc: confidence_settings(STUDY.regular_tasks, wc),
     script:
         "scripts/extract_confidence.py"
 
@@ -39,16 +44,16 @@ rule recalibrate:
         data=task_tables(STUDY.regular_tasks),
     output:
         checkpoint_files("recalibrated", STUDY.regular_tasks),
-    params:
-        recalibration=canonical(config["recalibration"]),
-    wildcard_constraints:
-        model=one_of(STUDY.evaluated),
     log:
         "results/logs/recalibrate/{model}/{revision}.log",
     benchmark:
         "results/benchmarks/recalibrate/{model}/{revision}.tsv"
+    wildcard_constraints:
+        model=one_of(STUDY.evaluated),
     resources:
         mem_mb=4000,
+    params:
+        recalibration=canonical(config["recalibration"]),
     script:
         "scripts/recalibrate.py"
 
@@ -63,17 +68,17 @@ rule score:
         sweep=checkpoint_files("metrics", STUDY.regular_tasks, ".sweep.parquet"),
         subjects=checkpoint_files("metrics", STUDY.regular_tasks, ".subjects.parquet"),
         curves=checkpoint_files("metrics", STUDY.regular_tasks, ".curves.parquet"),
-    params:
-        metrics=canonical(config["metrics"]),
-        run=lambda wc: score_settings(STUDY.regular_tasks, wc),
-    wildcard_constraints:
-        model=one_of(STUDY.evaluated),
     log:
         "results/logs/score/{model}/{revision}.log",
     benchmark:
         "results/benchmarks/score/{model}/{revision}.tsv"
+    wildcard_constraints:
+        model=one_of(STUDY.evaluated),
     resources:
         mem_mb=4000,
+    params:
+        metrics=canonical(config["metrics"]),
+        run=lambda wc: score_settings(STUDY.regular_tasks, wc),
     script:
         "scripts/score.py"
 
@@ -87,14 +92,14 @@ if STUDY.imports:  # an imported harness run: a job per task
             data=task_tables(["{task}"]),
         output:
             checkpoint_files("confidence", ["{task}"]),
-        params:
-            tasks=lambda wc: confidence_settings([wc.task], wc),
-        wildcard_constraints:
-            model=one_of(STUDY.imports),
         log:
             "results/logs/extract_confidence/{task}/{model}/{revision}.log",
         benchmark:
             "results/benchmarks/extract_confidence/{task}/{model}/{revision}.tsv"
+        wildcard_constraints:
+            model=one_of(STUDY.imports),
+        params:
+            tasks=lambda wc: confidence_settings([wc.task], wc),
 
     use rule recalibrate as recalibrate_imported with:
         input:
@@ -103,12 +108,12 @@ if STUDY.imports:  # an imported harness run: a job per task
             data=task_tables(["{task}"]),
         output:
             checkpoint_files("recalibrated", ["{task}"]),
-        wildcard_constraints:
-            model=one_of(STUDY.imports),
         log:
             "results/logs/recalibrate/{task}/{model}/{revision}.log",
         benchmark:
             "results/benchmarks/recalibrate/{task}/{model}/{revision}.tsv"
+        wildcard_constraints:
+            model=one_of(STUDY.imports),
 
     use rule score as score_imported with:
         input:
@@ -120,15 +125,15 @@ if STUDY.imports:  # an imported harness run: a job per task
             sweep=checkpoint_files("metrics", ["{task}"], ".sweep.parquet"),
             subjects=checkpoint_files("metrics", ["{task}"], ".subjects.parquet"),
             curves=checkpoint_files("metrics", ["{task}"], ".curves.parquet"),
-        params:
-            metrics=canonical(config["metrics"]),
-            run=lambda wc: score_settings([wc.task], wc),
-        wildcard_constraints:
-            model=one_of(STUDY.imports),
         log:
             "results/logs/score/{task}/{model}/{revision}.log",
         benchmark:
             "results/benchmarks/score/{task}/{model}/{revision}.tsv"
+        wildcard_constraints:
+            model=one_of(STUDY.imports),
+        params:
+            metrics=canonical(config["metrics"]),
+            run=lambda wc: score_settings([wc.task], wc),
 
 
 rule summarize:
@@ -162,15 +167,15 @@ rule compare:
         runs=run_outputs("recalibrated"),
     output:
         "results/metrics/comparisons.csv",
-    params:
-        runs=[{"task": t, "model": m, "revision": r} for t, m, r in STUDY.runs],
-        pairs=STUDY.comparison_pairs(),
-        metrics=canonical(config["metrics"]),
     log:
         "results/logs/compare.log",
     benchmark:
         "results/benchmarks/compare.tsv"
     resources:
         mem_mb=4000,
+    params:
+        runs=[{"task": t, "model": m, "revision": r} for t, m, r in STUDY.runs],
+        pairs=STUDY.comparison_pairs(),
+        metrics=canonical(config["metrics"]),
     script:
         "scripts/compare.py"
