@@ -54,8 +54,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from workflow_scripts.inference import (encode_options, generate_answers, load_model, score_options,  # noqa: E402
-                                        score_tokens, shared_prefix)  # noqa: E402
+from workflow_scripts.inference.clm import score_tokens  # noqa: E402
+from workflow_scripts.inference.generation import generate_answers  # noqa: E402
+from workflow_scripts.inference.multiple_choice import encode_options, score_options, shared_prefix  # noqa: E402
+from workflow_scripts.inference.transformers_backend import TransformersBackend, TransformersCodec, load_model
 from workflow_scripts.tables import read_table, write_table  # noqa: E402
 from workflow_scripts.tasks import prepare_task, read_mmlu_csv  # noqa: E402
 
@@ -66,7 +68,9 @@ FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 # inference (the kernel's high-water mark, reset after loading: /proc/self/clear_refs).
 CLM_CHILD = """
 import json, sys, time, torch
-from workflow_scripts.inference import TOKEN_SCHEMA, iter_token_scores, load_model, write_row_groups
+from workflow_scripts.inference import TOKEN_SCHEMA, write_row_groups
+from workflow_scripts.inference.clm import iter_token_scores
+from workflow_scripts.inference.transformers_backend import TransformersBackend, load_model
 from workflow_scripts.tables import read_table
 def status(key):
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key + ":"))
@@ -79,8 +83,8 @@ with torch.inference_mode():  # weights are mapped lazily: touch them all before
 loaded = status("VmRSS")
 open("/proc/self/clear_refs", "w").write("5")
 started = time.perf_counter()
-rows = write_row_groups(iter_token_scores(model, tok, data, window=int(window), batch_size=int(batch_size)),
-                        out, TOKEN_SCHEMA)
+rows = write_row_groups(iter_token_scores(TransformersBackend(model, tok), data, window=int(window),
+                                          batch_size=int(batch_size)), out, TOKEN_SCHEMA)
 print(json.dumps({"rows": rows, "seconds": time.perf_counter() - started, "loaded": loaded,
                   "peak": status("VmHWM")}))
 """
@@ -159,10 +163,11 @@ def _compare_mc(model, tok, args, work: Path) -> dict:
           f"{args.shots}-shot", flush=True)
 
     tasks = _harness_tasks(args, work)
-    contexts = [encode_options(tok, p, list(opts))[0] for p, opts in zip(data["prompt"], data["options"])]
+    contexts = [encode_options(TransformersCodec(tok), p, list(opts))[0]
+                for p, opts in zip(data["prompt"], data["options"])]
     seconds = {"workflow": [], "harness": [], "evaluate": [], "full": [], "cached": []}
     for _ in range(args.repeats):  # interleaved, the fastest of each kept: the machine may be busy
-        ours, spent = _timed(score_options, model, tok, data, batch_size=args.batch_size)
+        ours, spent = _timed(score_options, TransformersBackend(model, tok), data, batch_size=args.batch_size)
         seconds["workflow"].append(spent)
         theirs, harness_s, evaluate_s = _run_harness(lm, args, tasks, work)
         seconds["harness"].append(harness_s)
@@ -260,7 +265,7 @@ def _score_like_harness(model, tok, args, tasks: dict[str, str], shots: int | No
             samples = {name: results["samples"][name] for name in tasks}
             table = pd.concat([_table_from_samples(samples[name], subject) for name, subject in tasks.items()],
                               ignore_index=True)
-        ours, spent = _timed(score_options, model, tok, table, batch_size=args.batch_size)
+        ours, spent = _timed(score_options, TransformersBackend(model, tok), table, batch_size=args.batch_size)
         seconds["workflow"].append(spent)
     del lm
     lm = _harness_model(args, max_length=None, softmax_dtype="float64")
@@ -294,7 +299,8 @@ def _option_differences(model, tok, table: pd.DataFrame, ours: pd.DataFrame, the
               f"workflow, and exact in float64):")
         rows = table.set_index("item_id")
         for delta, item, k, a, b, count in bad[:5]:
-            context, options = encode_options(tok, rows.loc[item, "prompt"], list(rows.loc[item, "options"]))
+            context, options = encode_options(TransformersCodec(tok), rows.loc[item, "prompt"],
+                                              list(rows.loc[item, "options"]))
             plain = _plain_option_logprobs(model, context, options[k])
             print(f"  DIFFERENT {item} option {k} ({count} tokens, context {len(context)}): workflow {a:.6f}, "
                   f"harness {b:.6f}; plain: log_softmax {plain['log_softmax'].sum():.6f}, logits - logsumexp "
@@ -469,8 +475,8 @@ def _compare_clm(model, tok, args, work: Path) -> dict:
     seconds = {"workflow": [], "harness": [], "harness float64 softmax": []}
     theirs = {}
     for _ in range(args.repeats):
-        ours, spent = _timed(score_tokens, model, tok, data, window=args.window, batch_size=args.batch_size,
-                             window_mode="rolling")
+        ours, spent = _timed(score_tokens, TransformersBackend(model, tok), data, window=args.window,
+                             batch_size=args.batch_size, window_mode="rolling")
         seconds["workflow"].append(spent)
         for dtype, key in (("float32", "harness"), ("float64", "harness float64 softmax")):
             theirs[dtype], spent = _timed(harnesses[dtype].loglikelihood_rolling, requests, disable_tqdm=True)
@@ -546,8 +552,8 @@ def _compare_generation(model, tok, args, work: Path) -> dict:
     requests = [Instance("generate_until", {}, (prompt, dict(options)), n) for n, prompt in enumerate(data["prompt"])]
     seconds = {"workflow": [], "harness": []}
     for _ in range(args.repeats):
-        ours, spent = _timed(generate_answers, model, tok, data, max_new_tokens=args.max_new_tokens,
-                             stop=list(args.stop), batch_size=args.batch_size)
+        ours, spent = _timed(generate_answers, TransformersBackend(model, tok), data,
+                             max_new_tokens=args.max_new_tokens, stop=list(args.stop), batch_size=args.batch_size)
         seconds["workflow"].append(spent)
         theirs, spent = _timed(lm.generate_until, requests, disable_tqdm=True)
         seconds["harness"].append(spent)

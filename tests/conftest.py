@@ -136,7 +136,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
-    from workflow_scripts.inference import load_model
+    from workflow_scripts.inference.transformers_backend import load_model
 
     return load_model(tiny_model_dir, device="cpu")
 

@@ -211,7 +211,7 @@ def tuned(base, data, tmp_path_factory):
 
 
 def test_full_and_lora_epochs_load_as_model_sources(tuned, base, tmp_path):
-    from workflow_scripts.inference import load_model
+    from workflow_scripts.inference.transformers_backend import load_model
 
     base_weights = load_file(base / "model.safetensors")
     for method in ("full", "lora"):
@@ -489,9 +489,10 @@ def test_a_config_of_empty_sections_infers_with_the_schema_defaults(monkeypatch)
     from snakemake.utils import validate
 
     from workflow_scripts import inference
+    from workflow_scripts.kinds import KINDS
 
     config = {"models": {"m": {"source": "local:m"}},
-              "tasks": {kind: {"kind": kind, "dataset": {"format": "geonames"}} for kind in inference.KIND_SETTINGS}}
+              "tasks": {kind: {"kind": kind, "dataset": {"format": "geonames"}} for kind in KINDS}}
     validate(config, schema=str(ROOT / "config" / "schema.yaml"))
     common = {k: v for k, v in config["inference"].items() if k != "threads"}
     own = ("window", "window_mode", "max_new_tokens", "stop", "chat")
@@ -516,6 +517,6 @@ def test_a_config_of_empty_sections_infers_with_the_schema_defaults(monkeypatch)
         kind = task["kind"]
         inference.check_settings(kind, task["settings"])  # every setting the kind takes, no other
         assert task["settings"] == {**{k: schema_default(f"inference.{k}") for k in inference.SETTINGS},
-                                    **{k: kind_default(kind, k) for k in inference.KIND_SETTINGS[kind]}}
-    assert [name for name, p in inspect.signature(inference._infer_task).parameters.items()
+                                    **{k: kind_default(kind, k) for k in KINDS[kind].settings}}
+    assert [name for name, p in inspect.signature(inference.runner._infer_task).parameters.items()
             if p.default is not inspect.Parameter.empty] == []

@@ -12,10 +12,12 @@ import pytest
 import torch
 from conftest import FAMILIES, build_family_model, build_llama_tokenizer, build_tokenizer, inference_settings
 
-from workflow_scripts import inference
-from workflow_scripts.inference import (InferenceError, check_output_head, context_length, encode, encode_options,
-                                        first_text_token, generate_answers, output_logits, resolve_add_bos,
-                                        run_inference, score_options, score_tokens)
+from workflow_scripts.inference import InferenceError, generation, run_inference, transformers_backend
+from workflow_scripts.inference.clm import score_tokens
+from workflow_scripts.inference.generation import first_text_token, generate_answers
+from workflow_scripts.inference.multiple_choice import encode_options, score_options
+from workflow_scripts.inference.transformers_backend import (TransformersBackend, TransformersCodec, check_output_head,
+                                                             context_length, output_logits, resolve_add_bos)
 from workflow_scripts.tables import read_provenance, write_table
 from workflow_scripts.tasks.prompts import Question, mmlu_prompt
 
@@ -27,7 +29,7 @@ DOCS = pd.DataFrame({"item_id": ["long", "short", "one"],
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family(request, tmp_path_factory):
     folder = build_family_model(tmp_path_factory.mktemp(request.param), request.param, max_positions=96)
-    model, tok = inference.load_model(folder, device="cpu")
+    model, tok = transformers_backend.load_model(folder, device="cpu")
     return request.param, model, tok
 
 
@@ -35,6 +37,11 @@ def _logprobs(model, ids: list[int]) -> torch.Tensor:
     """Log-softmax of the model's own logits at every position of one sequence (the plain computation)."""
     with torch.inference_mode():
         return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+
+
+def encode(tok, text: str, bos: bool) -> list[int]:
+    """The token ids of one text as the transformers backend encodes it."""
+    return TransformersCodec(tok).encode([text], bos)[0]
 
 
 def _prefix(tok) -> int:
@@ -57,10 +64,11 @@ def test_output_head_gives_the_logits_of_the_models_own_forward(family):
 
 @pytest.mark.parametrize("name", ["gemma2", "cohere", "granite"])
 def test_a_family_step_after_the_output_layer_not_applied_is_an_error(name, tmp_path, monkeypatch):
-    model, tok = inference.load_model(build_family_model(tmp_path, name, max_positions=96), device="cpu")
-    monkeypatch.setattr(inference, "output_logits", lambda model, head, hidden: head(hidden))  # the bare layer
+    model, tok = transformers_backend.load_model(build_family_model(tmp_path, name, max_positions=96), device="cpu")
+    monkeypatch.setattr(transformers_backend, "output_logits",
+                        lambda model, head, hidden: head(hidden))  # the bare layer
     with pytest.raises(InferenceError, match="after its output layer"):
-        score_tokens(model, tok, DOCS, window=12, batch_size=2)
+        score_tokens(TransformersBackend(model, tok), DOCS, window=12, batch_size=2)
 
 
 # ----------------------------------------------------------------------------- CLM windows
@@ -103,7 +111,8 @@ def _guide_reference(tokens: list[int], prefix: int, window: int, stride: int) -
 def test_clm_windows_score_every_token_once_as_the_reference(family, window_mode):
     _, model, tok = family
     window = 12
-    raw = score_tokens(model, tok, DOCS, window=window, window_mode=window_mode, batch_size=2, logits_chunk=7)
+    raw = score_tokens(TransformersBackend(model, tok, logits_chunk=7), DOCS, window=window, window_mode=window_mode,
+                       batch_size=2)
     for item_id, text in zip(DOCS["item_id"], DOCS["text"]):
         tokens = tok(text, add_special_tokens=False)["input_ids"]
         rows = raw[raw["item_id"] == item_id]
@@ -126,7 +135,7 @@ def test_clm_windows_score_every_token_once_as_the_reference(family, window_mode
 def test_a_stride_longer_than_the_window_is_an_error(family):
     _, model, tok = family
     with pytest.raises(ValueError, match="stride 13 must be between 1 and the window"):
-        score_tokens(model, tok, DOCS, window=12, window_mode={"stride": 13}, batch_size=2)
+        score_tokens(TransformersBackend(model, tok), DOCS, window=12, window_mode={"stride": 13}, batch_size=2)
 
 
 # ----------------------------------------------------------------------------- context limits
@@ -153,9 +162,9 @@ def test_multiple_choice_prompts_past_the_context_keep_their_last_tokens_as_the_
     for scoring_options in (None, ["Paris", "Lima", "Rome", "Oslo"]):  # one-token letters; several-token texts
         if scoring_options:
             items = items.assign(options=[[" " + o for o in scoring_options]] * len(items), scoring="continuation")
-        raw = score_options(model, tok, items, batch_size=2, bos=bos)
+        raw = score_options(TransformersBackend(model, tok), items, batch_size=2, bos=bos)
         for it, got, truncated in zip(items.itertuples(), raw["option_logprobs"], raw["truncated"]):
-            context, continuations = encode_options(tok, it.prompt, list(it.options), bos)
+            context, continuations = encode_options(TransformersCodec(tok), it.prompt, list(it.options), bos)
             expected = []
             for continuation in continuations:  # the harness: (context + continuation)[-(max_length + 1):][:-1]
                 whole = (context + continuation)[-(limit + 1):]
@@ -174,7 +183,7 @@ def test_generation_prompts_keep_room_for_the_new_tokens_as_the_harness(family):
                           "prompt": ["Paris is in France. " * 30 + "The capital of Peru is", "The capital of Peru is"],
                           "answer": ["Lima"] * 2, "aliases": [["Lima"]] * 2})
     bos = resolve_add_bos(tok)
-    raw = generate_answers(model, tok, facts, max_new_tokens=new, stop=[], batch_size=2, bos=bos)
+    raw = generate_answers(TransformersBackend(model, tok), facts, max_new_tokens=new, stop=[], batch_size=2, bos=bos)
     assert raw["truncated"].tolist() == [True, False]
     for row, prompt in zip(raw.itertuples(), facts["prompt"]):
         ids = encode(tok, prompt, bos)[-(limit - new):]  # the harness's left_truncate_len = max_length - max_gen_toks
@@ -213,9 +222,10 @@ def test_add_bos_auto_encodes_as_the_tokenizer_does_by_default(tmp_path):
         assert encode(tok, text, resolve_add_bos(tok)) == tok(text)["input_ids"]
     assert encode(llama, text, False) == llama(text, add_special_tokens=False)["input_ids"]
     assert encode(neox, text, resolve_add_bos(neox)) == neox(text, add_special_tokens=False)["input_ids"]
-    context, _ = encode_options(llama, text, [" Paris"], resolve_add_bos(llama, False))
+    context, _ = encode_options(TransformersCodec(llama), text, [" Paris"], resolve_add_bos(llama, False))
     assert context[0] != llama.bos_token_id
-    assert encode_options(llama, text, [" Paris"], resolve_add_bos(llama, True))[0][0] == llama.bos_token_id
+    assert encode_options(TransformersCodec(llama), text, [" Paris"], resolve_add_bos(llama, True))[0][0] == \
+        llama.bos_token_id
     with pytest.raises(ValueError, match="no beginning-of-sequence token"):
         resolve_add_bos(neox, True)
 
@@ -223,7 +233,7 @@ def test_add_bos_auto_encodes_as_the_tokenizer_does_by_default(tmp_path):
 def test_an_eos_the_tokenizer_appends_is_never_scored(tmp_path):
     tok = build_llama_tokenizer(tmp_path, append_eos=True)
     assert tok("Answer: A")["input_ids"][-1] == tok.eos_token_id
-    context, (continuation,) = encode_options(tok, "Answer:", [" A"], resolve_add_bos(tok))
+    context, (continuation,) = encode_options(TransformersCodec(tok), "Answer:", [" A"], resolve_add_bos(tok))
     assert tok.eos_token_id not in context + continuation
     assert context + continuation == tok("Answer: A")["input_ids"][:-1]
 
@@ -232,10 +242,10 @@ def test_the_first_token_rule_reads_the_first_token_carrying_text(tmp_path):
     tok = build_llama_tokenizer(tmp_path)
     ids = tok(" 1945", add_special_tokens=False)["input_ids"]
     assert tok.convert_ids_to_tokens(ids)[:2] == ["▁", "1"]  # digits split: a bare "▁" first
-    assert first_text_token(tok, ids) == 1
+    assert first_text_token(TransformersCodec(tok), ids) == 1
     prompt = "The war ended in"
     context = encode(tok, prompt, True)
-    assert inference._first_tokens(tok, context, prompt, ["1945", "Paris"], True) == sorted(
+    assert generation._first_tokens(TransformersCodec(tok), context, prompt, ["1945", "Paris"], True) == sorted(
         {tok.convert_tokens_to_ids("1"), tok(" Paris", add_special_tokens=False)["input_ids"][0]})
 
 

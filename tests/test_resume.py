@@ -21,7 +21,10 @@ import torch
 from conftest import build_tiny_model, inference_settings
 
 from workflow_scripts import inference
-from workflow_scripts.inference import InferenceError, Shards, run_inference, score_options
+from workflow_scripts.inference import InferenceError, clm, run_inference, runner, transformers_backend
+from workflow_scripts.inference.multiple_choice import score_options
+from workflow_scripts.inference.runner import Shards
+from workflow_scripts.inference.transformers_backend import TransformersBackend
 from workflow_scripts.tables import read_table
 from workflow_scripts.tasks import prepare_task
 
@@ -49,8 +52,8 @@ def tables(tmp_path_factory):
 @pytest.fixture
 def small_shards(monkeypatch):
     """Shards of a few items (CLM: of one batch), so that a tiny table makes several."""
-    monkeypatch.setattr(inference, "SHARD_ITEMS", 5)
-    monkeypatch.setattr(inference, "BATCHES_PER_ROW_GROUP", 1)
+    monkeypatch.setattr(runner, "SHARD_ITEMS", 5)
+    monkeypatch.setattr(clm, "BATCHES_PER_ROW_GROUP", 1)
 
 
 def _run(kind, tables, model_dir, out, **settings):
@@ -61,13 +64,13 @@ def _count_items(monkeypatch, kind) -> list[int]:
     """Items (windows, prompts) the model is run on, per call of the kind's batch step."""
     calls = []
     name, index = COUNTED[kind]
-    original = getattr(inference, name)
+    original = getattr(transformers_backend, name)
 
     def counted(*args, **kwargs):
         calls.append(len(args[index]))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(inference, name, counted)
+    monkeypatch.setattr(transformers_backend, name, counted)
     return calls
 
 
@@ -93,12 +96,12 @@ def _dies_after_a_shard(monkeypatch, when=lambda shards: True):
 def test_shards_assemble_to_the_table_of_one_piece(kind, tables, tiny_model_dir, tmp_path, small_shards, monkeypatch):
     _run(kind, tables, tiny_model_dir, tmp_path / "sharded.parquet")
     assert _work_left(tmp_path / "sharded.parquet") == ["finished.parquet"]  # shards gone once the table is in place
-    monkeypatch.setattr(inference, "SHARD_ITEMS", 10 ** 6)
+    monkeypatch.setattr(runner, "SHARD_ITEMS", 10 ** 6)
     _run(kind, tables, tiny_model_dir, tmp_path / "whole.parquet")
     assert (tmp_path / "sharded.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
     if kind == "multiple_choice":  # and the in-memory function gives the same numbers
-        model, tokenizer = inference.load_model(tiny_model_dir, device="cpu")
-        direct = score_options(model, tokenizer, read_table(tables / f"{kind}.parquet"), batch_size=2)
+        backend = TransformersBackend(*transformers_backend.load_model(tiny_model_dir, device="cpu"))
+        direct = score_options(backend, read_table(tables / f"{kind}.parquet"), batch_size=2)
         got = read_table(tmp_path / "whole.parquet")
         assert got["item_id"].tolist() == direct["item_id"].tolist()
         np.testing.assert_array_equal(np.stack(got["option_logprobs"]), np.array(direct["option_logprobs"].tolist()))
@@ -181,13 +184,13 @@ def test_shards_of_other_settings_are_not_reused(tables, tiny_model_dir, tmp_pat
 def test_a_batch_size_halved_after_out_of_memory_is_kept_on_resume(tables, tiny_model_dir, tmp_path, small_shards,
                                                                    monkeypatch, caplog):
     kind, out = "multiple_choice", tmp_path / "raw.parquet"
-    step = inference._next_token_logprobs
+    step = transformers_backend._next_token_logprobs
 
     def one_question_fits(model, cache, prefix_length, suffixes, pad_id):
         if len(suffixes) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory (test)")
         return step(model, cache, prefix_length, suffixes, pad_id)
-    monkeypatch.setattr(inference, "_next_token_logprobs", one_question_fits)
+    monkeypatch.setattr(transformers_backend, "_next_token_logprobs", one_question_fits)
     _run(kind, tables, tiny_model_dir, tmp_path / "reference.parquet", batch_size=4)
     revive = _dies_after_a_shard(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="workflow_scripts.inference"), pytest.raises(KeyboardInterrupt):
@@ -205,7 +208,7 @@ KILLED_JOB = """
 import json
 import sys
 from workflow_scripts import inference
-inference.SHARD_ITEMS = 5
+inference.runner.SHARD_ITEMS = 5
 inference.run_inference("multiple_choice", sys.argv[1], sys.argv[2], sys.argv[3], threads=1, **json.loads(sys.argv[4]))
 """
 
@@ -287,7 +290,7 @@ def test_option_letters_of_two_tokens_are_scored_whole(tables, tmp_path, caplog)
     assert read_table(out)["letter_mass"].isna().all()
     assert f"{len(data)} of {len(data)} questions" in caplog.text
     raw = read_table(out)
-    model, tokenizer = inference.load_model(tmp_path, device="cpu")
+    model, tokenizer = transformers_backend.load_model(tmp_path, device="cpu")
     for row in raw.head(3).itertuples():  # each option: log P(" ") + log P(letter | " "), after the prompt
         prompt = data.set_index("item_id").loc[row.item_id, "prompt"]
         ids = tokenizer(prompt)["input_ids"]

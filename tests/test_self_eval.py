@@ -18,9 +18,11 @@ from workflow import copy_workflow, planned_jobs, snakemake, write_config
 from workflow_scripts import self_eval
 from workflow_scripts.compare import compare
 from workflow_scripts.confidence import extract_confidence, guess_option, p_true, parse_verbalized, proposals
-from workflow_scripts.inference import encode_pair, load_model, run_inference
-from workflow_scripts.metrics import score
+from workflow_scripts.inference import run_inference
+from workflow_scripts.inference.multiple_choice import encode_pair
+from workflow_scripts.inference.transformers_backend import TransformersCodec, load_model
 from workflow_scripts.recalibrate import recalibrate
+from workflow_scripts.scoring import score
 from workflow_scripts.self_eval import P_TRUE_OPTIONS, P_TRUE_PROMPT, VERBALIZED_PROMPT, self_evaluate_checkpoint
 from workflow_scripts.tables import read_provenance, read_table, write_table
 
@@ -118,7 +120,7 @@ def test_p_true_is_the_true_share_and_correct_is_the_first_passs_answer():
 
 def _plain_logprob(model, tokenizer, context: str, continuation: str) -> float:
     """The continuation's log-probability after the context from one forward pass of the whole sequence."""
-    context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
+    context_ids, continuation_ids = encode_pair(TransformersCodec(tokenizer), context, continuation)
     ids = torch.tensor([context_ids + continuation_ids])
     with torch.inference_mode():
         logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
@@ -142,8 +144,8 @@ def _second_pass(tmp_path, model_dir, outs, batch_size=2):
                   **inference_settings("generation", batch_size=batch_size, max_new_tokens=4, stop=["\n"]))
     task = {"kind": "generation", "data": tmp_path / "facts.parquet", "first_pass": tmp_path / "first.parquet",
             "methods": ["seq_prob", *outs], "match": "prefix", "outs": outs,
-            "settings": {"batch_size": batch_size, "add_bos": "auto", "device": "cpu", "dtype": "auto",
-                         "max_new_tokens": 6},
+            "settings": {"backend": "transformers", "batch_size": batch_size, "add_bos": "auto", "device": "cpu",
+                         "dtype": "auto", "max_new_tokens": 6},
             "provenance": {"task": "facts"}}
     self_evaluate_checkpoint(model_dir, [task], threads=1)
 

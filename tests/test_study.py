@@ -34,7 +34,8 @@ def test_runs_methods_and_settings_of_a_config_model():
     assert s.methods == {"facts": "first_token_prob", "geo": "continuation_sum", "prose": "max_prob"}
     assert s.task_methods("geo")[:2] == ["continuation_sum", "continuation_norm_chars"]
     # the config's inference section less threads, the task's own keys, then the model's
-    assert s.inference_settings("prose", "m") == {"add_bos": "auto", "batch_size": 2, "device": "auto", "dtype": "auto",
+    assert s.inference_settings("prose", "m") == {"add_bos": "auto", "backend": "transformers", "batch_size": 2,
+                                                  "device": "auto", "dtype": "auto",
                                                   "window": 64, "window_mode": "rolling"}
     assert s.prompting("geo") == {"scoring": "continuation", "chat": False}  # chat: the schema's default
     assert s.self_eval_tasks == [] and not s.has_suites and not s.has_alignment

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .inference import OPTION_SCHEMA, write_row_groups
 from .tables import file_digest, write_table
 
 SAMPLES = re.compile(r"samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[0-9.:-]+)\.jsonl")
@@ -88,8 +89,6 @@ def import_samples(samples, *, task: str, data_out=None, inference_out=None) -> 
     if data_out is not None:
         write_table(pd.DataFrame(items), data_out, provenance=provenance)
     if inference_out is not None:
-        from .inference import OPTION_SCHEMA, write_row_groups  # torch: not for finding samples at DAG time
-
         write_row_groups([pd.DataFrame(raw)], inference_out, OPTION_SCHEMA, provenance=provenance)
 
 

@@ -12,8 +12,9 @@
 
 The question a prompt shows is the task's own: a facts task's prompt (the sentence to complete), a
 multiple-choice question with its options as lines "A. text". Both passes share the first pass's machinery
-(``inference.infer_table``): batches sorted by length, shards a killed job resumes from, and a finished
-table that a rerun with the same prompts, model, settings and code takes instead of running the model.
+(``inference.infer_table``) through the same backend (``inference.backend``): batches sorted by length, shards a
+killed job resumes from, and a finished table that a rerun with the same prompts, model, settings and code takes
+instead of running the model.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ import logging
 
 import pandas as pd
 
-from .confidence import STRATA, proposals
+from .confidence import proposals
+from .inference import ANSWER_SCHEMA, Backend, infer_table, load_for_tasks, write_row_groups
+from .kinds import GENERATION, KINDS, MULTIPLE_CHOICE
 from .tables import read_provenance, read_table
 
 log = logging.getLogger(__name__)
@@ -37,15 +40,15 @@ VERBALIZED_PROMPT = (
     " Probability: <the probability between 0.0 and 1.0 that your guess is correct, without any extra commentary "
     "whatsoever; just the probability!>\n\nThe question is: {question}")
 PROMPTS = {"p_true": P_TRUE_PROMPT, "verbalized": VERBALIZED_PROMPT}
-SETTINGS = ("batch_size", "add_bos", "device", "dtype", "max_new_tokens")  # of a task's second pass
+SETTINGS = ("backend", "batch_size", "add_bos", "device", "dtype", "max_new_tokens")  # of a task's second pass
 
 
 def questions(kind: str, data: pd.DataFrame) -> pd.Series:
     """The question of every item (by item_id) as the prompts show it: a facts prompt stripped, a
     multiple-choice question stripped and followed by its options as lines "A. text"."""
-    from .tasks import lettered
+    from .tasks.prompts import lettered
 
-    if kind == "generation":
+    if kind == GENERATION:
         texts = [str(prompt).strip() for prompt in data["prompt"]]
     else:
         texts = [f"{str(question).strip()}\n{lettered(choices)}" for question, choices in
@@ -58,7 +61,7 @@ def p_true_items(kind: str, data: pd.DataFrame, proposed: pd.DataFrame) -> pd.Da
     option " True" where the proposed answer is right (the confidence stage reads correctness from the first
     pass), grouped by the item's relation or subject (whose prompts share a prefix)."""
     asked = questions(kind, data).loc[proposed["item_id"]].to_numpy()
-    stratum = proposed[STRATA[kind][0]].to_numpy()
+    stratum = proposed[KINDS[kind].strata[0]].to_numpy()
     return pd.DataFrame({
         "item_id": proposed["item_id"].to_numpy(), "subject": stratum,
         "prompt": [P_TRUE_PROMPT.format(question=q, answer=a) for q, a in zip(asked, proposed["proposed"])],
@@ -66,14 +69,12 @@ def p_true_items(kind: str, data: pd.DataFrame, proposed: pd.DataFrame) -> pd.Da
         "scoring": "continuation"})
 
 
-def verbalized_items(kind: str, data: pd.DataFrame, proposed: pd.DataFrame, tokenizer) -> pd.DataFrame:
+def verbalized_items(kind: str, data: pd.DataFrame, proposed: pd.DataFrame, backend: Backend) -> pd.DataFrame:
     """The verbalized prompts of the first pass's items as a generation table for inference: each the user
-    turn of the tokenizer's chat template, then the start of the assistant turn."""
-    from .inference import chat_prompt
-
+    turn of the model's chat template, then the start of the assistant turn."""
     asked = questions(kind, data).loc[proposed["item_id"]]
     return pd.DataFrame({"item_id": asked.index, "aliases": [[] for _ in range(len(asked))],
-                         "prompt": [chat_prompt(tokenizer, VERBALIZED_PROMPT.format(question=q)) for q in asked]})
+                         "prompt": [backend.chat_prompt(VERBALIZED_PROMPT.format(question=q)) for q in asked]})
 
 
 def _digest(items: pd.DataFrame) -> str:
@@ -87,36 +88,32 @@ def self_evaluate_checkpoint(checkpoint_dir, tasks: list[dict], *, threads: int)
     ``methods`` (all the task's confidence methods, which fix the multiple-choice proposals) and ``match``
     (the alias rule); ``outs`` (method -> the table to write, for p_true and/or verbalized); ``settings``
     (every one of ``SETTINGS``); and ``provenance``."""
-    from . import inference
-
-    model, tokenizer = inference.load_for_tasks(checkpoint_dir, [task["settings"] for task in tasks], threads=threads)
-    chat = bool(getattr(tokenizer, "chat_template", None))
+    backend = load_for_tasks(checkpoint_dir, [task["settings"] for task in tasks], threads=threads)
     for task in tasks:
         if sorted(task["settings"]) != sorted(SETTINGS):
             raise ValueError(f"second-pass settings must be {sorted(SETTINGS)}, got {sorted(task['settings'])}")
         data, first_pass = read_table(task["data"]), read_table(task["first_pass"])
         proposed = proposals(task["kind"], first_pass, data, methods=task["methods"], match=task["match"])
-        common = {k: task["settings"][k] for k in ("batch_size", "device", "dtype")}
+        common = {k: task["settings"][k] for k in ("backend", "batch_size", "device", "dtype")}
         for method, out in task["outs"].items():
             provenance = {**task["provenance"], "stage": "self_evaluate", "method": method, "prompt": PROMPTS[method]}
             if method == "p_true":
-                kind, items = "multiple_choice", p_true_items(task["kind"], data, proposed)
+                kind, items = MULTIPLE_CHOICE, p_true_items(task["kind"], data, proposed)
                 settings = {**common, "add_bos": task["settings"]["add_bos"], "chat": False}
             elif method == "verbalized":
-                if not chat:
+                if not backend.has_chat_template:
                     log.warning("%s: the tokenizer has no chat template: no verbalized confidence (an empty %s)",
                                 checkpoint_dir, out)
-                    inference.write_row_groups([], out, inference.ANSWER_SCHEMA,
-                                               {**provenance, "skipped": "the model has no chat template"})
+                    skipped = {**provenance, "skipped": "the model has no chat template"}
+                    write_row_groups([], out, ANSWER_SCHEMA, skipped)
                     continue
-                kind, items = "generation", verbalized_items(task["kind"], data, proposed, tokenizer)
+                kind, items = GENERATION, verbalized_items(task["kind"], data, proposed, backend)
                 settings = {**common, "add_bos": False, "max_new_tokens": task["settings"]["max_new_tokens"],
                             "stop": []}  # the chat template writes its own special tokens
             else:
                 raise ValueError(f"unknown self-evaluation method {method!r}; known: {sorted(PROMPTS)}")
             log.info("%s on %s: %d items", method, task["data"], len(items))
-            inference.infer_table(model, tokenizer, checkpoint_dir, kind, items, out, settings, threads=threads,
-                                  provenance=provenance, data_digest=_digest(items),
-                                  data_info={"task": read_provenance(task["data"]),
-                                             "first_pass": read_provenance(task["first_pass"])},
-                                  source=f"{task['data']} ({method} prompts)")
+            infer_table(backend, checkpoint_dir, kind, items, out, settings, threads=threads, provenance=provenance,
+                        data_digest=_digest(items), data_info={"task": read_provenance(task["data"]),
+                                                               "first_pass": read_provenance(task["first_pass"])},
+                        source=f"{task['data']} ({method} prompts)")

@@ -14,7 +14,7 @@ from .registry import ALIGNED, build_registry
 RUN_PLACEMENT = ("parallel", "resources")
 BATCH_KEYS = ("batch_size", "gradient_accumulation_steps")  # a tuning method may set its own
 INFERENCE_KEYS = ("window", "window_mode", "max_new_tokens", "stop", "chat")  # a task's keys that shape inference
-SELF_EVAL_KEYS = ("batch_size", "add_bos", "device", "dtype")  # first-pass settings the second pass shares
+SELF_EVAL_KEYS = ("backend", "batch_size", "add_bos", "device", "dtype")  # first-pass settings the second pass shares
 
 
 def schema_error(config: dict, schema_path) -> str | None:
