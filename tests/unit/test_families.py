@@ -16,8 +16,14 @@ from workflow_scripts.inference import InferenceError, generation, run_inference
 from workflow_scripts.inference.clm import score_tokens
 from workflow_scripts.inference.generation import first_text_token, generate_answers
 from workflow_scripts.inference.multiple_choice import encode_options, score_options
-from workflow_scripts.inference.transformers_backend import (TransformersBackend, TransformersCodec, check_output_head,
-                                                             context_length, output_logits, resolve_add_bos)
+from workflow_scripts.inference.transformers_backend import (
+    TransformersBackend,
+    TransformersCodec,
+    check_output_head,
+    context_length,
+    output_logits,
+    resolve_add_bos,
+)
 from workflow_scripts.tables import read_provenance, write_table
 from workflow_scripts.tasks.prompts import Question, mmlu_prompt
 

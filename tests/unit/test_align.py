@@ -15,15 +15,14 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import ROOT, build_tiny_model
 from safetensors.torch import load_file
+from test_tasks import KeysRead
 
 from workflow_scripts import align, align_data, diversity, pretrain, runlog
 from workflow_scripts.sources import fetch_checkpoint
 from workflow_scripts.tables import read_table, write_table
 from workflow_scripts.tasks import DatasetError, prepare_task
-
-from conftest import ROOT, build_tiny_model
-from test_tasks import KeysRead
 
 # The reference strings of tatsu-lab/stanford_alpaca train.py (PROMPT_DICT), written out in full.
 ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes "

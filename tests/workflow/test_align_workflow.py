@@ -4,8 +4,7 @@ of a setting or of a module reruns."""
 from __future__ import annotations
 
 import pandas as pd
-
-from workflow import copy_workflow, planned_jobs, snakemake, write_config
+from workflow_run import copy_workflow, planned_jobs, snakemake, write_config
 
 SUITE = {
     "family": "toy", "sizes": {"xs": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}},

@@ -15,10 +15,9 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from conftest import build_tiny_model, inference_settings
+from conftest import inference_settings
 
 from workflow_scripts import inference
 from workflow_scripts.inference import InferenceError, clm, run_inference, runner, transformers_backend

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import pandas as pd
-
-from workflow import copy_workflow, planned_jobs, snakemake, write_config
+from workflow_run import copy_workflow, planned_jobs, snakemake, write_config
 
 SUITE = {
     "family": "toy",

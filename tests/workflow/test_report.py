@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from workflow import ROOT, copy_run, snakemake, tiny_config, write_config
+from workflow_run import ROOT, copy_run, snakemake, tiny_config, write_config
 
 from workflow_scripts.plots.registry import FIGURES
 

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, build_tiny_model
 from safetensors.torch import load_file
+from test_align import ONE, _held_out_accuracy
 
 from workflow_scripts import align, align_data, launch
 from workflow_scripts.faults import VARIABLE
 from workflow_scripts.tables import read_table
-
-from conftest import ROOT, build_tiny_model
-from test_align import ONE, _held_out_accuracy
 
 # 48 examples (none longer than max_length), a global batch of 8: 6 full steps per epoch (an uneven last batch
 # would differ: accelerate fills it up with the first examples again in each process), 2 epochs.

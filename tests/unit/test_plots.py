@@ -1113,7 +1113,7 @@ def test_captions_state_the_figures_constants():
     """The numbers the captions write out are those the figures use."""
     from pathlib import Path
 
-    report = Path(__file__).resolve().parents[1] / "report"
+    report = Path(__file__).resolve().parents[2] / "report"
     text = {p.stem: " ".join(p.read_text().split()) for p in report.glob("*.rst")}
     assert f"at most {style.MAX_COLUMNS} a row" in text["reliability"]
     assert f"at most {style.MAX_LINES} runs a panel" in text["reliability_index"]

@@ -12,8 +12,8 @@ from importlib import metadata
 import pandas as pd
 import pytest
 import yaml
+from workflow_run import ROOT, copy_workflow, planned_jobs, snakemake, write_config
 
-from workflow import ROOT, copy_workflow, planned_jobs, snakemake, write_config
 from workflow_scripts.tables import read_provenance
 
 LIMITS = {"facts": 5, "geography": 5, "capitals_mc": 8}  # per relation or subject (60, 50, 50 in the default)

@@ -5,8 +5,7 @@ import re
 
 import pytest
 import yaml
-
-from workflow import ROOT, copy_workflow, snakemake, write_config
+from workflow_run import ROOT, copy_workflow, snakemake, write_config
 
 PAPER = ROOT / "config" / "paper.yaml"
 

@@ -5,16 +5,13 @@ comparisons, and what a prompt change reruns."""
 from __future__ import annotations
 
 import math
-import re
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import build_tiny_model, inference_settings
+from conftest import inference_settings
 
-from workflow import copy_workflow, planned_jobs, snakemake, write_config
 from workflow_scripts import self_eval
 from workflow_scripts.compare import compare
 from workflow_scripts.confidence import extract_confidence, guess_option, p_true, parse_verbalized, proposals
@@ -25,9 +22,6 @@ from workflow_scripts.recalibrate import recalibrate
 from workflow_scripts.scoring import score
 from workflow_scripts.self_eval import P_TRUE_OPTIONS, P_TRUE_PROMPT, VERBALIZED_PROMPT, self_evaluate_checkpoint
 from workflow_scripts.tables import read_provenance, read_table, write_table
-
-CHAT_TEMPLATE = ("{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
 def test_the_p_true_prompt_is_kadavath_et_als():
@@ -125,18 +119,6 @@ def _plain_logprob(model, tokenizer, context: str, continuation: str) -> float:
     with torch.inference_mode():
         logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
     return sum(logprobs[len(context_ids) + k - 1, t].item() for k, t in enumerate(continuation_ids))
-
-
-@pytest.fixture(scope="module")
-def chat_model_dir(tmp_path_factory):
-    """A tiny real model whose tokenizer has a chat template (random weights: its replies never parse)."""
-    from transformers import AutoTokenizer
-
-    folder = build_tiny_model(tmp_path_factory.mktemp("tiny-chat"))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _second_pass(tmp_path, model_dir, outs, batch_size=2):
@@ -279,67 +261,3 @@ def test_paired_comparisons_of_verbalized_runs_use_the_items_both_parsed(tmp_pat
     assert table.loc["verbalized", "n"] == 1  # c/DE only
     assert table.loc["verbalized", "accuracy_a"] == 1.0 and table.loc["verbalized", "accuracy_b"] == 1.0
     assert table.loc["seq_prob", "n"] == 3
-
-
-# ----------------------------------------------------------------------------- the workflow
-
-def _self_eval_config(model_dir) -> dict:
-    return {
-        "models": {"tiny": {"source": f"local:{model_dir}", "revisions": ["main"], "family": "tiny", "stage": "sft"}},
-        "tasks": {
-            "facts": {"kind": "generation", "dataset": {"format": "geonames", "relations": ["capital", "continent"]},
-                      "limit": 4, "max_new_tokens": 4, "methods": ["seq_prob", "p_true", "verbalized"]},
-            "geo": {"kind": "multiple_choice", "dataset": {"format": "geonames", "relations": ["capital"]},
-                    "shots": 2, "limit": 6, "methods": ["option_softmax", "p_true", "verbalized"]},
-        },
-        "metrics": {"n_bootstrap": 20}, "inference": {"batch_size": 4, "threads": 1}, "self_eval": {"max_new_tokens": 8},
-        "recalibration": {"methods": ["temperature"]},
-    }
-
-
-def test_the_workflow_scores_both_methods_and_a_prompt_change_reruns_the_second_pass_onward(tmp_path,
-                                                                                            chat_model_dir):
-    """With the checkpoints kept, a changed prompt plans the second pass and what follows it, nothing else.
-    With temporary checkpoints (the default) the model is fetched again for it, and the first pass's job
-    then takes its finished tables without running the model."""
-    workdir = copy_workflow(tmp_path / "workflow")
-    config = write_config(workdir, {**_self_eval_config(chat_model_dir), "keep_checkpoints": True})
-    snakemake(workdir, config, "--cores", "2")
-    summary = pd.read_csv(workdir / "results" / "metrics" / "summary.csv")
-    none = summary[summary["recalibration"] == "none"].set_index(["task", "method"])
-    assert set(none.index) == {(t, m) for t in ("facts", "geo") for m in ("p_true", "verbalized")} | {
-        ("facts", "seq_prob"), ("geo", "option_softmax")}
-    assert none.loc[("facts", "p_true"), ["n", "unparsed"]].tolist() == [8, 0]
-    assert none.loc[("geo", "verbalized"), ["n", "unparsed"]].tolist() == [0, 6]  # random weights: no reply parses
-    code = workdir / "workflow_scripts" / "self_eval.py"
-    code.write_text(code.read_text().replace('"The proposed answer is:"', '"The answer is:"'))
-    after_the_second_pass = {"extract_confidence": 1, "recalibrate": 1, "score": 1, "summarize": 1, "compare": 1,
-                             "plot_reliability": 2, "plot_reliability_group": 2, "plot_summary": 1,
-                             "plot_summary_table": 1, "plot_recalibration": 1, "plot_risk_coverage": 2,
-                             "plot_metric_agreement": 1, "all": 1}
-    assert planned_jobs(workdir, config) == {"self_evaluate": 1, **after_the_second_pass}
-
-    temporary = write_config(workdir, _self_eval_config(chat_model_dir), "temporary.yaml")
-    shutil.rmtree(workdir / "results" / "checkpoints")
-    assert planned_jobs(workdir, temporary) == {"fetch_checkpoint": 1, "infer": 1, "self_evaluate": 1,
-                                                **after_the_second_pass}
-    snakemake(workdir, temporary, "--cores", "2")
-    log = (workdir / "results" / "logs" / "infer" / "tiny" / "main.log").read_text()
-    assert log.count("taken as it was") == 2 and "inference done" not in log
-
-
-@pytest.mark.parametrize("task, message", [
-    ({"kind": "clm", "dataset": {"format": "pydoc_topics"}, "methods": ["max_prob", "p_true"]},
-     r"tasks\.bad\.methods: unknown confidence method\(s\) \['p_true'\] for task kind 'clm'"),
-    ({"kind": "generation", "dataset": {"format": "geonames"}, "methods": ["ptrue"]},
-     r"tasks\.bad\.methods: unknown confidence method\(s\) \['ptrue'\]"),
-    ({"kind": "multiple_choice", "dataset": {"format": "geonames"}, "methods": ["continuation_sum", "p_true"]},
-     r"tasks\.bad\.methods: confidence method\(s\) \['continuation_sum'\] do not apply to scoring 'letters'"),
-])
-def test_a_method_the_task_cannot_have_stops_the_run_before_any_job(tmp_path, tiny_model_dir, task, message):
-    workdir = copy_workflow(tmp_path / "workflow")
-    config = {"models": {"tiny": {"source": f"local:{tiny_model_dir}"}}, "tasks": {"bad": task}}
-    proc = snakemake(workdir, write_config(workdir, config), "--dry-run", check=False)
-    assert proc.returncode != 0
-    assert re.search(message, proc.stdout), proc.stdout[-2000:]
-    assert not (workdir / "results").exists()

@@ -16,8 +16,8 @@ from sklearn.metrics import brier_score_loss, log_loss
 from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
 from workflow_scripts import bootstrap as B
-from workflow_scripts import metrics as F
 from workflow_scripts import metric_table as M
+from workflow_scripts import metrics as F
 from workflow_scripts import scoring as S
 from workflow_scripts.summary import summarize
 from workflow_scripts.tables import read_provenance, read_table, write_table

@@ -3,11 +3,10 @@ epoch, labels, parent and origin, built from small configs validated as the Snak
 from __future__ import annotations
 
 import pytest
+from conftest import ROOT
 from snakemake.utils import validate
 
 from workflow_scripts.registry import Revision, build_registry, named_revision
-
-from conftest import ROOT
 
 SIZE = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
 SUITE = {"family": "toy", "sizes": {"xs": SIZE, "s": SIZE}, "dynamics": "s", "steps": 4, "checkpoints": [1, 2, 4]}

@@ -5,10 +5,9 @@ import copy
 
 import pandas as pd
 import pytest
+from workflow_run import copy_run, copy_workflow, planned_jobs, snakemake, tiny_config, write_config
 
-from workflow import copy_run, copy_workflow, planned_jobs, snakemake, tiny_config, write_config
 from workflow_scripts.tables import read_provenance
-
 
 # The figure jobs of the tiny config that follow the summary (3 tasks), and the jobs that follow a change of
 # every run's recalibrated tables (one score job per checkpoint scores all its tasks).

