@@ -18,9 +18,8 @@ import pandas as pd
 import scipy.stats
 
 from .bootstrap import group_codes, resample_counts, stratum_of_units
-from .metrics import unparsed_rows
-from .metrics import check_n_bins
 from .metric_table import METRICS, RECALIBRATED_COLUMNS, STRATA_COLUMNS, ScoredRows, read_recalibrated, strata_of
+from .metrics import check_n_bins, unparsed_rows
 from .tables import atomic_path
 
 log = logging.getLogger(__name__)

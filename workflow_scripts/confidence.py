@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .kinds import CLM, GENERATION, KINDS, MULTIPLE_CHOICE, SCORINGS
-from .metrics import option_indices, unparsed_rows
+from .metrics import option_indices
 from .tables import read_provenance, read_table, write_table
 
 MATCH_RULES = ("exact", "prefix")

@@ -8,15 +8,15 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from .metrics import unparsed_rows
+from .metric_table import METRIC_NAMES, ScoredRows, filled_column, metric_values, read_recalibrated, strata_of
 from .metrics import (
     expected_calibration_error,
     reliability_bins,
     risk_coverage_curve,
     smooth_calibration_error,
     smooth_reliability_curve,
+    unparsed_rows,
 )
-from .metric_table import METRIC_NAMES, ScoredRows, filled_column, metric_values, read_recalibrated, strata_of
 from .tables import read_provenance, write_table
 
 KEYS = ("task", "model", "revision", "method", "recalibration")

@@ -85,8 +85,8 @@ def _fetch_hub(repo_id: str, revision: str, out: Path, evict_cache: bool) -> dic
 def _hub_snapshot(repo_id: str, revision: str, patterns: list[str], dry_run: bool = False):
     """snapshot_download with one clear error for every way the hub can fail (``dry_run``: the
     list of files it would fetch, with their sizes and whether they are cached)."""
-    from huggingface_hub import snapshot_download
     from huggingface_hub import errors as hub_errors
+    from huggingface_hub import snapshot_download
 
     where = f"model source hf:{repo_id} at revision {revision!r}"
     try:

@@ -31,8 +31,16 @@ from ..tables import DatasetError, write_table
 from .files import require, short_repr
 from .format import Format
 from .prompts import PROMPTING_KEYS, Prompting, doc_to_text, option_strings, prompt_prefix, resolve_prompting
-from .registry import (FORMATS, LOCAL_KEYS, check_dataset_keys, check_format_keys, dataset_paths, format_table,
-                       package_data_files, task_scoring)
+from .registry import (
+    FORMATS,
+    LOCAL_KEYS,
+    check_dataset_keys,
+    check_format_keys,
+    dataset_paths,
+    format_table,
+    package_data_files,
+    task_scoring,
+)
 
 __all__ = ["FORMATS", "PROMPTING_KEYS", "Format", "check_dataset_keys", "check_format_keys", "dataset_paths",
            "format_table", "package_data_files", "prepare_task", "resolve_hub_files", "task_scoring"]

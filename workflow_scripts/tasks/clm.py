@@ -3,8 +3,8 @@ Python's own help texts."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..kinds import CLM
 from ..tables import DatasetError, expand_files

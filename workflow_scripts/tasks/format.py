@@ -2,8 +2,8 @@
 registry gathers them)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..kinds import KINDS, MULTIPLE_CHOICE, SCORINGS
 

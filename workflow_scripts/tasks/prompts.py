@@ -4,7 +4,8 @@ texts); the default prompts per style and scoring; and a task's prompting option
 from __future__ import annotations
 
 import string
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 from ..kinds import SCORINGS
 from ..tables import DatasetError
