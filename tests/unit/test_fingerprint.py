@@ -40,7 +40,7 @@ def edited_copy(tmp_path, monkeypatch):
         assert old in source, f"{old!r} not in {path}"
         path.write_text(source.replace(old, new))
         importlib.invalidate_caches()
-        return importlib.import_module(f"edited_scripts.{module}")
+        return importlib.import_module(f"edited_scripts.{module.replace('/', '.')}")
 
     yield edit
     for name in [m for m in sys.modules if m.split(".")[0] == "edited_scripts"]:
@@ -49,18 +49,20 @@ def edited_copy(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- the helper
 def test_code_digests_cover_the_stage_and_every_module_it_imports(edited_copy):
-    assert list(module_sources("workflow_scripts.pretrain")) == ["faults", "pretrain", "tables", "tasks"]
-    assert list(module_sources("workflow_scripts.align")) == ["align", "faults", "tables"]
+    tasks = ["tasks", "tasks.clm", "tasks.files", "tasks.format", "tasks.generation", "tasks.multiple_choice",
+             "tasks.prompts", "tasks.registry"]  # a package: its __init__ and every module it imports
+    assert list(module_sources("workflow_scripts.pretrain")) == ["__init__", "kinds", "pretrain", "tables", *tasks]
+    assert list(module_sources("workflow_scripts.align")) == ["__init__", "align", "tables"]  # faults: NOT_RESULT_CODE
     assert "inference" not in module_sources("workflow_scripts.align")  # a module it does not import
     # the align stage's three modules import none of each other: an edit of one leaves the others' work
-    assert list(module_sources("workflow_scripts.align_data")) == ["align_data", "faults", "tables", "tasks"]
+    assert list(module_sources("workflow_scripts.align_data")) == ["__init__", "align_data", "kinds", "tables", *tasks]
     importlib.import_module("workflow_scripts.diversity")
-    assert list(module_sources("workflow_scripts.diversity")) == ["diversity", "faults", "tables"]
-    tasks = edited_copy("tasks", "def _record(", "def _record(  # edited\n")  # a helper that pretrain imports
+    assert list(module_sources("workflow_scripts.diversity")) == ["__init__", "diversity", "tables"]
+    files = edited_copy("tasks/files", "def require(", "def require(  # edited\n")  # a helper pretrain imports
     importlib.import_module("edited_scripts.pretrain")
     original, copy = module_sources("workflow_scripts.pretrain"), module_sources("edited_scripts.pretrain")
-    assert [k for k in original if original[k] != copy[k]] == ["tasks"]  # by content: the copy's others are the same
-    assert copy["tasks"] == hashlib.sha256(Path(tasks.__file__).read_bytes()).hexdigest()
+    assert [k for k in original if original[k] != copy[k]] == ["tasks.files"]  # by content: the others are the same
+    assert copy["tasks.files"] == hashlib.sha256(Path(files.__file__).read_bytes()).hexdigest()
 
 
 def test_folder_digest_tells_apart_contents_of_the_same_size_and_names(tmp_path):

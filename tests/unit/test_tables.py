@@ -48,7 +48,7 @@ def test_provenance_names_code_and_library_versions(tmp_path):
     info = read_provenance(tmp_path / "t.parquet")
     assert info["stage"] == "demo" and info["packages"]["pyarrow"] and info["packages"]["pandas"]
     source = hashlib.sha256(open(tables.__file__, "rb").read()).hexdigest()[:16]
-    assert info["code"]["modules"]["tables"] == source
+    assert info["code"]["modules"]["tables"] == source  # by the name below the package
     assert info["code"]["version"]
 
 

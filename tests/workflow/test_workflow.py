@@ -143,15 +143,24 @@ def _edit(path):
     return original
 
 
-def test_editing_a_stage_module_reruns_that_stage_and_what_follows(finished_run):
+def test_editing_a_module_reruns_the_rules_whose_code_imports_it_and_what_follows(finished_run):
+    """A rule's code is the import closure of the modules its script imports: an edit of metrics.py (whose
+    option_indices confidence and recalibration use) reruns confidence extraction and everything after it; a figure
+    module reruns only the figures that import it; the natural order of runs reruns the summary, not the scores."""
     workdir, config = finished_run
     path = write_config(workdir, config, "code.yaml")
+    reliability_figures = {"plot_reliability": 3, "plot_reliability_group": 3, "plot_risk_coverage": 3,
+                           "plot_recalibration": 1, "plot_metric_agreement": 1, "all": 1}  # analysis draws reliability
     for module, expected in [
-        ("plots", {"summarize": 1, **FIGURES}),
+        ("metrics", {"extract_confidence": 1, "recalibrate": 1, **SCORING}),
         ("confidence", {"extract_confidence": 1, "recalibrate": 1, **SCORING}),
         ("recalibrate", {"recalibrate": 1, **SCORING}),
-        ("metrics", SCORING),
+        ("metric_table", SCORING),
         ("compare", {"compare": 1, "plot_metric_agreement": 1, "all": 1}),
+        ("order", {"summarize": 1, **FIGURES}),
+        ("plots/style", FIGURES),
+        ("plots/reliability", reliability_figures),
+        ("faults", {}),  # NOT_RESULT_CODE: never changes a result
     ]:
         file = workdir / "workflow_scripts" / f"{module}.py"
         original = _edit(file)
@@ -188,7 +197,8 @@ def test_real_fixture_data_through_the_workflow(tmp_path, tiny_model_dir):
     # the mmlu fixture has val rows: recalibration is fitted on them and scores the test questions only
     mmlu = summary.query("task == 'mmlu' and aggregation == 'micro'").set_index("recalibration")["n"]
     assert mmlu.to_dict() == {"none": 8, "temperature": 8, "platt": 8, "isotonic": 8, "histogram": 8}  # 4 x 2 subjects
-    assert read_provenance(workdir / "results" / "recalibrated" / "mmlu" / "tiny" / "main.parquet")["fit"] == "val split"
+    recalibrated = workdir / "results" / "recalibrated" / "mmlu" / "tiny" / "main.parquet"
+    assert read_provenance(recalibrated)["fit"] == "val split"
     summary = summary.query("recalibration == 'none' and aggregation == 'micro'").set_index(["task", "method"])
     assert summary.loc[("knowns", "first_token_prob"), "n"] >= 3
     data = pd.read_parquet(workdir / "results" / "data" / "mmlu.parquet")
@@ -223,7 +233,8 @@ def test_malformed_csv_row_is_named(tmp_path, tiny_model_dir):
     (root / "dev" / "demo_dev.csv").write_text("q,a,b,c,d,A\n")
     (root / "test" / "demo_test.csv").write_text("q1,a,b,c,d,B\nq2,a,b,c,E\n")
     workdir, out = _failing_run(tmp_path, tiny_model_dir, f"local:{tiny_model_dir}",
-                                {"kind": "multiple_choice", "shots": 1, "dataset": {"format": "mmlu_csv", "path": str(root)}})
+                                {"kind": "multiple_choice", "shots": 1,
+                                 "dataset": {"format": "mmlu_csv", "path": str(root)}})
     assert "demo_test.csv" in out and "row 2" in out
     assert not (workdir / "results" / "data" / "t.parquet").exists()
 
