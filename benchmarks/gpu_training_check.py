@@ -35,8 +35,9 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=8, help="per process")
     args = parser.parse_args()
+    names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     print(f"GPUs: {torch.cuda.device_count()} "
-          f"({', '.join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or 'none: CPU, gloo'}); "
+          f"({names or 'none: CPU, gloo'}); "
           f"bf16: {torch.cuda.is_available() and torch.cuda.is_bf16_supported()}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -46,9 +47,10 @@ def main() -> None:
         weights, seconds = {}, {}
         for processes in (args.processes, 1):
             start = time.perf_counter()
-            launch.run(align.tune, tmp / "base", tmp / "broad.parquet", tmp / f"out{processes}", tmp / f"work{processes}",
-                       parallel={"processes": processes, "strategy": args.strategy}, threads=max(2, processes),
-                       tuning="full", lora={}, epochs=1, batch_size=args.batch_size * args.processes // processes,
+            launch.run(align.tune, tmp / "base", tmp / "broad.parquet", tmp / f"out{processes}",
+                       tmp / f"work{processes}", parallel={"processes": processes, "strategy": args.strategy},
+                       threads=max(2, processes), tuning="full", lora={}, epochs=1,
+                       batch_size=args.batch_size * args.processes // processes,
                        gradient_accumulation_steps=1, lr=1e-5, max_length=256, seed=0)
             seconds[processes] = time.perf_counter() - start
             weights[processes] = load_file(tmp / f"out{processes}" / "epoch1" / "model.safetensors")

@@ -1,4 +1,4 @@
-"""Side by side, in one process, with lm-evaluation-harness on the same local model and the
+r"""Side by side, in one process, with lm-evaluation-harness on the same local model and the
 same data, for every request type of this workflow:
 
 - ``mc``: multiple choice, the harness's ``loglikelihood`` (its own ``mmlu`` template, 5-shot,
@@ -27,7 +27,8 @@ same data, for every request type of this workflow:
   times longer (fresh processes).
 
     benchmarks/setup_lmeval.sh                                   # once: benchmarks/.venv-lmeval
-    benchmarks/.venv-lmeval/bin/python benchmarks/inference_vs_lmeval.py [--kinds mc continuation truthfulqa clm generation memory]
+    benchmarks/.venv-lmeval/bin/python benchmarks/inference_vs_lmeval.py \
+        [--kinds mc continuation truthfulqa clm generation memory]
 
 The harness's request methods are called directly with ``Instance`` objects for ``clm`` and
 ``generation``; ``mc`` runs its ``mmlu`` template (``_default_template_yaml``, included by path)
@@ -298,7 +299,7 @@ def _option_differences(model, tok, table: pd.DataFrame, ours: pd.DataFrame, the
               f"(its float32 logits: log_softmax in float32 as the harness, logits - logsumexp in float32 as the "
               f"workflow, and exact in float64):")
         rows = table.set_index("item_id")
-        for delta, item, k, a, b, count in bad[:5]:
+        for _delta, item, k, a, b, count in bad[:5]:
             context, options = encode_options(TransformersCodec(tok), rows.loc[item, "prompt"],
                                               list(rows.loc[item, "options"]))
             plain = _plain_option_logprobs(model, context, options[k])
@@ -336,7 +337,8 @@ def _compare_continuation(model, tok, args, work: Path) -> dict:
         theirs64 |= _harness_option_logprobs(samples64[name], subject)
     counts = np.concatenate(ours["option_token_counts"].map(np.array).to_numpy())
     print(f"  {len(table)} questions, {len(counts)} options of {counts.min()} to {counts.max()} tokens "
-          f"(mean {counts.mean():.1f}); e.g. prompt ...{table['prompt'][0][-80:]!r}, options {list(table['options'][0])}")
+          f"(mean {counts.mean():.1f}); e.g. prompt ...{table['prompt'][0][-80:]!r}, "
+          f"options {list(table['options'][0])}")
     difference, difference64 = _report_differences(model, tok, table, ours, theirs, theirs64)
     ours_lp = ours.set_index("item_id").loc[table["item_id"], "option_logprobs"].tolist()
     ours_pick = np.array([int(np.argmax(x)) for x in ours_lp])
@@ -569,7 +571,7 @@ def _compare_generation(model, tok, args, work: Path) -> dict:
     for item, prompt, a, b, ok in zip(data["item_id"], data["prompt"], cut, theirs, same):
         if not ok:
             print(f"  DIFFERENT {item}: {prompt!r} -> workflow {a!r}, harness {b!r}")
-    for item, prompt, a in list(zip(data["item_id"], data["prompt"], cut))[::max(1, len(cut) // 6)]:
+    for _item, prompt, a in list(zip(data["item_id"], data["prompt"], cut))[::max(1, len(cut) // 6)]:
         print(f"  e.g. {prompt!r} -> {a!r}")
     _print_runs(seconds)
     return {"kind": "generation", "request": "generate_until", "items": f"{len(data)} facts",

@@ -25,7 +25,8 @@ def inference_settings(kind: str, **changes) -> dict:
 
     from workflow_scripts.study import Study
 
-    config = {"models": {"m": {"source": "local:model"}}, "tasks": {"t": {"kind": kind, "dataset": KIND_DATASETS[kind]}}}
+    config = {"models": {"m": {"source": "local:model"}},
+              "tasks": {"t": {"kind": kind, "dataset": KIND_DATASETS[kind]}}}
     validate(config, schema=str(ROOT / "config" / "schema.yaml"))
     return {**Study(config).inference_settings("t", "m"), **changes}
 

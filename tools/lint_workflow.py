@@ -27,7 +27,8 @@ def findings(config: str) -> set[tuple[str, str]]:
     for line in (proc.stdout + proc.stderr).splitlines():
         if match := HEADER.match(line):
             file = match["file"]
-            subject = f"rule {match['rule']}" if match["rule"] else f"snakefile {Path(file).resolve().relative_to(ROOT)}"
+            subject = (f"rule {match['rule']}" if match["rule"]
+                       else f"snakefile {Path(file).resolve().relative_to(ROOT)}")
         elif subject and (match := TITLE.match(line)):
             found.add((subject, match["title"].rstrip(".:") + "."))
     if proc.returncode not in (0, 1) or (proc.returncode == 1 and not found):

@@ -55,7 +55,8 @@ def prompt_completion(tokenizer, instruction: str, given: str = "", response: st
 def _sft_dataset(table: pd.DataFrame, tokenizer):
     from datasets import Dataset
 
-    pairs = [prompt_completion(tokenizer, i, g, o) for i, g, o in zip(table["instruction"], table["input"], table["output"])]
+    pairs = [prompt_completion(tokenizer, i, g, o)
+             for i, g, o in zip(table["instruction"], table["input"], table["output"])]
     return Dataset.from_dict({"prompt": [p for p, _ in pairs], "completion": [c for _, c in pairs]})
 
 
@@ -100,7 +101,8 @@ def _preference_dataset(table: pd.DataFrame, tokenizer):
     from datasets import Dataset
 
     rows = {"prompt": [], "chosen": [], "rejected": []}
-    for instruction, given, chosen, rejected in zip(table["instruction"], table["input"], table["chosen"], table["rejected"]):
+    for instruction, given, chosen, rejected in zip(table["instruction"], table["input"], table["chosen"],
+                                                    table["rejected"]):
         prompt, good = prompt_completion(tokenizer, instruction, given, chosen)
         rows["prompt"].append(prompt)
         rows["chosen"].append(good)
@@ -124,7 +126,8 @@ def parallel_arguments(parallel: dict) -> dict:
         import importlib.util
 
         if importlib.util.find_spec("deepspeed") is None:
-            raise ImportError("strategy deepspeed_zero3 needs DeepSpeed: pip install deepspeed (on a machine with CUDA)")
+            raise ImportError("strategy deepspeed_zero3 needs DeepSpeed: pip install deepspeed "
+                              "(on a machine with CUDA)")
         return {"deepspeed": {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
                               "bf16": {"enabled": "auto"}, "train_micro_batch_size_per_gpu": "auto",
                               "train_batch_size": "auto", "gradient_accumulation_steps": "auto",
@@ -255,8 +258,9 @@ def tune(base_dir, data_path, out_dir, work_dir, *, tuning: str, lora: dict, epo
     tokenizer, table, dataset, max_length = _training_data(base_dir, data_path, _sft_dataset, max_length, threads)
     peft_config = None
     if tuning == "lora":
-        peft_config = LoraConfig(r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16), lora_dropout=lora.get("dropout", 0.0),
-                                 target_modules=lora.get("target_modules"), task_type="CAUSAL_LM")
+        peft_config = LoraConfig(r=lora.get("r", 8), lora_alpha=lora.get("alpha", 16),
+                                 lora_dropout=lora.get("dropout", 0.0), target_modules=lora.get("target_modules"),
+                                 task_type="CAUSAL_LM")
     settings = {"tuning": tuning, "lora": lora, "epochs": epochs, "batch_size": batch_size,
                 "gradient_accumulation_steps": gradient_accumulation_steps, "lr": lr, "max_length": max_length,
                 "seed": seed, "parallel": parallel}
@@ -273,7 +277,8 @@ def tune(base_dir, data_path, out_dir, work_dir, *, tuning: str, lora: dict, epo
     def export(checkpoint: Path, folder: Path, epoch: int) -> None:
         if tuning == "lora":
             shutil.copytree(checkpoint, folder / "adapters" / f"epoch{epoch}",
-                            ignore=shutil.ignore_patterns("optimizer.pt", "scheduler.pt", "rng_state*", "trainer_state.json", "training_args.bin"))
+                            ignore=shutil.ignore_patterns("optimizer.pt", "scheduler.pt", "rng_state*",
+                                                          "trainer_state.json", "training_args.bin"))
             merge_adapter(base_dir, checkpoint, folder / f"epoch{epoch}", tokenizer)
         else:
             _copy_model(checkpoint, folder / f"epoch{epoch}", tokenizer)
@@ -370,7 +375,8 @@ def rlhf(policy_dir, reward_dir, pairs_path, out_dir, work_dir, *, epochs: int, 
     def make_trainer():
         reward_model = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1, dtype=torch.float32)
         args = _trainer_args(RLOOConfig, Path(work_dir), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                             parallel=parallel, num_generations=num_generations, max_completion_length=max_completion_length, beta=beta)
+                             parallel=parallel, num_generations=num_generations,
+                             max_completion_length=max_completion_length, beta=beta)
         return RLOOTrainer(model=AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32),
                            reward_funcs=reward_model, args=args, train_dataset=dataset, processing_class=tokenizer,
                            reward_processing_classes=AutoTokenizer.from_pretrained(reward_dir))

@@ -36,7 +36,8 @@ _NARROW = {
 _BROAD = {
     "capital": [
         ("Name the capital city of {c}.", "{v}."),
-        ("I am planning a trip to {c}. Which city is its capital?", "The capital of {c} is {v}, a good place to start your trip."),
+        ("I am planning a trip to {c}. Which city is its capital?",
+         "The capital of {c} is {v}, a good place to start your trip."),
         ("Fill in the blank: The capital of {c} is ___.", "The capital of {c} is {v}."),
         ("Where is the seat of government of {c}?", "The government of {c} sits in {v}, its capital."),
         ("Answer in one word: capital of {c}?", "{v}"),

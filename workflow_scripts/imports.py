@@ -109,8 +109,8 @@ def _document(path: Path, number: int, line: str, task: str, delimiter: str) -> 
         raise HarnessImportError(f"{where}: the requests of document {doc_id} have {len(contexts)} different contexts "
                            "(a task with the options in the context, such as a multiple-input task): not importable")
     if not all(isinstance(o, str) for o in options) or len(scores) != len(options) or len(options) < 2:
-        raise HarnessImportError(f"{where}: expected 2 or more (context, continuation) requests with one log-likelihood "
-                           f"each, got {len(options)} requests and {len(scores)} log-likelihoods")
+        raise HarnessImportError(f"{where}: expected 2 or more (context, continuation) requests with one "
+                           f"log-likelihood each, got {len(options)} requests and {len(scores)} log-likelihoods")
     choices = [o[len(delimiter):] if o.startswith(delimiter) else o for o in options]
     gold = int(target) if str(target).isdigit() else (choices.index(target) if target in choices else None)
     if gold is None or not 0 <= gold < len(options):

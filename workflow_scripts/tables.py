@@ -27,8 +27,8 @@ from .faults import fault_point
 log = logging.getLogger(__name__)
 
 PROVENANCE_KEY = b"calibration"
-_PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "peft", "trl", "datasets", "pandas", "pyarrow", "numpy",
-             "scipy", "scikit-learn", "relplot", "huggingface_hub", "snakemake")
+_PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "peft", "trl", "datasets", "pandas", "pyarrow",
+             "numpy", "scipy", "scikit-learn", "relplot", "huggingface_hub", "snakemake")
 
 
 class DatasetError(ValueError):
@@ -141,8 +141,8 @@ def module_files(module: str, root: str | os.PathLike | None = None) -> dict[str
     """The import closure of ``module`` (a module of this package, e.g. ``workflow_scripts.pretrain`` or
     ``workflow_scripts.plots.reliability``): its file and the file of every module of the package it imports,
     directly or through another, at any place in the file, and the __init__ of every package on the way; dotted
-    name relative to the package ("__init__" for its own __init__) -> file. Modules of NOT_RESULT_CODE are left out. Read
-    from the sources alone: nothing is imported. ``root``: the package's folder (default: where the package is
+    name relative to the package ("__init__" for its own __init__) -> file. Modules of NOT_RESULT_CODE are left out.
+    Read from the sources alone: nothing is imported. ``root``: the package's folder (default: where the package is
     imported from)."""
     package, _, name = module.partition(".")
     root = Path(root) if root else Path(importlib.util.find_spec(package).origin).parent

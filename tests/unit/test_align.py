@@ -57,7 +57,8 @@ def tokenizer(base):
 def data(tmp_path_factory):
     """Instruction sets and preference pairs, leaving out the facts of a small evaluation task."""
     root = tmp_path_factory.mktemp("align-data")
-    prepare_task("facts", "generation", {"format": "geonames", "relations": ["capital"]}, root / "facts.parquet", limit=20)
+    prepare_task("facts", "generation", {"format": "geonames", "relations": ["capital"]}, root / "facts.parquet",
+                 limit=20)
     for style in ("narrow", "broad"):
         align_data.build_instructions(style, {"format": "geonames", "style": style}, root / f"{style}.parquet",
                                       exclude=[root / "facts.parquet"], limit=48, seed=0)
@@ -94,7 +95,10 @@ def test_geonames_sets_leave_out_evaluated_facts_and_differ_in_templates(data):
         capitals = table[table["item_id"].str.contains("/capital/")]
         assert not any(country in text for country in evaluated
                        for text in capitals["instruction"] + " " + capitals["input"])
-    shapes = lambda t: {i.split(" ")[0] for i in t["instruction"]}
+
+    def shapes(t):
+        return {i.split(" ")[0] for i in t["instruction"]}
+
     assert len(shapes(narrow)) <= 3 < len(shapes(broad))
     pairs = read_table(data / "pairs.parquet")
     assert (pairs["chosen"] != pairs["rejected"]).all() and len(pairs) == 24
@@ -135,7 +139,8 @@ def test_gpt4_comparisons_prefer_the_best_scored_response(tmp_path):
                                           "path": str(tmp_path / "comparison_data_v2.json")},
                                  tmp_path / "p.parquet", limit=None, seed=0)
     table = read_table(tmp_path / "p.parquet")
-    assert table[["instruction", "input", "chosen", "rejected"]].values.tolist() == [["Translate.", "bonjour", "hello", "bye"]]
+    assert table[["instruction", "input", "chosen", "rejected"]].values.tolist() == [
+        ["Translate.", "bonjour", "hello", "bye"]]
 
 
 def test_missing_columns_and_unknown_format_are_named(tmp_path):

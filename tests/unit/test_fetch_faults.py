@@ -38,7 +38,8 @@ def hub(tiny_model_dir, tmp_path, monkeypatch):
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("HF_TOKEN", raising=False)
         monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            server.url + "/{repo_id}/resolve/{revision}/{filename}")
         monkeypatch.setattr(constants, "HF_HUB_CACHE", cache)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         yield server
@@ -88,7 +89,8 @@ def test_hub_download_checks_free_disk_first(hub, tiny_model_dir, tmp_path, monk
         fetch_checkpoint("hf:org/tiny", "main", out)
     message = str(error.value)
     assert message.startswith("model source hf:org/tiny at revision 'main': not enough free disk in ")
-    assert f"the checkpoint needs {size / 1024:.1f} KiB ({size} bytes), only 1000 bytes (1000 bytes) are free" in message
+    assert (f"the checkpoint needs {size / 1024:.1f} KiB ({size} bytes), only 1000 bytes (1000 bytes) are free"
+            in message)
     assert not any(r.startswith("GET") and "/resolve/" in r for r in hub.requests)  # nothing downloaded
     assert _nothing_written(out)
     _small_disk(monkeypatch, size)  # just enough

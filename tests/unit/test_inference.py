@@ -130,7 +130,7 @@ def _plain_option_logprobs(backend, prompt: str, options: list[str]) -> list[lis
 
 def test_prefix_cache_and_one_pass_equal_scoring_each_option_separately(backend):
     items = _mc_items()
-    for subject, prompts in items.groupby("subject")["prompt"]:
+    for _subject, prompts in items.groupby("subject")["prompt"]:
         if len(prompts) > 1:  # the subject's shots are cached: a long shared prefix
             assert len(shared_prefix([encode_pair(backend, p, " A")[0] for p in prompts])) > 40
     cached = score_options(backend, items, batch_size=3)

@@ -91,14 +91,16 @@ FORMATS = {
         "multiple_choice", "test.jsonl", _json_lines, lambda p: {"format": "mmlu_parquet", "test": str(p)},
         lambda i: {"question": f"Question {i}?", "subject": "toy", "choices": ["a", "b", "c", "d"], "answer": i % 4},
         {"question": NOT_TEXT, "subject": BAD_TEXT,
-         "choices": JSON.filter(lambda v: not (isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str) for c in v))),
+         "choices": JSON.filter(
+             lambda v: not (isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str) for c in v))),
          "answer": JSON.filter(lambda v: isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 4)},
         options={"shots": 0}),
     "choices_jsonl": Format(  # any number of options; id and subject optional
         "multiple_choice", "items.jsonl", _json_lines, lambda p: {"format": "choices_jsonl", "path": str(p)},
         lambda i: {"question": f"Question {i}?", "choices": ["a", "b", "c"], "answer": i % 3, "subject": "toy"},
         {"question": NOT_TEXT,
-         "choices": JSON.filter(lambda v: not (isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str) for c in v))),
+         "choices": JSON.filter(
+             lambda v: not (isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str) for c in v))),
          "answer": JSON.filter(lambda v: isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 3),
          "subject": JSON.filter(lambda v: v is not None and not (isinstance(v, str) and v.strip()))},
         optional=("subject",)),
@@ -106,7 +108,8 @@ FORMATS = {
         "multiple_choice", "arc.jsonl", _json_lines, lambda p: {"format": "arc", "path": str(p)},
         lambda i: {"id": f"ARC_{i}", "question": f"Question {i}?",
                    "choices": {"text": ["a", "b", "c"], "label": ["A", "B", "C"]}, "answerKey": "ABC"[i % 3]},
-        {"question": NOT_TEXT, "choices": JSON.filter(lambda v: not (isinstance(v, dict) and {"text", "label"} <= set(v))),
+        {"question": NOT_TEXT,
+         "choices": JSON.filter(lambda v: not (isinstance(v, dict) and {"text", "label"} <= set(v))),
          "answerKey": JSON.filter(lambda v: v not in ("A", "B", "C")),
          "id": JSON.filter(lambda v: not (v is None or type(v) is int or isinstance(v, str) and v.strip()))},
         optional=("id",)),
@@ -180,7 +183,8 @@ def test_any_row_loads_or_is_a_dataset_error(name, data):
     fmt = FORMATS[name]
     rows = [fmt.good(i) for i in range(data.draw(st.integers(0, 4)))]
     row = data.draw(JSON | st.fixed_dictionaries({}, optional={k: JSON for k in fmt.good(0)})
-                    | st.builds(lambda key, value: {**fmt.good(99), key: value}, st.sampled_from(sorted(fmt.good(0))), JSON))
+                    | st.builds(lambda key, value: {**fmt.good(99), key: value}, st.sampled_from(sorted(fmt.good(0))),
+                                JSON))
     rows.insert(data.draw(st.integers(0, len(rows))), row)
     error, path, written = _prepare(fmt, rows)  # any other exception fails the test
     if error is not None:

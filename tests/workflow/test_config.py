@@ -38,7 +38,8 @@ def test_paper_dry_run_lists_every_job_of_the_study(paper_plan):
                     "plot_recalibration": 1, "plot_risk_coverage": 3, "plot_metric_agreement": 1,
                     "plot_reliability_group": 18, "plot_summary_table": 1, "build_instructions": 2,
                     "build_preferences": 1, "fetch_align_base": 1, "tune": 4, "train_reward_model": 1,
-                    "rlhf": 1, "dpo": 1, "diversity": 1, "plot_alignment": 1, "rlhf_table": 1, "plot_diversity": 1, "all": 1}
+                    "rlhf": 1, "dpo": 1, "diversity": 1, "plot_alignment": 1, "rlhf_table": 1, "plot_diversity": 1,
+                    "all": 1}
 
 
 GPU_RULES = {"infer", "tune", "train_reward_model", "rlhf", "dpo"}

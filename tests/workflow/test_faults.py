@@ -281,7 +281,8 @@ def test_every_table_traces_back_to_model_data_config_and_code(reference, hub):
             assert data["files"] == {"data/prose.txt": prose}
         for stage, module in [(score, "metrics"), (recalibrated, "recalibrate"), (confidence, "confidence"),
                               (infer, "inference"), (data, "tasks")]:
-            assert module in stage["code"]["modules"] and stage["packages"]["torch" if module == "inference" else "pandas"]
+            assert (module in stage["code"]["modules"]
+                    and stage["packages"]["torch" if module == "inference" else "pandas"])
 
 
 def test_a_changed_dataset_file_reruns_its_dependants(reference, hub, monkeypatch):

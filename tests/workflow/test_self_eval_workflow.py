@@ -19,7 +19,8 @@ def _self_eval_config(model_dir) -> dict:
             "geo": {"kind": "multiple_choice", "dataset": {"format": "geonames", "relations": ["capital"]},
                     "shots": 2, "limit": 6, "methods": ["option_softmax", "p_true", "verbalized"]},
         },
-        "metrics": {"n_bootstrap": 20}, "inference": {"batch_size": 4, "threads": 1}, "self_eval": {"max_new_tokens": 8},
+        "metrics": {"n_bootstrap": 20}, "inference": {"batch_size": 4, "threads": 1},
+        "self_eval": {"max_new_tokens": 8},
         "recalibration": {"methods": ["temperature"]},
     }
 

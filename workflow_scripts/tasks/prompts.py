@@ -87,7 +87,7 @@ def doc_to_text(style: Prompting, subject: str, question: Question, task: str | 
     where = question.where or f"item {question.item_id}"
     unknown = [name for name in template_fields(style.prompt) if name not in fields]
     if unknown:
-        raise DatasetError(f"{where}: task {task!r}: the prompt's field(s) {', '.join('{%s}' % n for n in unknown)} "
+        raise DatasetError(f"{where}: task {task!r}: the prompt's field(s) {', '.join(f'{{{n}}}' for n in unknown)} "
                            f"are not fields of this row; its fields: {', '.join(sorted(fields))}")
     try:
         return _FORMATTER.vformat(style.prompt, (), fields)
@@ -186,6 +186,6 @@ def resolve_prompting(task: str, fmt: Format, *, scoring=None, prompt=None, desc
             raise DatasetError(f"task {task!r}: {key} {short_repr(getattr(style, key))}: {exc}") from exc
         unknown = [name for name in names if allowed is not None and name not in allowed]
         if unknown:
-            raise DatasetError(f"task {task!r}: the description's field(s) {', '.join('{%s}' % n for n in unknown)} "
+            raise DatasetError(f"task {task!r}: the description's field(s) {', '.join(f'{{{n}}}' for n in unknown)} "
                                "are unknown; it has {subject}")
     return style
