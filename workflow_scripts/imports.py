@@ -23,7 +23,7 @@ from .inference import OPTION_SCHEMA, write_row_groups
 from .tables import file_digest, write_table
 
 SAMPLES = re.compile(r"samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[0-9.:-]+)\.jsonl")
-METHODS = ["continuation_sum", "continuation_norm_chars"]  # what the sample files support
+IMPORTED_METHODS = ["continuation_sum", "continuation_norm_chars"]  # what the sample files support
 
 
 class HarnessImportError(ValueError):

@@ -40,7 +40,8 @@ VERBALIZED_PROMPT = (
     " Probability: <the probability between 0.0 and 1.0 that your guess is correct, without any extra commentary "
     "whatsoever; just the probability!>\n\nThe question is: {question}")
 PROMPTS = {"p_true": P_TRUE_PROMPT, "verbalized": VERBALIZED_PROMPT}
-SETTINGS = ("backend", "batch_size", "add_bos", "device", "dtype", "max_new_tokens")  # of a task's second pass
+# The settings of a task's second pass.
+SECOND_PASS_SETTINGS = ("backend", "batch_size", "add_bos", "device", "dtype", "max_new_tokens")
 
 
 def questions(kind: str, data: pd.DataFrame) -> pd.Series:
@@ -87,11 +88,12 @@ def self_evaluate_checkpoint(checkpoint_dir, tasks: list[dict], *, threads: int)
     A task is a dict: ``kind``; ``data`` (the task table); ``first_pass`` (its inference table);
     ``methods`` (all the task's confidence methods, which fix the multiple-choice proposals) and ``match``
     (the alias rule); ``outs`` (method -> the table to write, for p_true and/or verbalized); ``settings``
-    (every one of ``SETTINGS``); and ``provenance``."""
+    (every one of ``SECOND_PASS_SETTINGS``); and ``provenance``."""
     backend = load_for_tasks(checkpoint_dir, [task["settings"] for task in tasks], threads=threads)
     for task in tasks:
-        if sorted(task["settings"]) != sorted(SETTINGS):
-            raise ValueError(f"second-pass settings must be {sorted(SETTINGS)}, got {sorted(task['settings'])}")
+        if sorted(task["settings"]) != sorted(SECOND_PASS_SETTINGS):
+            raise ValueError(f"second-pass settings must be {sorted(SECOND_PASS_SETTINGS)}, "
+                             f"got {sorted(task['settings'])}")
         data, first_pass = read_table(task["data"]), read_table(task["first_pass"])
         proposed = proposals(task["kind"], first_pass, data, methods=task["methods"], match=task["match"])
         common = {k: task["settings"][k] for k in ("backend", "batch_size", "device", "dtype")}

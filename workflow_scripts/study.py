@@ -118,7 +118,7 @@ class Study:
         if clash := set(self.imported_tasks) & set(self.task_config):
             raise ValueError(f"config: imports: {sorted(clash)} are also names of tasks; rename them")
         if self.imports:
-            from .imports import METHODS as IMPORTED_METHODS
+            from .imports import IMPORTED_METHODS
 
             self.task_config.update({task: {"kind": "multiple_choice", "scoring": "continuation",
                                             "methods": IMPORTED_METHODS} for task in self.imported_tasks})
