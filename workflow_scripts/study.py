@@ -100,6 +100,10 @@ class Study:
     """Everything the rules derive from one validated config (the schema's defaults filled in)."""
 
     def __init__(self, config: dict):
+        pretrain = config.get("pretrain", {})
+        if pretrain and pretrain["checkpoints"][-1] != pretrain["steps"]:
+            raise ValueError(f"config: pretrain.checkpoints: must end with steps ({pretrain['steps']}), "
+                             f"got {pretrain['checkpoints']}")
         check_datasets(config)
         check_task_methods(config)
         self.config = config

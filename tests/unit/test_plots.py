@@ -969,7 +969,7 @@ def test_shared_prefix_and_column_labels():
 
 
 def test_summary_grid_groups_runs_by_family_in_natural_order():
-    runs = study_runs(sizes=("xs", "s"), checkpoints=(1, 16, 4), epochs=2, preference_epochs=1)
+    runs = study_runs(sizes=("xs", "s"), checkpoints=(4, 1, 16), epochs=2, preference_epochs=1)
     table = overview_table(runs).sample(frac=1, random_state=1)
     grid = overview.summary_grid(table, {"facts": "seq_prob"})
     kinds = [(e["kind"], e.get("run") or e["label"]) for e in grid["rows"]]
@@ -979,7 +979,7 @@ def test_summary_grid_groups_runs_by_family_in_natural_order():
     stages = [e["stage"] for e in grid["rows"] if e["kind"] == "run"]
     assert stages == ["base"] * 6 + ["sft"] * 8 + ["dpo", "rlhf", "sft"]
     labels = [e["label"] for e in grid["rows"]]
-    assert labels[:4] == ["geo-neox", "xs-standard@step4", "s-standard@step1", "s-standard@step4"]
+    assert labels[:5] == ["geo-neox", "xs-standard@step16", "s-standard@step1", "s-standard@step4", "s-standard@step16"]
     ece = dict(grid["columns"]["ece"])
     assert list(ece) == ["capitals_mc", "facts", "geography", "prose"]
     assert ece["facts"] == ["seq_prob", "first_token_prob"]  # the primary method first
@@ -995,7 +995,7 @@ def heat_axes(fig):
 
 
 def test_summary_figure_rows_columns_and_cells(tmp_path):
-    runs = study_runs(sizes=("xs", "s"), checkpoints=(1, 16, 4), epochs=2, preference_epochs=1)
+    runs = study_runs(sizes=("xs", "s"), checkpoints=(4, 1, 16), epochs=2, preference_epochs=1)
     table = overview_table(runs).sample(frac=1, random_state=2)
     fig = overview.summary_figure(table, {"facts": "seq_prob"})
     grid = overview.summary_grid(table, {"facts": "seq_prob"})
@@ -1054,7 +1054,7 @@ def test_summary_figure_leaves_cells_of_missing_runs_blank():
 
 
 def test_summary_table_html_lists_every_row_in_natural_order(tmp_path):
-    runs = study_runs(sizes=("xs", "s"), checkpoints=(16, 4), epochs=1, preference_epochs=1)
+    runs = study_runs(sizes=("xs", "s"), checkpoints=(4, 16), epochs=1, preference_epochs=1)
     table = overview_table(runs, {"b": ["m"], "a": ["m"]}).sample(frac=1, random_state=0)
     write_table(table, tmp_path / "summary.parquet")
     overview.write_summary_table(tmp_path / "summary.parquet", tmp_path / "out" / "summary.html")

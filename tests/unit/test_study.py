@@ -86,6 +86,8 @@ def test_mistakes_in_the_config_name_the_key():
         study(tasks={"geo": {**TASKS["geo"], "methods": ["max_prob"]}}, models={"m": {"source": "local:m"}})
     with pytest.raises(ValueError, match="nothing to evaluate"):
         study()
+    with pytest.raises(ValueError, match=r"config: pretrain\.checkpoints: must end with steps \(4\), got \[4, 2\]"):
+        study(pretrain={**SUITE, "checkpoints": [4, 2]})
 
 
 def test_canonical_and_group_names():
