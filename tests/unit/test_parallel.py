@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, build_tiny_model
+from conftest import build_tiny_model
 from safetensors.torch import load_file
 from test_align import ONE, _held_out_accuracy
 
@@ -95,11 +95,11 @@ def launched_processes(marker: str) -> list[int]:
 def test_a_killed_two_process_run_leaves_no_process_and_resumes(two_processes, base, data, tmp_path, capfd):
     out, work = tmp_path / "full", tmp_path / "full-work"
     first_epoch = f"checkpoint-{48 // GLOBAL_BATCH}"
-    script = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+    script = ("import sys; from pathlib import Path; sys.path[:0] = [sys.argv[1], str(Path(sys.argv[1]).parent)]; "
               "from test_parallel import tune; tune(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), 2)")
     # The job in a session of its own, as Snakemake runs it; killed (SIGKILL, its whole process group
     # and the training processes') once the first epoch's checkpoint is saved.
-    job = subprocess.run([sys.executable, "-c", script, str(ROOT / "tests"), str(base), str(data), str(out)],
+    job = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), str(base), str(data), str(out)],
                          env={**os.environ, VARIABLE: f"train@*/{first_epoch}", "TMPDIR": str(tmp_path)},
                          start_new_session=True, capture_output=True, text=True, timeout=600)
     assert job.returncode == -signal.SIGKILL, job.stderr[-3000:]
