@@ -28,9 +28,9 @@ run: $(STAMP)
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
-# The unit tier: the modules' own tests, no Snakemake run (tests/unit, under 3 minutes).
+# The unit tier without its slow files (training, kills and resumes): the modules' own tests, no Snakemake run.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q tests/unit -m "not slow"
 
 # ruff (Python), snakefmt (rules) and snakemake --lint (its findings fixed, or listed in .lint-allow with the reason).
 lint: $(STAMP)

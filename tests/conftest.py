@@ -204,19 +204,22 @@ def harness_run(tmp_path_factory) -> Path:
 
 
 # ----------------------------------------------------------------------------- the workflow tier
-# Tests of minutes each: a whole study, a cluster, training jobs, kills and restarts.
-SLOW = {"test_default_run.py", "test_slurm.py", "test_align_workflow.py", "test_suite_workflow.py", "test_faults.py"}
+# Test files of minutes each: a whole study, a cluster, training jobs (in one process or two), kills and restarts.
+# `make test-fast` leaves them out of the unit tier.
+SLOW = {"test_default_run.py", "test_slurm.py", "test_align_workflow.py", "test_suite_workflow.py", "test_faults.py",
+        "test_align.py", "test_parallel.py", "test_fingerprint.py", "test_pretrain.py", "test_resume.py"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every test of tests/workflow (Snakemake on a scratch copy of the workflow) is marked `workflow`, those of
-    SLOW also `slow`."""
-    here = Path(__file__).parent / "workflow"
+    """Every test of tests/workflow (Snakemake on a scratch copy of the workflow) is marked `workflow`; those of
+    the files of SLOW are marked `slow`."""
+    workflow = Path(__file__).parent / "workflow"
     for item in items:
-        if here in Path(item.fspath).parents:
+        path = Path(item.fspath)
+        if workflow in path.parents:
             item.add_marker(pytest.mark.workflow)
-            if Path(item.fspath).name in SLOW:
-                item.add_marker(pytest.mark.slow)
+        if path.name in SLOW:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
