@@ -1,5 +1,6 @@
 # Paths, wildcard constraints and the input functions the rules share. The study itself (runs, tasks,
 # methods, settings, comparison pairs, figure targets) is workflow_scripts/study.py, built once here.
+import functools
 import glob
 import re
 from pathlib import Path
@@ -11,12 +12,16 @@ STUDY = Study(config)
 CODE = Path(workflow.basedir) / "workflow_scripts"  # the workflow's own code, not another copy on sys.path
 
 
+@functools.cache
+def closure(module):
+    """The import closure of one module of the workflow's code (tables.module_files), read once per parse."""
+    return module_files(f"workflow_scripts.{module}", CODE)
+
+
 def code(*modules):
     """The files a rule's code is made of: the import closure of the modules its script imports (dotted, below
     workflow_scripts), so that editing any of them reruns the rule (tables.NOT_RESULT_CODE lists the exceptions)."""
-    files = {
-        name: path for module in modules for name, path in module_files(f"workflow_scripts.{module}", CODE).items()
-    }
+    files = {name: path for module in modules for name, path in closure(module).items()}
     return [str(files[name]) for name in sorted(files)]
 
 
