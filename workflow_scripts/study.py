@@ -1,14 +1,21 @@
 """The study a config describes: its models (registry.py), tasks, runs, confidence methods, the settings of
 every stage, the comparison pairs, and what the figures need. The rules read it (rules/common.smk builds one
 ``Study`` from the validated config); tests import it instead of copying it. Building one checks what the
-schema cannot (dataset keys, confidence methods, imported tasks' names), with one line naming the key."""
+schema cannot (dataset keys, confidence methods, imported tasks' names, the names it makes: names.py), with one
+line naming the key."""
 from __future__ import annotations
 
 import re
 import sys
 from functools import cached_property
 
+from .names import NAME_PATTERN, check_name
 from .registry import ALIGNED, build_registry
+
+# The names the workflow makes from the config's, by the registry's origin of their model (registry.py).
+MADE_NAMES = {"pretrain": "pretrain: model name <family>-<size>-<data>",
+              "tune": "align: model name <base>-sft-<set>-<tuning>", "rlhf": "align: model name <base>-rlhf",
+              "dpo": "align: model name <base>-dpo"}
 
 # The keys of a training run's config section that say where it runs, not what it learns.
 RUN_PLACEMENT = ("parallel", "resources")
@@ -25,9 +32,51 @@ def schema_error(config: dict, schema_path) -> str | None:
     with open(schema_path) as f:
         validator = jsonschema.Draft202012Validator(yaml.safe_load(f))
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
-    if error is not None:
-        return f"config: {'.'.join(map(str, error.absolute_path)) or '(top level)'}: {error.message}"
-    return None
+    if error is None:
+        return None
+    message = error.message
+    if error.validator == "pattern" and error.validator_value == NAME_PATTERN:  # the name rule, said in words
+        try:
+            check_name("name", error.instance)
+        except ValueError as bad:
+            message = str(bad)
+    return f"config: {'.'.join(map(str, error.absolute_path)) or '(top level)'}: {message}"
+
+
+def check_names(config: dict) -> None:
+    """Every name of the config that reaches a path follows the name rule (names.py): a model, revision, task,
+    import, imported task, pretrain family, size and data variant, instruction set and tuning method; a name that
+    does not raises ValueError with one line naming the key and the name."""
+    names = [("models", "model name", m) for m in config["models"]]
+    names += [(f"models.{m}.revisions", "revision", r) for m, e in config["models"].items() for r in e["revisions"]]
+    names += [("tasks", "task name", t) for t in config["tasks"]]
+    names += [("imports", "model name", m) for m in config["imports"]]
+    names += [(f"imports.{m}.tasks", "task name", t) for m, run in config["imports"].items()
+              for t in run.get("tasks", [])]
+    if pretrain := config.get("pretrain"):
+        names += [("pretrain.family", "family", pretrain["family"])]
+        names += [("pretrain.sizes", "size", size) for size in pretrain["sizes"]]
+        names += [("pretrain.data", "data variant", data) for data in pretrain["data"]]
+    if align := config.get("align"):
+        names += [("align.instructions", "instruction set", name) for name in align["instructions"]]
+        names += [("align.tuning", "tuning method", name) for name in align["tuning"]]
+    for key, kind, name in names:
+        try:
+            check_name(kind, name)
+        except ValueError as error:
+            raise ValueError(f"config: {key}: {error}") from None
+
+
+def check_made_names(registry) -> None:
+    """The names of the models trained here and their revisions, made from the config's (registry.py), follow the
+    name rule too (a long base name may make one too long): ValueError naming the pattern and the name."""
+    for name, model in registry.of(*MADE_NAMES).items():
+        try:
+            check_name(MADE_NAMES[model.origin], name)
+            for revision in model.revision_names:
+                check_name(f"revision of model {name!r}", revision)
+        except ValueError as error:
+            raise ValueError(f"config: {error}") from None
 
 
 def canonical(value):
@@ -100,6 +149,7 @@ class Study:
     """Everything the rules derive from one validated config (the schema's defaults filled in)."""
 
     def __init__(self, config: dict):
+        check_names(config)
         pretrain = config.get("pretrain", {})
         if pretrain and pretrain["checkpoints"][-1] != pretrain["steps"]:
             raise ValueError(f"config: pretrain.checkpoints: must end with steps ({pretrain['steps']}), "
@@ -112,6 +162,7 @@ class Study:
         self.regular_tasks = sorted(config["tasks"])  # the tasks this workflow builds and runs models on
         self.task_config = dict(config["tasks"])  # and, below, the tasks of imported harness runs
         self.registry = build_registry(config)
+        check_made_names(self.registry)
         self.models = self.registry.models
         self.pretrained = self.registry.of("pretrain")
         self.tuned = self.registry.of("tune")
