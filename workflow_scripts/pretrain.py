@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -26,7 +27,15 @@ import pandas as pd
 import torch
 
 from .faults import fault_point
-from .tables import atomic_dir, model_files, prepare_work_dir, read_table, stage_fingerprint, write_table
+from .tables import (
+    atomic_dir,
+    checkpoint_problem,
+    model_files,
+    prepare_work_dir,
+    read_table,
+    stage_fingerprint,
+    write_table,
+)
 from .tasks.clm import pydoc_prose
 from .tasks.generation import geonames_facts
 
@@ -145,7 +154,7 @@ def train_model(corpus_path, tokenizer_dir, out_dir, work_dir, *, size: dict, st
     resumed = _last_checkpoint(work_dir, checkpoints, fingerprint)
     if resumed:
         model = GPTNeoXForCausalLM.from_pretrained(work_dir / f"step{resumed}")
-        state = torch.load(work_dir / f"step{resumed}" / "training_state.pt", weights_only=False)
+        state = torch.load(work_dir / f"step{resumed}" / "training_state.pt", weights_only=True)
         log.info("resuming from step %d", resumed)
     else:
         config = GPTNeoXConfig(vocab_size=len(tokenizer), max_position_embeddings=seq_len,
@@ -214,10 +223,22 @@ def save_checkpoint(model, tokenizer, optimizer, schedule, losses, folder: Path)
 
 
 def _last_checkpoint(work_dir: Path, checkpoints: list[int], fingerprint: dict) -> int:
-    """The last checkpoint to resume from (0: none); a work folder of another fingerprint is emptied."""
+    """The checkpoint to resume from (0: none): the last of the saved ones that follow each other from the first,
+    each checked (``tables.checkpoint_problem``). A damaged one is removed, and the log says why; the training
+    passes it again. A work folder of another fingerprint is emptied."""
     if not prepare_work_dir(work_dir, fingerprint):
         return 0
-    return max((s for s in checkpoints if (work_dir / f"step{s}" / "training_state.pt").is_file()), default=0)
+    resumed = 0
+    for step in checkpoints:
+        folder = work_dir / f"step{step}"
+        if not (folder / "training_state.pt").is_file():
+            break
+        if problem := checkpoint_problem(folder):
+            log.warning("%s: checkpoint removed, trained again from step %d", problem, resumed)
+            shutil.rmtree(folder)
+            break
+        resumed = step
+    return resumed
 
 
 def _lr_factor(step: int, warmup: int, steps: int) -> float:

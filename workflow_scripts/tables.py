@@ -1,9 +1,12 @@
 """Parquet tables written atomically, with the provenance of what made them in their metadata; the
-fingerprints of resumable work (settings, inputs, code, libraries); the files of a saved model; and the
-file helpers every stage shares: digests, glob expansion, files and folders built beside and renamed."""
+fingerprints of resumable work (settings, inputs, code, libraries); the files of a saved model and the checks of
+a checkpoint before it is resumed from; and the file helpers every stage shares: digests, glob expansion, files and
+folders built beside, flushed to disk and renamed."""
 from __future__ import annotations
 
 import ast
+import errno
+import functools
 import glob
 import hashlib
 import importlib.util
@@ -23,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .faults import fault_point
+from .names import check_inside_results
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +43,29 @@ class MissingDataError(DatasetError, FileNotFoundError):
     """A path or glob pattern that names no file."""
 
 
+class DiskFullError(OSError):
+    """An output not written for want of space on its disk; the message names the output."""
+
+
+class UntrustedFileError(ValueError):
+    """A file of torch.save that holds objects other than tensors and plain values: loading it would run code."""
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the libraries that shape the numbers (missing ones are skipped)."""
-    versions = {}
+    return dict(_installed_versions())
+
+
+@functools.cache
+def _installed_versions() -> tuple[tuple[str, str], ...]:
+    """Read once per process: every table a job writes records them, and each read parses package metadata."""
+    versions = []
     for name in _PACKAGES:
         try:
-            versions[name] = metadata.version(name)
+            versions.append((name, metadata.version(name)))
         except metadata.PackageNotFoundError:
             pass
-    return versions
+    return tuple(versions)
 
 
 def code_version() -> dict:
@@ -174,6 +192,7 @@ def prepare_work_dir(work_dir: str | os.PathLike, fingerprint: dict) -> bool:
     """Whether ``work_dir`` holds work of ``fingerprint`` (to resume). If not, it is emptied, the log
     says which parts of the fingerprint differ, and ``fingerprint`` is written to it
     (``fingerprint.json``) for the work to come."""
+    check_inside_results(work_dir)
     work_dir = Path(work_dir)
     marker = work_dir / "fingerprint.json"
     fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
@@ -230,6 +249,59 @@ def model_files(folder: str | os.PathLike) -> list[Path]:
     return configs + weights
 
 
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """What makes a saved checkpoint unfit to resume from, as ``<file>: <what>``: a safetensors file of ``folder``
+    whose header does not parse or whose size is not what the header gives, or a ``*.pt`` file of torch.save that
+    does not load with weights_only=True (truncated, damaged); None if nothing. A ``*.pt`` file of objects other
+    than tensors and plain values raises UntrustedFileError."""
+    folder = Path(folder)
+    checks = [(path, safetensors_problem) for path in sorted(folder.glob("*.safetensors"))]
+    for path, check in checks + [(path, torch_file_problem) for path in sorted(folder.glob("*.pt"))]:
+        if problem := check(path):
+            return f"{path}: {problem}"
+    return None
+
+
+def safetensors_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with a safetensors file: its 8-byte header length, JSON header or size (the header's end
+    offset of the tensors' data past the header must be the file's end); None if nothing."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if size < 8 or length > size - 8:
+            return f"{size} bytes, too few for its header length and header"
+        try:
+            header = json.loads(f.read(length))
+            end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"),
+                      default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+            return f"its header does not parse ({error.__class__.__name__}: {error})"
+    if 8 + length + end != size:
+        return f"{size:,} bytes where its header gives {8 + length + end:,}"
+    return None
+
+
+def torch_file_problem(path: str | os.PathLike) -> str | None:
+    """What keeps a file of torch.save from loading with weights_only=True (its tensors mapped, not read); None if
+    it loads. UntrustedFileError where it holds objects other than tensors and plain values."""
+    import pickle
+
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"WeightsUnpickler error: (.+)", str(error))
+        reason = found.group(1).split(" Please use")[0] if found else str(error).splitlines()[0]
+        if reason.startswith("Unsupported global"):
+            raise UntrustedFileError(f"{path}: refused, loading it would run code ({reason}); "
+                                     f"delete it to compute it afresh") from error
+        return f"does not load ({reason})"
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        return f"does not load ({str(error).splitlines()[0] if str(error) else error.__class__.__name__})"
+    return None
+
+
 def provenance_info(provenance: dict | None = None) -> dict:
     """What every table's metadata holds: library versions, code version, then ``provenance``."""
     return {"packages": package_versions(), "code": code_version(), **(provenance or {})}
@@ -241,6 +313,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
 
     Temporary files of `path` left by a killed process (the same name pattern) are removed first:
     one job at a time writes a given output, so they belong to no live writer."""
+    check_inside_results(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix or ".tmp"
@@ -250,8 +323,13 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        _fsync(tmp)  # its contents on the disk before the rename publishes them
         fault_point("write", path)
         os.replace(tmp, path)
+        _fsync(path.parent)  # and the rename
+    except Exception as error:
+        _raise_if_disk_full(error, path)
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -262,6 +340,7 @@ def atomic_dir(path: str | os.PathLike):
     """Yield an empty folder beside ``path``; it replaces ``path`` only if the block succeeds, and is
     removed otherwise. Folders of ``path`` that a killed process left (``.<name>.tmp-*``) are removed
     first: one job at a time writes a given output."""
+    check_inside_results(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name}.tmp-"
@@ -272,10 +351,49 @@ def atomic_dir(path: str | os.PathLike):
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual mode
         yield tmp
+        for root, _, files in os.walk(tmp, topdown=False):  # every file and folder on the disk before the rename
+            for name in files:
+                _fsync(Path(root) / name)
+            _fsync(root)
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
+        _fsync(path.parent)  # and the rename
+    except Exception as error:
+        _raise_if_disk_full(error, path)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush a file's contents, or a folder's entries, to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# torch.save reports a write that ran out of space only as a failed stream ("unexpected pos ..."): put down to a
+# full disk where fewer bytes than this are free.
+_NEARLY_FULL = 1 << 20
+_TORCH_WRITE_FAILED = ("unexpected pos", "PytorchStreamWriter failed")
+
+
+def _raise_if_disk_full(error: Exception, path: Path) -> None:
+    """Raise DiskFullError naming ``path`` in place of ``error`` where the disk of ``path`` is full: ``error`` says
+    so, or it is torch.save's failed write and less than _NEARLY_FULL bytes are free. A DiskFullError of a file
+    written inside ``path`` stays as it is."""
+    if isinstance(error, DiskFullError):
+        return
+    free = shutil.disk_usage(path.parent).free
+    said = (getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+            or any(text in str(error) for text in ("No space left on device", "Disk quota exceeded")))
+    torch_write = any(text in str(error) for text in _TORCH_WRITE_FAILED) and free < _NEARLY_FULL
+    if said or torch_write:
+        reason = str(error).splitlines()[0] if str(error) else error.__class__.__name__
+        raise DiskFullError(errno.ENOSPC, f"{path}: not written, its disk is full ({free:,} bytes free); nothing "
+                                          f"of the attempt was kept ({reason})") from error
 
 
 def _remove_stale_temporaries(path: Path, suffix: str) -> None:

@@ -1,4 +1,5 @@
-"""The suite trained here: corpus variants, tokenizer, seeded training that resumes, the revision layout."""
+"""The suite trained here: corpus variants, tokenizer, seeded training that resumes (past a damaged checkpoint, not
+through a training state that would run code), the revision layout."""
 from __future__ import annotations
 
 import re
@@ -143,3 +144,51 @@ def test_checkpoints_must_end_at_the_last_step(corpora, tmp_path):
     root, _ = corpora
     with pytest.raises(ValueError, match="end with the last step 3"):
         _train(root, tmp_path / "o", tmp_path / "w", steps=3)
+
+
+def _truncated(path) -> None:
+    """Cut the last quarter of a file off, as a copy or a disk that lost its end would."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) * 3 // 4])
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "training_state.pt"])
+def test_a_damaged_checkpoint_is_removed_and_trained_again(corpora, tmp_path, damaged, caplog):
+    """A complete-looking checkpoint with a truncated file: found before it is trusted, named in the log, removed,
+    and the training resumes from the checkpoint before it, to the weights of an undamaged run."""
+    import logging
+
+    root, _ = corpora
+    _train(root, tmp_path / "straight", tmp_path / "work")
+    expected = {k: v.clone() for k, v in load_file(str(tmp_path / "straight" / "step2" / "model.safetensors")).items()}
+    _truncated(tmp_path / "work" / "step2" / damaged)  # published by a hard link: the published file too
+    with caplog.at_level(logging.INFO, logger="workflow_scripts.pretrain"):
+        _train(root, tmp_path / "again", tmp_path / "work")
+    assert f"{tmp_path / 'work' / 'step2' / damaged}: " in caplog.text
+    assert "checkpoint removed, trained again from step 1" in caplog.text and "resuming from step 1" in caplog.text
+    got = load_file(str(tmp_path / "again" / "step2" / "model.safetensors"))
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+class _Payload:
+    """An object whose unpickling creates a file: what a checkpoint tampered with could run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_training_state_that_would_run_code_is_refused_naming_the_file(corpora, tmp_path):
+    from workflow_scripts.tables import UntrustedFileError
+
+    root, _ = corpora
+    _train(root, tmp_path / "out", tmp_path / "work")
+    state_file = tmp_path / "work" / "step2" / "training_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    torch.save({**state, "losses": state["losses"] + [_Payload(tmp_path / "ran")]}, state_file)
+    with pytest.raises(UntrustedFileError, match=rf"^{re.escape(str(state_file))}: refused, loading it would run code "
+                                                 r"\(Unsupported global: GLOBAL .*open"):
+        _train(root, tmp_path / "again", tmp_path / "work")
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "again").exists()

@@ -1,5 +1,6 @@
 """Inference that survives faults: shards of finished work, resumed after a crash or a SIGKILL to
-the very table of an uninterrupted job; and inputs it refuses with a clear error, writing nothing
+the very table of an uninterrupted job; damaged shards and finished tables found before they are trusted, and
+done again; and inputs it refuses with a clear error, writing nothing
 (NaN log-probabilities, options that add no token), or handles correctly (option letters that
 are not single tokens)."""
 from __future__ import annotations
@@ -312,3 +313,46 @@ def test_an_option_merged_into_the_prompt_is_a_clear_error(tables, tmp_path):
         run_inference("multiple_choice", tables / "multiple_choice.parquet", tmp_path, out, threads=1,
                       **inference_settings("multiple_choice", batch_size=4))
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- damaged work
+def _bad_footer(path) -> None:
+    """Overwrite the Parquet footer's metadata (the bytes before its length and magic) with garbage: the file keeps
+    its size and its magic bytes, as a disk that lost a block would leave it."""
+    data = bytearray(path.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little")
+    data[-8 - footer:-8] = b"\xff" * footer
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("kind", DATASETS)
+def test_a_shard_with_a_bad_footer_is_removed_and_run_again(kind, tables, tiny_model_dir, tmp_path, small_shards,
+                                                            monkeypatch, caplog):
+    _run(kind, tables, tiny_model_dir, tmp_path / "reference.parquet")
+    out = tmp_path / "raw.parquet"
+    revive = _dies_after_a_shard(monkeypatch, lambda shards: len(shards) == 3)
+    with pytest.raises(KeyboardInterrupt):
+        _run(kind, tables, tiny_model_dir, out)
+    revive()
+    damaged = tmp_path / "raw.parquet.shards" / "shard-00001.parquet"
+    _bad_footer(damaged)
+    with caplog.at_level(logging.INFO, logger="workflow_scripts.inference"):
+        _run(kind, tables, tiny_model_dir, out)
+    assert f"{damaged}: does not parse as Parquet (" in caplog.text
+    assert "removed with the 1 shard(s) after it, their items run again" in caplog.text
+    assert "resuming after 1 finished shard(s)" in caplog.text
+    assert out.read_bytes() == (tmp_path / "reference.parquet").read_bytes()
+
+
+def test_a_damaged_finished_table_is_not_taken(tables, tiny_model_dir, tmp_path, caplog):
+    kind, out = "multiple_choice", tmp_path / "raw.parquet"
+    _run(kind, tables, tiny_model_dir, out)
+    expected = out.read_bytes()
+    out.unlink()  # as Snakemake does before a rerun
+    [finished] = Path(f"{out}.shards").glob("finished-*.parquet")
+    _bad_footer(finished)
+    with caplog.at_level(logging.INFO, logger="workflow_scripts.inference"):
+        _run(kind, tables, tiny_model_dir, out)
+    assert f"{finished}: does not parse as Parquet (" in caplog.text and "removed, the task runs again" in caplog.text
+    assert "taken as it was" not in caplog.text
+    assert out.read_bytes() == expected

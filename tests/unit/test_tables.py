@@ -1,5 +1,6 @@
 """Atomic Parquet tables: a write killed before its rename leaves no output (and its temporary file
-is cleared by the next attempt); every table records the code and libraries that made it."""
+is cleared by the next attempt), and it is flushed to disk before its rename, and the rename after; every table records
+the code and libraries that made it; a safetensors file is checked against its header."""
 from __future__ import annotations
 
 import hashlib
@@ -7,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -57,3 +59,50 @@ def test_equal_tables_are_equal_bytes(tmp_path):
     write_table(frame, tmp_path / "a.parquet", provenance={"seed": 0})
     write_table(frame, tmp_path / "b.parquet", provenance={"seed": 0})
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def _counted_fsyncs(monkeypatch) -> list[str]:
+    """The paths that os.fsync is called on from now on, in order (each call still made)."""
+    synced, fsync = [], os.fsync
+
+    def counted(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counted)
+    return synced
+
+
+def test_an_atomic_file_is_flushed_to_disk_before_its_rename_and_the_rename_after(tmp_path, monkeypatch):
+    synced = _counted_fsyncs(monkeypatch)
+    write_table(pd.DataFrame({"x": [1]}), tmp_path / "t.parquet")
+    temporary, folder = synced
+    assert temporary.startswith(str(tmp_path / ".t.parquet.")) and folder == str(tmp_path)
+
+
+def test_an_atomic_folder_is_flushed_to_disk_file_by_file_before_its_rename(tmp_path, monkeypatch):
+    synced = _counted_fsyncs(monkeypatch)
+    with tables.atomic_dir(tmp_path / "model") as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "a.bin").write_bytes(b"a")
+        (tmp / "b.json").write_text("{}")
+    [folder] = {str(Path(p).parent) for p in synced if Path(p).name == "b.json"}
+    assert synced == [f"{folder}/sub/a.bin", f"{folder}/sub", f"{folder}/b.json", folder, str(tmp_path)]
+    assert Path(folder).name.startswith(".model.tmp-") and not Path(folder).exists()
+
+
+def test_a_safetensors_file_is_checked_against_its_header(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.ones(64), "b": torch.zeros(3)}, path)
+    whole = path.read_bytes()
+    assert tables.safetensors_problem(path) is None and tables.checkpoint_problem(tmp_path) is None
+    path.write_bytes(whole[:-10])
+    assert tables.safetensors_problem(path) == f"{len(whole) - 10:,} bytes where its header gives {len(whole):,}"
+    assert tables.checkpoint_problem(tmp_path).startswith(f"{path}: ")
+    path.write_bytes(whole[:8] + b"x" * (len(whole) - 8))
+    assert tables.safetensors_problem(path).startswith("its header does not parse (JSONDecodeError")
+    path.write_bytes(whole[:5])
+    assert tables.safetensors_problem(path) == "5 bytes, too few for its header length and header"

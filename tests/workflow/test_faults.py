@@ -315,3 +315,39 @@ def test_a_later_failure_does_not_keep_the_temporary_checkpoint(tmp_path, hub):
     assert (results / "inference" / "geo" / "tiny" / "main.parquet").is_file()  # its only consumer is done
     assert not (results / "checkpoints" / "tiny" / "main").exists()
     assert not (results / "confidence" / "geo" / "tiny" / "main.parquet").exists()
+
+
+
+def test_a_second_run_in_the_same_folder_is_refused_by_snakemakes_lock(tiny_model_dir, tmp_path):
+    """Two runs started in one folder: while the first runs, the second stops before any job and the first finishes
+    as if alone. Snakemake refuses the second with its lock's message (three lines, not one: the error, the folder,
+    what to do after a kill), or, where a job of the first is under way, first with IncompleteFilesException, whose
+    advice (--rerun-incomplete) then meets the lock."""
+    import time
+
+    from workflow_run import snakemake, start_snakemake, tiny_config
+
+    workdir = copy_workflow(tmp_path / "wf")
+    config = write_config(workdir, tiny_config(tiny_model_dir))
+    finish, stop = start_snakemake(workdir, config, "--cores", "1", TARGET)
+    try:
+        deadline = time.monotonic() + 300
+        while not any((workdir / ".snakemake" / "locks").glob("*")):
+            assert time.monotonic() < deadline, "the first run took no lock in 5 minutes"
+            time.sleep(0.5)
+        plain = snakemake(workdir, config, "--cores", "1", TARGET, check=False)
+        assert plain.returncode == 1 and ("Error: Directory cannot be locked." in plain.stdout
+                                          or "IncompleteFilesException" in plain.stdout), plain.stdout[-3000:]
+        second = snakemake(workdir, config, "--cores", "1", TARGET, "--rerun-incomplete", check=False)
+        assert second.returncode == 1 and "Error: Directory cannot be locked." in second.stdout, second.stdout[-3000:]
+        assert second.stdout[second.stdout.index("Error: Directory cannot be locked."):].splitlines()[:3] == [
+            "Error: Directory cannot be locked. Please make sure that no other Snakemake process is trying to create "
+            "the same files in the following directory:",
+            str(workdir),
+            "If you are sure that no other instances of snakemake are running on this directory, the remaining lock "
+            "was likely caused by a kill signal or a power loss. It can be removed with the --unlock argument."]
+        assert "Select jobs to execute" not in plain.stdout + second.stdout
+        first = finish()
+    finally:
+        stop()
+    assert (workdir / TARGET).is_file() and "Nothing to be done" not in first.stdout

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from ..faults import fault_point
 from ..kinds import CLM, GENERATION, kind_of
+from ..names import check_inside_results
 from ..tables import atomic_path, file_digest, module_sources, package_versions, read_provenance, read_table
 from .backend import DEFAULT_BACKEND, Backend, InferenceError, load_backend
 from .batches import Batches
@@ -159,7 +160,8 @@ class Shards:
     settings, backend, device and dtype, threads, the task table, the checkpoint, the code of this
     package, library versions, the table's provenance; and the batch size in use when it was written,
     smaller than configured after an out-of-memory); once written, the table itself under its fingerprint.
-    Work of another fingerprint is deleted when the job starts, never reused."""
+    Work of another fingerprint is deleted when the job starts, never reused; a part that does not read whole
+    (damaged after it was written) is deleted with those after it, and its items are run again."""
 
     KEY = b"calibration_shard"
 
@@ -173,12 +175,11 @@ class Shards:
             paths = sorted(self.folder.glob("shard-*.parquet"))
             metas = [self._meta(path) for path in paths]
             others = [p for p in self.folder.glob("finished-*.parquet") if p != self.finished]
-            if not others and all(m.get("fingerprint") == self.fingerprint and m.get("index") == k
-                                  for k, m in enumerate(metas)):
-                self.paths = paths
-                self.batch_size = metas[-1]["batch_size"] if metas else None
-                if paths:
-                    log.info("resuming after %d finished shard(s) in %s", len(paths), self.folder)
+            if not others and all(m.get("fingerprint", self.fingerprint) == self.fingerprint for m in metas):
+                self.paths = self._intact(paths, metas)
+                self.batch_size = metas[len(self.paths) - 1]["batch_size"] if self.paths else None
+                if self.paths:
+                    log.info("resuming after %d finished shard(s) in %s", len(self.paths), self.folder)
             else:
                 log.warning("%s holds shards of other settings, data, checkpoint or code: starting over", self.folder)
                 self.remove()
@@ -192,11 +193,24 @@ class Shards:
         except (OSError, KeyError, ValueError, pa.ArrowException):
             return {}
 
+    def _intact(self, paths: list[Path], metas: list[dict]) -> list[Path]:
+        """The shards that follow each other from the first, each whole (``_shard_problem``). The first that is not
+        is removed with those after it, and the log says why: their items are run again."""
+        for index, (path, meta) in enumerate(zip(paths, metas)):
+            if problem := _shard_problem(path, meta, index):
+                log.warning("%s: %s: removed with the %d shard(s) after it, their items run again", path, problem,
+                            len(paths) - index - 1)
+                for damaged in paths[index:]:
+                    damaged.unlink()
+                return paths[:index]
+        return paths
+
     def add(self, frame: pd.DataFrame, schema: pa.Schema, batch_size: int) -> None:
         """Write the next shard (atomically)."""
         path = self.folder / f"shard-{len(self.paths):05d}.parquet"
         table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-        meta = {"fingerprint": self.fingerprint, "index": len(self.paths), "batch_size": batch_size}
+        meta = {"fingerprint": self.fingerprint, "index": len(self.paths), "batch_size": batch_size,
+                "rows": len(frame)}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), self.KEY: json.dumps(meta).encode()})
         with atomic_path(path, suffix=".parquet") as tmp:
             pq.write_table(table, tmp)
@@ -213,8 +227,13 @@ class Shards:
             yield pq.read_table(path).to_pandas()
 
     def take_finished(self, out_path) -> bool:
-        """Put the table written before with this fingerprint at ``out_path``, if there is one."""
+        """Put the table written before with this fingerprint at ``out_path``, if there is one and it reads whole
+        (``_parquet_problem``; a damaged one is removed, and the log says why)."""
         if not self.finished.is_file():
+            return False
+        if problem := _parquet_problem(self.finished):
+            log.warning("%s: %s: removed, the task runs again", self.finished, problem)
+            self.remove()
             return False
         Path(out_path).unlink(missing_ok=True)
         os.link(self.finished, out_path)
@@ -230,8 +249,39 @@ class Shards:
             self.remove()
 
     def remove(self) -> None:
+        check_inside_results(self.folder)
         shutil.rmtree(self.folder, ignore_errors=True)
         self.paths = []
+
+
+def _parquet_problem(path: Path) -> str | None:
+    """What keeps an inference table or shard from being read whole: its footer, a row group (read one at a time)
+    or its key column item_id, missing or with values missing; None if nothing."""
+    try:
+        with pq.ParquetFile(path) as file:
+            if "item_id" not in file.schema_arrow.names:
+                return "no key column item_id"
+            for group in range(file.num_row_groups):
+                if file.read_row_group(group).column("item_id").null_count:
+                    return f"item_id missing in row group {group}"
+    except (OSError, pa.ArrowException) as error:
+        return f"does not parse as Parquet ({str(error).splitlines()[0]})"
+    return None
+
+
+def _shard_problem(path: Path, meta: dict, index: int) -> str | None:
+    """What is wrong with shard ``index`` of a work at ``path`` (``meta``: its metadata, {} where it did not parse):
+    it does not read whole (``_parquet_problem``), or has no shard metadata, another index, or other rows than
+    were written; None if nothing."""
+    if problem := _parquet_problem(path):
+        return problem
+    if not meta:
+        return "no shard metadata"
+    if meta.get("index") != index:
+        return f"shard number {meta.get('index')} where shard {index} belongs"
+    if (rows := pq.read_metadata(path).num_rows) != meta.get("rows"):
+        return f"{rows} rows where {meta.get('rows')} were written"
+    return None
 
 
 def _read_json(path: Path) -> dict:
