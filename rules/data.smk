@@ -1,4 +1,5 @@
 # Stage 1: model-independent task data, and every model source as a Hugging Face folder.
+from workflow_scripts.sources import source_files
 
 
 rule prepare_task:
@@ -31,6 +32,10 @@ rule fetch_checkpoint:
     input:
         code=code("sources"),
         trained=trained_model_dir,
+        # the files of a local: folder or a GGUF file, so that a changed file fetches again (trained models: trained)
+        watched=lambda wc: (
+            [] if STUDY.training_output(wc.model) else source_files(STUDY.models[wc.model].source, wc.revision)
+        ),
     output:
         checkpoint("{model}", "{revision}"),
     log:
@@ -44,5 +49,6 @@ rule fetch_checkpoint:
     params:
         source=lambda wc: STUDY.models[wc.model].source,
         evict_hub_cache=config["evict_hub_cache"],
+        trust_remote_code=lambda wc: STUDY.models[wc.model].trust_remote_code,
     script:
         "scripts/fetch_checkpoint.py"

@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 
 
 class FakeHub:
-    """Serves model repositories: ``add(repo_id, {revision: folder}, gated=...)``.
+    """Serves model (and dataset) repositories: ``add(repo_id, {revision: folder}, gated=..., repo_type=...)``.
 
     ``on_partial(filename, callback)``: the next GET of that file sends half its bytes, calls
     ``callback()`` (e.g. to kill the downloading process) and closes the connection."""
@@ -45,13 +45,31 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
 
-    def add(self, repo_id: str, revisions: dict[str, Path], gated: bool = False) -> dict[str, str]:
-        """Publish folders as revisions of ``repo_id``; returns revision -> commit hash."""
+    def add(self, repo_id: str, revisions: dict[str, Path], gated: bool = False,
+            repo_type: str = "model") -> dict[str, str]:
+        """Publish folders as revisions of ``repo_id`` (``repo_type`` model or dataset); returns revision -> commit
+        hash."""
         commits = {rev: hashlib.sha1(f"{repo_id}@{rev}".encode()).hexdigest() for rev in revisions}
-        files = {commits[rev]: {f.name: f.read_bytes() for f in sorted(Path(folder).iterdir()) if f.is_file()}
+        files = {commits[rev]: {f.relative_to(folder).as_posix(): f.read_bytes()
+                                for f in sorted(Path(folder).rglob("*")) if f.is_file()}
                  for rev, folder in revisions.items()}
-        self.repos[repo_id] = {"refs": {**commits, **{c: c for c in commits.values()}}, "files": files, "gated": gated}
+        self.repos[repo_id] = {"refs": {**commits, **{c: c for c in commits.values()}}, "files": files, "gated": gated,
+                               "type": repo_type}
         return commits
+
+    def serve_to(self, monkeypatch, cache: Path) -> None:
+        """Point this process's huggingface_hub client (and the child processes it starts) at this hub, with its
+        cache in ``cache``, online and without a token."""
+        import huggingface_hub.constants as constants
+
+        for name, value in {"HF_ENDPOINT": self.url, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "0"}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.setattr(constants, "ENDPOINT", self.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            self.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
     def on_partial(self, filename: str, callback) -> None:
         self.partial[filename] = callback
@@ -61,7 +79,10 @@ class FakeHub:
         path = unquote(urlparse(req.path).path)
         self.requests.append(f"{req.command} {path}" + (f" {req.headers['Range']}" if "Range" in req.headers else ""))
         parts = path.strip("/").split("/")
-        if parts[:2] == ["api", "models"]:
+        repo_type = "dataset" if parts[0] == "datasets" or parts[:2] == ["api", "datasets"] else "model"
+        if repo_type == "dataset" and parts[0] == "datasets":
+            parts = parts[1:]  # /datasets/<repo_id>/resolve/...: as a model's file URL from here
+        if parts[:2] in (["api", "models"], ["api", "datasets"]):
             repo_id, rest = "/".join(parts[2:4]), parts[4:]
             kind, revision, file = rest[0], rest[1] if len(rest) > 1 else "main", None
         elif len(parts) >= 5 and parts[2] == "resolve":
@@ -69,7 +90,7 @@ class FakeHub:
         else:
             return self._error(req, 404, "EntryNotFound")
         repo = self.repos.get(repo_id)
-        if repo is None:
+        if repo is None or repo["type"] != repo_type:
             return self._error(req, 401, "RepoNotFound")  # the hub answers so for private repositories too
         if repo["gated"] and "authorization" not in {k.lower() for k in req.headers}:
             return self._error(req, 401, "GatedRepo")

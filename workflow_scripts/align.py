@@ -21,7 +21,16 @@ import pandas as pd
 import torch
 
 from .faults import fault_point
-from .tables import atomic_dir, model_files, prepare_work_dir, read_table, stage_fingerprint, write_table
+from .names import check_inside_results
+from .tables import (
+    atomic_dir,
+    checkpoint_problem,
+    model_files,
+    prepare_work_dir,
+    read_table,
+    stage_fingerprint,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +42,13 @@ ALPACA_PROMPT = ("Below is an instruction that describes a task. "
 ALPACA_PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
                        "context. Write a response that appropriately completes the request.\n\n"
                        "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:")
+
+
+def _pretrained(auto_class, folder, **kwargs):
+    """``auto_class.from_pretrained(folder)``, running no code of the checkpoint's own, and saying so: every model
+    here descends from results/align/base, which fetch_align_base fetches without trust_remote_code (a base that
+    brings code of its own stops there); told, transformers never asks on standard input, which a job has not."""
+    return auto_class.from_pretrained(folder, trust_remote_code=False, **kwargs)
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -67,7 +83,7 @@ def _training_data(model_dir, data_path, build, max_length: int, threads: int):
     from transformers import AutoTokenizer
 
     torch.set_num_threads(max(1, threads))
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = _pretrained(AutoTokenizer, model_dir)
     table = read_table(data_path)
     dataset = build(table, tokenizer)
     max_length = _within_context(model_dir, max_length)
@@ -79,7 +95,7 @@ def _within_context(model_dir, max_length: int) -> int:
     """``max_length``, cut to the model's context where that is shorter."""
     from transformers import AutoConfig
 
-    context = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None) or max_length
+    context = getattr(_pretrained(AutoConfig, model_dir), "max_position_embeddings", None) or max_length
     if context < max_length:
         log.info("max_length %d is cut to the model's context, %d tokens", max_length, context)
     return min(max_length, context)
@@ -147,17 +163,29 @@ def _trainer_args(config_class, work_dir: Path, *, epochs: int, batch_size: int,
 
 
 def _resume_point(work_dir: Path, fingerprint: dict, processes: int) -> str | None:
-    """The trainer checkpoint to resume from: the last one written whole (``_complete``; those after it,
-    cut off by a kill while saving, are removed). A work folder of another fingerprint is emptied."""
+    """The trainer checkpoint to resume from: the last of those that follow each other from the first, each
+    written whole (``_complete``) and undamaged (``tables.checkpoint_problem``; every epoch's is published). The
+    first that is not, cut off by a kill while saving or damaged since, is removed with those after it, and the
+    log says why. A work folder of another fingerprint is emptied."""
     if not prepare_work_dir(work_dir, fingerprint):
         return None
-    for checkpoint in sorted(work_dir.glob("checkpoint-*"), key=lambda p: -int(p.name.split("-")[1])):
-        if _complete(checkpoint, processes):
-            log.info("resuming from %s", checkpoint)
-            return str(checkpoint)
-        log.info("%s was not written whole (a job killed while saving): removed", checkpoint)
-        shutil.rmtree(checkpoint)
-    return None
+    found = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for number, checkpoint in enumerate(found):
+        if not _complete(checkpoint, processes):
+            log.info("%s was not written whole (a job killed while saving): removed", checkpoint)
+        elif problem := checkpoint_problem(checkpoint):
+            log.warning("%s: damaged, its checkpoint removed and trained again", problem)
+        else:
+            continue
+        for later in found[number:]:
+            check_inside_results(later)
+            shutil.rmtree(later)
+        found = found[:number]
+        break
+    if not found:
+        return None
+    log.info("resuming from %s", found[-1])
+    return str(found[-1])
 
 
 def _complete(checkpoint: Path, processes: int) -> bool:
@@ -198,7 +226,7 @@ def _train(make_trainer, work_dir, out_dir, settings: dict, inputs: dict, epochs
     if resume and not hasattr(trainer.model, "peft_config"):
         from transformers import AutoModelForCausalLM
 
-        trainer.model.load_state_dict(AutoModelForCausalLM.from_pretrained(resume, dtype=torch.float32).state_dict())
+        trainer.model.load_state_dict(_pretrained(AutoModelForCausalLM, resume, dtype=torch.float32).state_dict())
     trainer.train(resume_from_checkpoint=resume)
     if not trainer.accelerator.is_main_process:
         return
@@ -236,7 +264,7 @@ def merge_adapter(base_dir, adapter_dir, out_dir, tokenizer) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+    model = PeftModel.from_pretrained(_pretrained(AutoModelForCausalLM, base_dir, dtype=torch.float32),
                                       adapter_dir).merge_and_unload()
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -267,7 +295,7 @@ def tune(base_dir, data_path, out_dir, work_dir, *, tuning: str, lora: dict, epo
     log.info("%s tuning on %d examples for %d epochs", tuning, len(table), epochs)
 
     def make_trainer():
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        model = _pretrained(AutoModelForCausalLM, base_dir, dtype=torch.float32)
         args = _trainer_args(SFTConfig, Path(work_dir), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                              parallel=parallel, max_length=max_length, completion_only_loss=True,
                              gradient_accumulation_steps=gradient_accumulation_steps)
@@ -295,20 +323,21 @@ def train_reward_model(policy_dir, pairs_path, out_dir, *, epochs: int, batch_si
     from trl import RewardConfig, RewardTrainer
 
     torch.set_num_threads(max(1, threads))
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    tokenizer = _pretrained(AutoTokenizer, policy_dir)
     table = read_table(pairs_path)
     order = np.random.default_rng(seed).permutation(len(table))
     n_eval = int(round(eval_fraction * len(table)))
     train, held_out = table.iloc[order[n_eval:]], table.iloc[order[:n_eval]]
     out_dir = Path(out_dir)
     work_dir = out_dir.with_name(f".{out_dir.name}.work")
+    check_inside_results(work_dir)  # emptied below
     max_length = _within_context(policy_dir, max_length)
     pairs = _preference_dataset(train, tokenizer)
     _check_lengths([p + c for p, c in zip(pairs["prompt"], pairs["chosen"])], tokenizer, max_length, pairs_path)
     # The scalar head (score.weight) is new: initialised from torch's global generator, which a fresh
     # process seeds at random and the Trainer seeds only after the model exists.
     set_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(policy_dir, num_labels=1, dtype=torch.float32)
+    model = _pretrained(AutoModelForSequenceClassification, policy_dir, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     args = _trainer_args(RewardConfig, work_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          parallel=parallel, max_length=max_length)
@@ -321,7 +350,7 @@ def train_reward_model(policy_dir, pairs_path, out_dir, *, epochs: int, batch_si
     trainer.save_model(str(work_dir / "final"))  # every process: sharded weights are gathered
     if not trainer.accelerator.is_main_process:
         return
-    saved = AutoModelForSequenceClassification.from_pretrained(work_dir / "final", dtype=torch.float32)
+    saved = _pretrained(AutoModelForSequenceClassification, work_dir / "final", dtype=torch.float32)
     accuracy = _pair_accuracy(saved, tokenizer, _preference_dataset(held_out, tokenizer)) if n_eval else None
     log.info("reward model: accuracy %.3f on %d held-out pairs", accuracy or float("nan"), n_eval)
     with atomic_dir(out_dir) as tmp:
@@ -360,7 +389,7 @@ def rlhf(policy_dir, reward_dir, pairs_path, out_dir, work_dir, *, epochs: int, 
     from trl import RLOOConfig, RLOOTrainer
 
     torch.set_num_threads(max(1, threads))
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir, padding_side="left")
+    tokenizer = _pretrained(AutoTokenizer, policy_dir, padding_side="left")
     table = read_table(pairs_path)
     if prompts is not None:
         table = table.iloc[np.sort(np.random.default_rng(seed).permutation(len(table))[:prompts])]
@@ -373,13 +402,13 @@ def rlhf(policy_dir, reward_dir, pairs_path, out_dir, work_dir, *, epochs: int, 
                 "seed": seed, "parallel": parallel}
 
     def make_trainer():
-        reward_model = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1, dtype=torch.float32)
+        reward_model = _pretrained(AutoModelForSequenceClassification, reward_dir, num_labels=1, dtype=torch.float32)
         args = _trainer_args(RLOOConfig, Path(work_dir), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                              parallel=parallel, num_generations=num_generations,
                              max_completion_length=max_completion_length, beta=beta)
-        return RLOOTrainer(model=AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32),
+        return RLOOTrainer(model=_pretrained(AutoModelForCausalLM, policy_dir, dtype=torch.float32),
                            reward_funcs=reward_model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                           reward_processing_classes=AutoTokenizer.from_pretrained(reward_dir))
+                           reward_processing_classes=_pretrained(AutoTokenizer, reward_dir))
 
     _train(make_trainer, work_dir, out_dir, settings, {"policy": policy_dir, "reward": reward_dir, "data": pairs_path},
            epochs, lambda checkpoint, folder, epoch: _copy_model(checkpoint, folder / f"epoch{epoch}", tokenizer))
@@ -400,7 +429,7 @@ def dpo(policy_dir, pairs_path, out_dir, work_dir, *, epochs: int, batch_size: i
     def make_trainer():
         args = _trainer_args(DPOConfig, Path(work_dir), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                              parallel=parallel, beta=beta, max_length=max_length)
-        return DPOTrainer(model=AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32), args=args,
+        return DPOTrainer(model=_pretrained(AutoModelForCausalLM, policy_dir, dtype=torch.float32), args=args,
                           train_dataset=dataset, processing_class=tokenizer)
 
     _train(make_trainer, work_dir, out_dir, settings, {"policy": policy_dir, "data": pairs_path}, epochs,

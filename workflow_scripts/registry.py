@@ -30,7 +30,8 @@ class Model:
     """A model to evaluate. ``origin``: the config section (``config``: models, ``imports``) or the rule
     (``pretrain``, ``tune``, ``rlhf``, ``dpo``) it comes from; ``folder``: the output of that rule, which
     its ``local:`` source reads (None for models not trained here); ``parent`` and ``parent_revision``:
-    the model it was trained from (aligned models only)."""
+    the model it was trained from (aligned models only); ``trust_remote_code``: whether code that its checkpoint
+    brings may run (config models only)."""
     name: str
     source: str
     revisions: tuple[Revision, ...]
@@ -41,6 +42,7 @@ class Model:
     parent_revision: str | None = None
     inference: dict = field(default_factory=dict)
     resources: dict = field(default_factory=dict)
+    trust_remote_code: bool = False
 
     @property
     def revision_names(self) -> list[str]:
@@ -113,7 +115,8 @@ def _labels(entry: dict) -> dict:
 
 def _config_model(name: str, entry: dict) -> Model:
     return Model(name, entry["source"], tuple(map(named_revision, entry["revisions"])), "config", _labels(entry),
-                 inference=entry.get("inference", {}), resources=entry.get("resources", {}))
+                 inference=entry.get("inference", {}), resources=entry.get("resources", {}),
+                 trust_remote_code=entry.get("trust_remote_code", False))
 
 
 def _imported(name: str, run: dict) -> Model:

@@ -1,6 +1,8 @@
 """The fetch stage against a Hugging Face Hub on localhost (tests/fake_hub.py, through the real
 huggingface_hub client): a missing revision or repository and a gated model are one clear error;
-free disk is checked before anything is downloaded; a download killed halfway resumes."""
+free disk is checked before anything is downloaded; a download killed halfway resumes; a repository with
+code of its own stops unless trusted; many revisions fetched at once, each evicted from the cache, are
+all complete."""
 from __future__ import annotations
 
 import json
@@ -10,13 +12,18 @@ import signal
 import subprocess
 import sys
 from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 
+import pandas as pd
 import pytest
+from conftest import inference_settings
 from fake_hub import FakeHub
 from safetensors.torch import load_file
 
+from workflow_scripts.inference import run_inference
 from workflow_scripts.sources import SourceError, fetch_checkpoint
+from workflow_scripts.tables import read_provenance, write_table
 
 Usage = namedtuple("Usage", "total used free")
 
@@ -157,3 +164,87 @@ def test_a_fetch_killed_midway_leaves_nothing_the_next_one_keeps(tiny_model_dir,
     fetch_checkpoint(f"local:{tiny_model_dir}", "main", out)
     assert _same_weights(out, tiny_model_dir)
     assert [p.name for p in out.parent.iterdir()] == ["main"]
+
+
+CUSTOM_CODE = """from transformers import LlamaConfig, LlamaForCausalLM
+
+
+class CustomLlamaConfig(LlamaConfig):
+    model_type = "custom_llama"
+
+
+class CustomLlamaForCausalLM(LlamaForCausalLM):
+    config_class = CustomLlamaConfig
+"""
+
+
+def custom_code_model(tiny_model_dir, folder):
+    """The tiny model as a repository that brings code of its own: config.json maps the Auto classes
+    (``auto_map``) to the classes of custom_llama.py, beside it."""
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="custom_llama", architectures=["CustomLlamaForCausalLM"],
+                  auto_map={"AutoConfig": "custom_llama.CustomLlamaConfig",
+                            "AutoModelForCausalLM": "custom_llama.CustomLlamaForCausalLM"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "custom_llama.py").write_text(CUSTOM_CODE)
+    return folder
+
+
+def test_a_repository_with_code_of_its_own_runs_only_where_its_model_trusts_it(hub, tiny_model_dir, tmp_path,
+                                                                                monkeypatch):
+    """Untrusted: one line naming the model and the option, at fetch time, nothing written (transformers would
+    otherwise ask on standard input and the job wait). Trusted: fetched, loaded with its code, and recorded in the
+    checkpoint's provenance and so in that of the tables made from it."""
+    import transformers.dynamic_module_utils as dynamic
+
+    from workflow_scripts.inference.transformers_backend import load_model
+
+    folder = custom_code_model(tiny_model_dir, tmp_path / "custom")
+    hub.add("org/custom", {"main": folder})
+    with pytest.raises(SourceError, match=rf"^model custom: model source local:{folder} at revision 'main' brings code "
+                                          "of its own, .*; set models.custom.trust_remote_code: true"):
+        fetch_checkpoint(f"local:{folder}", "main", tmp_path / "local", model="custom")
+    assert _nothing_written(tmp_path / "local")
+    out = tmp_path / "ckpt" / "main"
+    with pytest.raises(SourceError) as error:
+        fetch_checkpoint("hf:org/custom", "main", out, model="custom")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("model custom: model source hf:org/custom at revision 'main' "
+                                                      "brings code of its own")
+    assert "(config.json: custom_llama.CustomLlamaConfig, custom_llama.CustomLlamaForCausalLM)" in message
+    assert message.endswith("set models.custom.trust_remote_code: true if you trust that code")
+    assert _nothing_written(out)
+
+    fetch_checkpoint("hf:org/custom", "main", out, trust_remote_code=True, model="custom")
+    assert json.loads((out / "provenance.json").read_text())["trust_remote_code"] is True
+    assert (out / "custom_llama.py").is_file()
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))  # where transformers copies the code
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    model, _ = load_model(out, device="cpu")
+    assert type(model).__name__ == "CustomLlamaForCausalLM" and type(model).__module__.endswith("custom_llama")
+    docs = pd.DataFrame({"item_id": ["a"], "text": ["The capital of France is Paris."]})
+    write_table(docs, tmp_path / "docs.parquet")
+    run_inference("clm", tmp_path / "docs.parquet", out, tmp_path / "raw.parquet", threads=1,
+                  **inference_settings("clm", window=16))
+    assert read_provenance(tmp_path / "raw.parquet")["checkpoint"]["trust_remote_code"] is True  # in every table
+
+
+def test_revisions_fetched_at_once_with_eviction_are_all_complete(hub, tiny_model_dir, tmp_path):
+    """Revisions of one repository share their blobs (equal files, as Pythia's tokenizer files are equal across
+    its steps). Each fetch evicts its revision from the cache as it ends; none may be published without a file."""
+    revisions = [f"step{n}" for n in range(12)]
+    hub.add("org/steps", {revision: tiny_model_dir for revision in revisions})
+    expected = sorted(f.name for f in tiny_model_dir.iterdir() if f.is_file())
+
+    def fetch(revision):
+        fetch_checkpoint("hf:org/steps", revision, tmp_path / "ckpt" / revision, evict_hub_cache=True)
+
+    with ThreadPoolExecutor(len(revisions)) as pool:
+        list(pool.map(fetch, revisions))
+    for revision in revisions:
+        out = tmp_path / "ckpt" / revision
+        assert sorted(f.name for f in out.iterdir() if f.name != "provenance.json") == expected, revision
+        assert _same_weights(out, tiny_model_dir)
+    repo = tmp_path / "hub-cache" / "models--org--steps"
+    assert not repo.exists() or not list((repo / "snapshots").iterdir())  # every revision evicted

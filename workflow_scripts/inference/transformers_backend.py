@@ -13,6 +13,8 @@ Tokens are encoded as lm-evaluation-harness's HF backend encodes them (``Transfo
 from __future__ import annotations
 
 import inspect
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,19 +29,33 @@ SHARED_PREFIX_MIN = 32
 
 
 def load_model(checkpoint_dir, *, device: str = "auto", dtype: str = "auto"):
-    """Load model and tokenizer; float32 on CPU, bfloat16 on GPU unless ``dtype`` says otherwise."""
+    """Load model and tokenizer; float32 on CPU, bfloat16 on GPU unless ``dtype`` says otherwise. The checkpoint's
+    own code runs only where its fetch recorded ``trust_remote_code`` (``checkpoint_trusts_remote_code``). Padding
+    is the end-of-sequence token where the tokenizer has no padding token; InferenceError where it has neither."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=getattr(torch, dtype))
-    model.to(device).eval()
+    trust = checkpoint_trusts_remote_code(checkpoint_dir)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=trust)
     if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise InferenceError(f"checkpoint {checkpoint_dir}: the tokenizer has neither a padding token nor an "
+                                 "end-of-sequence token to pad batches with; set pad_token in its "
+                                 "tokenizer_config.json")
         tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=getattr(torch, dtype), trust_remote_code=trust)
+    model.to(device).eval()
     return model, tokenizer
+
+
+def checkpoint_trusts_remote_code(checkpoint_dir) -> bool:
+    """Whether the checkpoint's code of its own may run: ``trust_remote_code`` in the ``provenance.json`` its fetch
+    wrote (``sources.fetch_checkpoint``, from ``models.<name>.trust_remote_code``); false for any other folder."""
+    record = Path(checkpoint_dir) / "provenance.json"
+    return bool(record.is_file() and json.loads(record.read_text()).get("trust_remote_code", False))
 
 
 class TransformersCodec:
