@@ -29,6 +29,9 @@ MC_METHODS_BY_SCORING = {
 METHOD_RAW_COLUMNS = {"continuation_norm_tokens": ["option_token_counts"],
                       "continuation_min": ["option_min_logprobs"]}
 METHOD_DATA_COLUMNS = {"continuation_norm_chars": ["item_id", "choices"]}
+# Inference-table columns of log-probabilities (a number per row, or a list of them per row): each value is <= 0,
+# -inf (probability 0) included; NaN or a positive value (+inf) is a damaged table, never a confidence.
+LOGPROB_COLUMNS = ("max_logprob", "token_logprobs", "option_logprobs", "option_min_logprobs")
 
 
 def clm_max_prob(raw: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
@@ -91,6 +94,27 @@ def facts_mean_token_prob(raw: pd.DataFrame, data: pd.DataFrame, *, match: str) 
     """Mean probability of the answer's tokens; correct = the answer matches an alias (``match`` rule)."""
     confidence = [np.mean(np.exp(lps)) for lps in raw["token_logprobs"]]
     return _facts_table(raw, data, confidence, _answer_correct(raw, data, match))
+
+
+def check_logprobs(table: pd.DataFrame, columns) -> None:
+    """ValueError naming the row (counted from 1), its item (and position) and the column of the first
+    log-probability of ``columns`` that is NaN or positive (+inf included); a row's None list is skipped."""
+    for column in columns:
+        values = table[column]
+        if values.dtype == object:  # one list per row: flattened, each value keeping its row
+            lists = [np.asarray([] if v is None else v, dtype=np.float64) for v in values]
+            flat = np.concatenate(lists) if lists else np.empty(0)
+            rows = np.repeat(np.arange(len(lists)), [len(v) for v in lists])
+        else:
+            flat, rows = values.to_numpy(dtype=np.float64), np.arange(len(values))
+        bad = np.flatnonzero(~(flat <= 0))
+        if len(bad):
+            row = int(rows[bad[0]])
+            where = f"item {table['item_id'].iloc[row]!r}"
+            if "position" in table:
+                where += f", position {table['position'].iloc[row]}"
+            raise ValueError(f"row {row + 1} ({where}): {column} holds {flat[bad[0]]}: a log-probability is <= 0 "
+                             "(or -inf), never NaN or positive; the table is damaged: delete it and rerun its job")
 
 
 def _per_item(raw: pd.DataFrame, column: str, lengths=None) -> list[np.ndarray]:
@@ -426,12 +450,17 @@ def extract_confidence(kind: str, inference_path, data_path, out_path, *, method
         missing = [column for column in dict.fromkeys(columns) if column not in table.columns]
         if missing:
             raise ValueError(f"{path}: missing columns {missing} (needed by the {kind} confidence methods)")
+    try:
+        check_logprobs(raw, [column for column in LOGPROB_COLUMNS if column in raw_columns])
+    except ValueError as error:
+        raise ValueError(f"{inference_path}: {error}") from None
     frames, second_pass = [], {}
     for method in methods:
         try:
             if method in SELF_EVAL_METHODS:
                 judged = read_table(self_eval[method])
                 second_pass[method] = read_provenance(self_eval[method])
+                check_logprobs(judged, ["option_logprobs"] if method == "p_true" else [])
                 if judged.empty:
                     continue
                 proposed = proposals(kind, raw, data, methods=methods, match=match)

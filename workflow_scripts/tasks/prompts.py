@@ -61,15 +61,19 @@ _FORMATTER = _Formatter()
 
 def template_fields(template: str) -> tuple[str, ...]:
     """The field names of a prompt format string; ValueError for a malformed one, a positional
-    field, an attribute or index (``{a.b}``, ``{a[0]}``) or a field inside a format spec."""
+    field, an attribute or index (``{a.b}``, ``{a[0]}``), a conversion (``{a!r}``) or a format spec
+    other than ``{a:strip}`` (``{a:>999999999}`` would pad every prompt to a gigabyte)."""
     names = []
-    for _, field, spec, _ in _FORMATTER.parse(template):
+    for _, field, spec, conversion in _FORMATTER.parse(template):
         if field is None:
             continue
         if not field.isidentifier():
             raise ValueError(f"{{{field}}} is not a field name (literal braces are written {{{{ and }}}})")
-        if spec and "{" in spec:
-            raise ValueError(f"the format spec of {{{field}}} holds a field")
+        if conversion:
+            raise ValueError(f"the field {{{field}!{conversion}}} has a conversion; write {{{field}}}")
+        if spec and spec != "strip":
+            raise ValueError(f"the field {short_repr(f'{{{field}:{spec}}}')} has a format spec; the only one "
+                             f"allowed is {{{field}:strip}}")
         names.append(field)
     return tuple(dict.fromkeys(names))
 
