@@ -120,6 +120,35 @@ def test_reliability_many_models_wraps_into_blocks(many_models, tmp_path):
     assert_no_temp_files(png.parent)
 
 
+def test_reliability_figures_show_at_most_max_diagrams_columns_evenly_spread():
+    """30 checkpoints of one model: 24 diagrams, the first and last kept, the title saying so; 30 sizes of a suite:
+    24 sizes."""
+    revisions = [f"step{k}" for k in range(1, 31)]
+    summary, reliability, curves = make_tables(["m"], revisions, tasks={"mc": ["option_softmax"]})
+    fig = reliability_plots.reliability_figure(summary, reliability, curves, "mc")
+    shown = reliability_plots.reliability_runs(fig)
+    assert len(shown) == style.MAX_DIAGRAMS == 24 and shown[0] == "step1" and shown[-1] == "step30"
+    assert "(24 of 30 runs, evenly spread)" in fig._suptitle.get_text()
+    plt.close(fig)
+    models = [f"m{k:02d}" for k in range(30)]
+    summary, reliability, curves = make_tables(models, ["main"], tasks={"mc": ["option_softmax"]})
+    summary["params"] = summary["model"].map({m: 1e6 * 1.5 ** k for k, m in enumerate(models)})
+    fig = pretraining.reliability_scale_figure(summary, reliability, curves, "mc", ["demo"], {})
+    assert len([c for ax in fig.axes for c in ax.collections if c.get_gid() == "smooth"]) == 24
+    assert "24 of 30 sizes (evenly spread)" in fig._suptitle.get_text()
+    plt.close(fig)
+
+
+def test_figure_titles_wrap_to_the_figure_width():
+    fig = plt.figure(figsize=(3, 2))
+    words = "Smooth reliability curves: facts (first_token_prob); one figure of reliability diagrams per group"
+    title = style.figure_title(fig, words)
+    assert title.get_text().replace("\n", " ") == words and title.get_text().count("\n") >= 2
+    assert title.get_window_extent(fig.canvas.get_renderer()).width <= 3 * fig.dpi
+    assert style.figure_title(fig, "short").get_text() == "short"
+    plt.close(fig)
+
+
 def test_summary_one_and_many(one_model, many_models, tmp_path):
     for name, (summary, *_) in {"one": one_model, "many": many_models}.items():
         png, pdf = tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"
@@ -344,6 +373,38 @@ def test_pretrain_loss_table_and_figure(tmp_path):
         pretraining.plot_pretrain_loss([], {}, tmp_path / "x.csv", tmp_path / "x.png", tmp_path / "x.pdf")
 
 
+def test_pretrain_loss_keys_many_models_with_a_colour_bar():
+    """Up to MAX_LOSS_LEGEND models in a legend; more in a colour bar with a label every few, and a legend of the
+    line styles."""
+    def figure(n):
+        models = [f"toy-{k:02d}-{'standard' if k % 2 else 'deduped'}" for k in range(n)]
+        losses = pd.DataFrame([dict(model=m, step=s, loss=7 - k / n - s / 10) for k, m in enumerate(models)
+                               for s in (1, 2, 3)])
+        return pretraining.pretrain_loss_figure(losses, {m: m.rsplit("-", 1)[1] for m in models})
+
+    fig = figure(pretraining.MAX_LOSS_LEGEND)
+    (ax,) = fig.axes
+    assert len(ax.get_legend().get_texts()) == pretraining.MAX_LOSS_LEGEND
+    plt.close(fig)
+    fig = figure(40)
+    ax, bar = fig.axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["standard data", "other data"]
+    labels = [t.get_text() for t in bar.get_yticklabels()]
+    assert len(labels) == pretraining.MAX_LOSS_LEGEND
+    assert labels[0] == "toy-00-deduped" and labels[-1] == "toy-39-standard"
+    plt.close(fig)
+
+
+def test_size_ticks_are_thinned_and_turned():
+    fig, ax = plt.subplots()
+    pretraining.size_ticks(ax, [1e6 * 1.5 ** k for k in range(30)])
+    assert len(ax.get_xticks()) == pretraining.MAX_SIZE_TICKS and ax.get_xticks()[0] == 1e6
+    assert ax.get_xticklabels()[0].get_rotation() == 45
+    pretraining.size_ticks(ax, [1e6, 1e7])
+    assert ax.get_xticklabels()[0].get_rotation() == 0
+    plt.close(fig)
+
+
 # --- calibration along alignment ---------------------------------------------------------------
 
 ALIGN_MODELS = {"base": ["step4"], "base-sft-narrow-full": ["epoch1", "epoch2"],
@@ -474,7 +535,7 @@ def study_runs(study=None, **shape):
     model, revision, the model's labels, the revision's step or epoch; and, made up, the parameter count of
     the suite's models (40K, growing 3.4 times a size)."""
     study = study or geo_study(**shape)
-    sizes = list(study.config["pretrain"]["sizes"])
+    sizes = list(study.config.get("pretrain", {}).get("sizes", {}))
     runs = []
     for model, revision in dict.fromkeys((m, r) for _, m, r in study.runs):
         entry = study.models[model]
@@ -562,14 +623,21 @@ def analysis_tables(study, tasks=STUDY_TASKS, n=200, seed=0):
                         smece=float(np.mean(np.abs(np.interp(c, grid, smooth) - c))), aurc=risk.mean(),
                         sce=ece * rng.uniform(0.5, 1.1) if task in MC_TASKS and recalibration in ("none", "temperature")
                         else np.nan, temperature=t, **labels))
-                    curves.append(pd.DataFrame(dict(**key, curve="smooth_reliability", x=grid, y=smooth,
-                                                    density=density)))
                     points = np.unique(np.linspace(0, n - 1, 40).astype(int))
-                    curves.append(pd.DataFrame(dict(**key, curve="risk_coverage", x=(points + 1) / n, y=risk[points])))
+                    curves += [dict(**key, curve="smooth_reliability", x=grid, y=smooth, density=density),
+                               dict(**key, curve="risk_coverage", x=(points + 1) / n, y=risk[points],
+                                    density=np.full(len(points), np.nan))]
     summary = pd.DataFrame(summary)
     summary = pd.concat([summary, summary[summary["task"] == "geography"].assign(aggregation="macro", ece=0.8)],
                         ignore_index=True)
-    return summary, pd.DataFrame(bins), pd.concat(curves, ignore_index=True), _comparisons(study, runs, summary, rng)
+    return summary, pd.DataFrame(bins), _curve_table(curves), _comparisons(study, runs, summary, rng)
+
+
+def _curve_table(curves: list[dict]) -> pd.DataFrame:
+    """One table of curves, each given as a dict of labels (one value) and arrays of one length (x, y, density)."""
+    lengths = [len(curve["x"]) for curve in curves]
+    return pd.DataFrame({column: np.concatenate([np.broadcast_to(curve[column], (k,)) for curve, k in
+                                                 zip(curves, lengths)]) for column in curves[0]})
 
 
 def _comparisons(study, runs, summary, rng):
@@ -674,6 +742,9 @@ def test_recalibration_figure_panels_runs_and_legend(study):
                         ("geo-neox-s-standard", "step4"), ("geo-neox-s-standard", "step16")]
     legend = fig.subfigs[0].legends[0]
     assert [t.get_text() for t in legend.get_texts()] == RECALIBRATIONS
+    fig.draw_without_rendering()
+    temperatures = [t.get_text() for ax in fig.axes[3:] for t in ax.get_yticklabels() if t.get_text()]
+    assert temperatures and all(re.fullmatch(r"[0-9.]+", t) for t in temperatures)  # 0.5, 1, 2, not 10^0
     labels = [t.get_text() for t in fig.axes[-1].get_xticklabels()]
     assert labels == ["base", "broad full e1", "broad full e2", "broad lora e1", "broad lora e2",
                       "narrow full e1", "narrow full e2", "narrow lora e1", "narrow lora e2", "dpo e1", "rlhf e1"]
@@ -711,6 +782,21 @@ def test_risk_coverage_panels_group_the_runs(study):
                          "rlhf e1"]
     assert labels[3] == ["smollm2-135m-instruct"]
     assert style.thinned(pd.DataFrame({"a": range(20)}), 8)["a"].tolist() == [0, 3, 5, 8, 11, 14, 16, 19]
+    assert style.thinned(list(range(20)), 8) == [0, 3, 5, 8, 11, 14, 16, 19]
+
+
+def test_risk_coverage_splits_a_large_suite_by_data_variant():
+    """More than MAX_LINES sizes: a panel per data variant, each at most MAX_LINES sizes (smallest and largest)."""
+    sizes = [f"geo-neox-{k:02d}" for k in range(10)]
+    rows = pd.DataFrame([dict(task="t", model=f"{s}-{d}", revision="main", method="m", family="geo-neox", data=d,
+                              params=1e6 * 2 ** k, recalibration="none", aggregation="micro")
+                         for d in ("standard", "deduped") for k, s in enumerate(sizes)])
+    panels = analysis.risk_coverage_panels(rows, ["geo-neox"], [], {}, {})
+    assert [title for title, _ in panels] == ["geo-neox (standard): sizes (final step), 8 of 10",
+                                              "geo-neox (deduped): sizes (final step), 8 of 10"]
+    labels = [entry[2] for entry in panels[0][1]]
+    assert len(labels) == style.MAX_LINES and labels[0] == "1M" and labels[-1] == "510M"
+    assert {entry[4] for entry in panels[1][1]} == {"--"}
 
 
 def test_risk_coverage_figure_legends_carry_the_aurc(study):

@@ -14,6 +14,7 @@ from .style import (
     FONT,
     STAR,
     ece_ylim,
+    figure_title,
     format_number,
     marked_mask,
     primary_method_rows,
@@ -96,7 +97,7 @@ def alignment_figure(summary: pd.DataFrame, models: dict[str, list[str]], method
             shade[bar] = colour
     starred = False
     fig, axes = plt.subplots(2, len(tasks), squeeze=False, layout="constrained",
-                             figsize=(max(4.0, 0.9 + 0.22 * len(bars)) * len(tasks), 5.2))
+                             figsize=(max(2.5, 0.9 + 0.22 * len(bars)) * len(tasks), 5.2))
     for j, task in enumerate(tasks):
         sub = rows[rows["task"] == task].set_index(["model", "revision"]).reindex(bars)
         for i, (metric, name) in enumerate((("accuracy", "accuracy"), ("ece", "ECE"))):
@@ -128,8 +129,7 @@ def alignment_figure(summary: pd.DataFrame, models: dict[str, list[str]], method
         handles.append(star_handle("ECE differs\nfrom the base\n(q < 0.05)"))
     axes[0, -1].legend(handles=handles, fontsize=FONT["tick"], title="variant", title_fontsize=FONT["tick"],
                        loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
-    fig.suptitle("Calibration along alignment (bars: epochs; primary confidence method per task)",
-                 fontsize=FONT["title"] + 2)
+    figure_title(fig, "Calibration along alignment (bars: epochs; primary confidence method per task)")
     return fig
 
 
@@ -157,11 +157,11 @@ def write_rlhf_table(summary_path, alignment: dict[str, list[str]], methods: dic
         table[RLHF_COLUMNS].to_csv(tmp, index=False)
 
 
-def plot_diversity(diversity_map_path, diversity_path, png_out, pdf_out) -> None:
-    """The 2-D map of the instruction sets' responses (diversity.diversity), one colour per set; the
-    legend gives each set's mean pairwise cosine distance (diversity.csv)."""
-    points = read_table(diversity_map_path)
-    stats = pd.read_csv(diversity_path).set_index("dataset")
+def diversity_figure(points: pd.DataFrame, stats: pd.DataFrame):
+    """The 2-D map of the instruction sets' responses (``dataset, x, y``; diversity.diversity), one colour per set;
+    the legend gives each set's mean pairwise cosine distance (``stats``: diversity.csv's ``dataset,
+    mean_cosine_distance``)."""
+    stats = stats.set_index("dataset")
     fig, ax = plt.subplots(figsize=(5.2, 4.4), layout="constrained")
     for i, (name, group) in enumerate(points.groupby("dataset", sort=False)):
         distance = stats.loc[name, "mean_cosine_distance"] if name in stats.index else float("nan")
@@ -170,4 +170,9 @@ def plot_diversity(diversity_map_path, diversity_path, png_out, pdf_out) -> None
     ax.set(xticks=[], yticks=[], xlabel="t-SNE 1", ylabel="t-SNE 2")
     ax.set_title("Instruction responses (all-MiniLM-L6-v2 embeddings)", fontsize=FONT["title"] + 1)
     ax.legend(fontsize=FONT["tick"], markerscale=2, frameon=False, loc="best")
-    save_figure(fig, png_out, pdf_out)
+    return fig
+
+
+def plot_diversity(diversity_map_path, diversity_path, png_out, pdf_out) -> None:
+    """The map of the instruction sets (see diversity_figure) as PNG and PDF."""
+    save_figure(diversity_figure(read_table(diversity_map_path), pd.read_csv(diversity_path)), png_out, pdf_out)

@@ -38,12 +38,17 @@ from .style import (
     select_rows,
     style_axis,
     task_rows,
+    text_inches,
     thinned,
     with_labels,
+    wrapped,
 )
 
 RECALIBRATION_STYLES = {"none": ("o", "black"), "temperature": ("s", "tab:blue"), "platt": ("^", "tab:orange"),
                         "isotonic": ("D", "tab:green"), "histogram": ("v", "tab:purple")}
+ROW_HEIGHT = 0.15  # inches per run of the recalibration figure
+RECALIBRATION_KEY_WIDTH = 1.0  # inches per entry of its legend
+TEMPERATURE_HEIGHT = 3.0  # inches of its panels of fitted temperatures
 MAX_LISTED = 12  # disagreeing comparisons written out under the agreement panels
 MIN_COVERAGE = 0.1  # the risk-coverage axes end at the highest risk from this coverage on
 METRIC_PAIRS = (("ece", "sce"), ("ece", "smece"), ("sce", "smece"))
@@ -104,6 +109,10 @@ def _draw_temperatures(ax, name: str, rows: pd.DataFrame, colours: dict) -> None
     log scale: T = 0.5 and T = 2 as far from 1, and T = 100 (the bound) in view."""
     ax.set_yscale("log")
     ax.axhline(1, ls="--", color="0.5", lw=0.8, zorder=1)
+    span = np.log10(rows["temperature"].max() / rows["temperature"].min()) if len(rows) else 0
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5) if span < 1.5 else (1,)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}"))  # 0.5, 1, 2, not 10^0
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     if name == "alignment":
         bars, x, labels, variant_of = alignment_axis(rows)
         where = dict(zip(bars, x))
@@ -154,12 +163,20 @@ def recalibration_figure(summary: pd.DataFrame, suites: list[str], dynamics: lis
     panels = temperature_panels(summary, suites, dynamics, alignment, methods)
     colours = task_colours(tasks)
 
-    top_height = 1.0 + 0.15 * len(runs)
+    labels = [model_label(m, r) for m, r in runs]
+    fig = plt.figure(layout="constrained")
+    label_width = max(text_inches(fig, label, FONT["tick"] - 0.5)[0] for label in labels)
     widths = [max(1.0, 0.22 * len(alignment_axis(p)[0]) / 2.6) if name == "alignment" else 1.0
               for name, p in panels.items()]
-    width = max(1.8 + 2.0 * len(tasks), 0.8 + 2.6 * sum(widths))
-    fig = plt.figure(layout="constrained", figsize=(width, top_height + (3.0 if panels else 0)))
-    top, bottom = fig.subfigures(2, 1, height_ratios=[top_height, 3.0]) if panels else (fig, None)
+    width = max(label_width + 0.4 + 2.0 * len(tasks), 0.8 + 2.6 * sum(widths))
+    title = wrapped(fig, "ECE before (none) and after each recalibration, on held-out items", width - 0.3,
+                    FONT["title"] + 2)
+    key_columns = min(len(order), max(1, int((width - 0.3) / RECALIBRATION_KEY_WIDTH)))
+    above = 0.2 * (title.count("\n") + 1) + 0.2 * -(-len(order) // key_columns)  # the legend: 0.2 inch a line
+    top_height = above + 1.1 + max(ROW_HEIGHT * len(runs), 0.45)  # panel titles, x axis, the runs
+    fig.set_size_inches(width, top_height + (TEMPERATURE_HEIGHT if panels else 0))
+    top, bottom = (fig.subfigures(2, 1, height_ratios=[top_height, TEMPERATURE_HEIGHT]) if panels
+                   else (fig, None))
     axes = top.subplots(1, len(tasks), sharey=True, squeeze=False)[0]
     for ax, task in zip(axes, tasks):
         task_rows_ = rows[rows["task"] == task]
@@ -169,15 +186,14 @@ def recalibration_figure(summary: pd.DataFrame, suites: list[str], dynamics: lis
         ax.tick_params(labelsize=FONT["tick"])
         ax.grid(axis="x", color="0.9")
         ax.set_axisbelow(True)
-    axes[0].set_yticks(np.arange(len(runs)), [model_label(m, r) for m, r in runs], fontsize=FONT["tick"] - 0.5)
+    axes[0].set_yticks(np.arange(len(runs)), labels, fontsize=FONT["tick"] - 0.5)
     axes[0].set_ylim(len(runs) - 0.5, -0.5)  # the first run on top
     handles = {}  # every recalibration drawn in any task
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    top.legend([handles[r] for r in order], order, loc="outside upper center", ncol=len(order),
-               fontsize=FONT["label"], frameon=False, title_fontsize=FONT["title"] + 2,
-               title="ECE before (none) and after each recalibration, on held-out items")
+    top.legend([handles[r] for r in order], order, loc="outside upper center", ncol=key_columns,
+               fontsize=FONT["label"], frameon=False, title_fontsize=FONT["title"] + 2, title=title)
     if panels:
         temperature_axes = bottom.subplots(1, len(panels), squeeze=False, width_ratios=widths)[0]
         for ax, (name, panel) in zip(temperature_axes, panels.items()):
@@ -203,7 +219,8 @@ def risk_coverage_panels(rows: pd.DataFrame, suites: list[str], dynamics: list[s
                          alignment: dict[str, list[str]], methods: dict[str, str]) -> list[tuple[str, list[tuple]]]:
     """The panels of a risk-coverage figure over summary `rows`, as (title, [(model, revision,
     label, colour, line style)]): each suite family's base models at their final revision (by data
-    variant, then size), each dynamics model along training (at most MAX_LINES checkpoints, evenly
+    variant, then size; where there are more than MAX_LINES, a panel per data variant of at most MAX_LINES sizes,
+    evenly spread), each dynamics model along training (at most MAX_LINES checkpoints, evenly
     spread), the alignment models (the base, then each tuned model at its last revision), then
     every other model, by family, at most MAX_LINES runs a panel."""
     rows = with_labels(rows)
@@ -214,9 +231,15 @@ def risk_coverage_panels(rows: pd.DataFrame, suites: list[str], dynamics: list[s
             continue
         colours = model_colours(sizes, variant_colours(rows["data"]))
         several = sizes["data"].nunique() > 1
-        panels.append((f"{family}: sizes (final step)", [
-            (m, r, f"{humanize(p)} {d}" if several else humanize(p), colours[m], "-" if d == STANDARD else "--")
-            for m, r, p, d in zip(sizes["model"], sizes["revision"], sizes["params"], sizes["data"])]))
+        parts = [(f"{family}: sizes (final step)", sizes)] if len(sizes) <= MAX_LINES else [
+            (f"{family} ({data}): sizes (final step)" + (f", {MAX_LINES} of {len(part)}" if len(part) > MAX_LINES
+                                                          else ""), thinned(part, MAX_LINES))
+            for data, part in sizes.groupby("data", sort=False)]
+        for title, part in parts:
+            panels.append((title, [
+                (m, r, f"{humanize(p)} {d}" if several and len(parts) == 1 else humanize(p), colours[m],
+                 "-" if d == STANDARD else "--")
+                for m, r, p, d in zip(part["model"], part["revision"], part["params"], part["data"])]))
         covered |= set(sizes["model"])
     for model in dynamics:
         steps = thinned(dynamics_rows(rows, [model], methods).drop_duplicates("revision"), MAX_LINES)
@@ -374,9 +397,8 @@ def metric_agreement_figure(comparisons: pd.DataFrame):
             f"No comparison's metrics disagree in sign where a difference has q < {SIGNIFICANCE}.")
     listed = flipped[:MAX_LISTED] + ([f"... and {len(flipped) - MAX_LISTED} more"] if len(flipped) > MAX_LISTED else [])
     characters = int(0.95 * width * 72 / (0.62 * FONT["note"]))  # monospace: 0.6 em a character
-    lines = [head] + [wrapped for line in listed
-                      for wrapped in textwrap.wrap(line, characters, subsequent_indent="    ")]
-    text_height = 0.15 + len(lines) * 1.3 * FONT["note"] / 72
+    lines = [head] + [part for line in listed for part in textwrap.wrap(line, characters, subsequent_indent="    ")]
+    text_height = 0.25 + len(lines) * 1.3 * FONT["note"] / 72
     panels_height = 0.9 + 2.45 * len(kinds)
     fig = plt.figure(layout="constrained", figsize=(width, panels_height + text_height))
     top, bottom = fig.subfigures(2, 1, height_ratios=[panels_height, text_height])
@@ -417,15 +439,15 @@ def metric_agreement_figure(comparisons: pd.DataFrame):
                             textcoords="offset points", ha="right", va="center", rotation=90,
                             fontsize=FONT["title"] + 1, fontweight="bold")
                 first_drawn = False
-    bottom.text(0.02, 0.98, "\n".join(lines), va="top", ha="left", fontsize=FONT["note"], family="monospace",
-                transform=bottom.transSubfigure)
+    bottom.text(0.02, 1 - 0.1 / text_height, "\n".join(lines), va="top", ha="left", fontsize=FONT["note"],
+                family="monospace", transform=bottom.transSubfigure)  # 0.1 inch below the panels' axis labels
     present = ordered_unique(tasks_drawn)
     handles = [matplotlib.lines.Line2D([], [], ls="", marker="o", ms=4, color=colours[t], label=t) for t in present]
     handles += [matplotlib.lines.Line2D([], [], ls="", marker="o", ms=4, color="0.4", label="q < 0.05 (either metric)"),
                 matplotlib.lines.Line2D([], [], ls="", marker="o", ms=4, mfc="none", color="0.4",
                                         label="q \u2265 0.05"),
                 matplotlib.patches.Patch(color=GAP_COLOUR, alpha=0.15, label="opposite signs")]
-    top.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 4), fontsize=FONT["label"],
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 4), fontsize=FONT["label"],
                frameon=False, title="Do ECE, SCE and smECE agree on the sign of each difference (b - a)?",
                title_fontsize=FONT["title"] + 2)
     return fig

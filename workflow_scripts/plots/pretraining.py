@@ -15,8 +15,10 @@ from .reliability import STRIP, draw_reliability, panel_note, smooth_curves
 from .style import (
     FONT,
     GAP_COLOUR,
+    MAX_DIAGRAMS,
     STAR,
     ece_ylim,
+    figure_title,
     humanize,
     marked_mask,
     panel_layout,
@@ -29,6 +31,7 @@ from .style import (
     star_handle,
     style_axis,
     task_rows,
+    thinned,
     with_labels,
 )
 
@@ -36,6 +39,9 @@ VARIANT_COLOURS = {"standard": "tab:blue", "deduped": "tab:orange"}
 FAMILY_STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")]  # marker, line per family
 BAND_ALPHA = 0.18
 MIN_TICK_GAP = 0.12  # size ticks closer than this (in decades) to a kept one are dropped
+MAX_SIZE_TICKS = 10  # size ticks on an axis at most
+ROTATE_TICKS = 6  # size tick labels are turned where there are more
+MAX_LOSS_LEGEND = 16  # models the pretraining loss keys in a legend; more are keyed by a colour bar
 
 
 def final_revisions(summary: pd.DataFrame) -> dict[str, str]:
@@ -93,13 +99,17 @@ def _ece_band(ax, x, rows: pd.DataFrame, colour, alpha: float = BAND_ALPHA) -> N
 
 
 def size_ticks(ax, params) -> None:
-    """Major ticks at the parameter counts, labelled by size; near-coincident ones thinned out."""
+    """Major ticks at the parameter counts, labelled by size: near-coincident ones thinned out, then at most
+    MAX_SIZE_TICKS, evenly spread (the smallest and largest kept); labels turned 45 degrees where more than
+    ROTATE_TICKS."""
     kept = []
     for p in sorted(set(float(v) for v in params if v > 0)):
         if not kept or np.log10(p) - np.log10(kept[-1]) >= MIN_TICK_GAP:
             kept.append(p)
+    kept = thinned(kept, MAX_SIZE_TICKS)
     ax.set_xticks(kept, [humanize(p) for p in kept])
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.tick_params(axis="x", labelrotation=45 if len(kept) > ROTATE_TICKS else 0)
     if len(kept) == 1:
         ax.set_xlim(kept[0] / 2, kept[0] * 2)
 
@@ -162,7 +172,7 @@ def scale_figure(summary: pd.DataFrame, suites: list[str], methods: dict[str, st
     size_ticks(axes[0, 0], rows["params"])
     for ax in axes[-1]:
         ax.set_xlabel("parameters", fontsize=FONT["label"])
-        ax.tick_params(axis="x", labelrotation=45 if axes[0, 0].get_xticks().size > 6 else 0)
+        ax.tick_params(axis="x", labelrotation=45 if axes[0, 0].get_xticks().size > ROTATE_TICKS else 0)
     _figure_legend(fig, handles)
     return fig
 
@@ -276,8 +286,8 @@ def _blank_cell(ax, strip) -> None:
 def reliability_scale_figure(summary: pd.DataFrame, reliability: pd.DataFrame, curves: pd.DataFrame,
                              task: str, suites: list[str], methods: dict[str, str]):
     """Reliability diagrams of `task`'s primary method across sizes: one column per parameter
-    count (ascending), one row per (family, data) variant, each model at its final revision; the
-    smooth reliability curve over the bars."""
+    count (ascending; at most MAX_DIAGRAMS, evenly spread), one row per (family, data) variant, each model at its
+    final revision; the smooth reliability curve over the bars."""
     summary = select_rows(summary)
     task_rows(summary, task)  # ValueError naming the tasks present
     rows = scale_rows(summary, suites, methods)
@@ -290,8 +300,10 @@ def reliability_scale_figure(summary: pd.DataFrame, reliability: pd.DataFrame, c
     rows = rows.assign(size=rows["params"].map(humanize))
     if rows.duplicated(["family", "data", "size"]).any():  # two models of one variant, one label
         rows["size"] = rows["params"]
-    sizes = list(rows.sort_values("params", kind="stable")["size"].drop_duplicates())
+    every = list(rows.sort_values("params", kind="stable")["size"].drop_duplicates())
+    sizes = thinned(every, MAX_DIAGRAMS)
     variants = ordered_unique(zip(rows["family"], rows["data"]))
+    rows = rows[rows["size"].isin(sizes)]
     colours = variant_colours(with_labels(summary)["data"])
     reliability = select_rows(reliability)
     keys = ["model", "revision", "method"]
@@ -337,7 +349,8 @@ def reliability_scale_figure(summary: pd.DataFrame, reliability: pd.DataFrame, c
                         rotation=90, fontsize=FONT["title"] + 1, fontweight="bold")
         elif (i, j) != first_drawn.get(i):
             ax.tick_params(labelleft=False)
-    fig.suptitle(f"Reliability across scale: {task} ({method})", fontsize=FONT["title"] + 2)
+    more = f", {len(sizes)} of {len(every)} sizes (evenly spread)" if len(sizes) < len(every) else ""
+    figure_title(fig, f"Reliability across scale: {task} ({method}{more})")
     return fig
 
 
@@ -349,17 +362,12 @@ def plot_reliability_scale(summary_path, reliability_path, curves_path, task: st
     save_figure(fig, png_out, pdf_out)
 
 
-def plot_pretrain_loss(model_dirs, variants: dict[str, str], table_out, png_out, pdf_out) -> None:
-    """Training loss of the suite trained here: the table (``model, step, loss, lr, tokens``) and its figure
-    (dashed: the models whose data variant, in ``variants``, is not the standard one)."""
-    frames = [read_table(Path(d) / "loss.parquet").assign(model=Path(d).name) for d in model_dirs]
-    if not frames:
-        raise ValueError("no trained models: the config has no `pretrain` suite")
-    losses = pd.concat(frames, ignore_index=True)[["model", "step", "loss", "lr", "tokens"]]
-    with atomic_path(table_out, suffix=".csv") as tmp:
-        losses.to_csv(tmp, index=False)
+def pretrain_loss_figure(losses: pd.DataFrame, variants: dict[str, str]):
+    """Training loss (``model, step, loss``) of the suite trained here against step, one line per model (dashed:
+    the models whose data variant, in ``variants``, is not the standard one), keyed by a legend, or by a colour bar
+    of the models in order (a label every few) where there are more than MAX_LOSS_LEGEND."""
     models = ordered_unique(losses["model"])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
     colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(models)))
     for model, colour in zip(models, colours):
         rows = losses[losses["model"] == model]
@@ -369,7 +377,28 @@ def plot_pretrain_loss(model_dirs, variants: dict[str, str], table_out, png_out,
     ax.set_xlabel("training step")
     ax.set_ylabel("training loss (nats per token)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2, frameon=False)
+    if len(models) <= MAX_LOSS_LEGEND:
+        ax.legend(fontsize=8, ncol=2, frameon=False)
+    else:
+        norm = matplotlib.colors.BoundaryNorm(np.arange(len(models) + 1) - 0.5, len(models))
+        bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm, matplotlib.colors.ListedColormap(colours)), ax=ax)
+        shown = thinned(list(range(len(models))), MAX_LOSS_LEGEND)
+        bar.set_ticks(shown, labels=[models[k] for k in shown], fontsize=FONT["tick"])
+        bar.set_label(f"model ({len(models)}, a label every few)", fontsize=FONT["label"])
+        ax.legend(handles=[matplotlib.lines.Line2D([], [], color="0.3", ls=ls, label=label)
+                           for ls, label in (("-", f"{STANDARD} data"), ("--", "other data"))], fontsize=8,
+                  frameon=False)
     ax.set_title("Pretraining loss of the suite trained here")
-    fig.tight_layout()
-    save_figure(fig, png_out, pdf_out)
+    return fig
+
+
+def plot_pretrain_loss(model_dirs, variants: dict[str, str], table_out, png_out, pdf_out) -> None:
+    """Training loss of the suite trained here: the table (``model, step, loss, lr, tokens``) and its figure (see
+    pretrain_loss_figure)."""
+    frames = [read_table(Path(d) / "loss.parquet").assign(model=Path(d).name) for d in model_dirs]
+    if not frames:
+        raise ValueError("no trained models: the config has no `pretrain` suite")
+    losses = pd.concat(frames, ignore_index=True)[["model", "step", "loss", "lr", "tokens"]]
+    with atomic_path(table_out, suffix=".csv") as tmp:
+        losses.to_csv(tmp, index=False)
+    save_figure(pretrain_loss_figure(losses, variants), png_out, pdf_out)

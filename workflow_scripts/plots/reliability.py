@@ -14,9 +14,11 @@ from ..tables import read_table
 from .style import (
     FONT,
     GAP_COLOUR,
+    MAX_DIAGRAMS,
     MAX_LINES,
     TICKS,
     common_label_prefix,
+    figure_title,
     format_number,
     model_label,
     panel_layout,
@@ -26,10 +28,13 @@ from .style import (
     style_axis,
     summary_primary_methods,
     task_rows,
+    text_inches,
     thinned,
 )
 
 STRIP = 0.22  # height of the bin-count strip relative to the (square) reliability panel
+INDEX_PANEL_WIDTH = 2.9  # inches a panel of the index takes with its axis labels, its legend beside it
+INDEX_LEGEND_FONT = FONT["tick"] - 0.5
 SMOOTH_COLOUR = "black"  # the smooth reliability curve over the bars
 
 
@@ -147,12 +152,14 @@ def _prefix_note(prefix: str, runs) -> str:
 def reliability_figure(summary: pd.DataFrame, reliability: pd.DataFrame, curves: pd.DataFrame,
                        task: str, runs=None, methods: dict[str, str] | None = None, group: str | None = None):
     """Reliability diagrams of `task`'s raw confidences: one column per run ((model, revision), only
-    those of `runs` where given) in natural order, wrapped into blocks of at most MAX_COLUMNS; one row
-    per method (the primary one of `methods` first); the smooth reliability curve over the bars.
-    Columns are labelled by column_labels, the title naming `group` and what the labels leave out."""
+    those of `runs` where given) in natural order, at most MAX_DIAGRAMS (evenly spread), wrapped into blocks of at
+    most MAX_COLUMNS; one row per method (the primary one of `methods` first); the smooth reliability curve over
+    the bars. Columns are labelled by column_labels, the title naming `group`, the runs left out and what the
+    labels leave out."""
     summary = select_rows(summary)
     primary = summary_primary_methods(task_rows(summary, task), methods).get(task)
-    columns, methods = panel_grid(summary, task, runs, primary)
+    every, methods = panel_grid(summary, task, runs, primary)
+    columns = thinned(every, MAX_DIAGRAMS)
     keys = ["model", "revision", "method"]
     stats = task_rows(summary, task).drop_duplicates(keys).set_index(keys)
     reliability = select_rows(reliability)
@@ -189,9 +196,11 @@ def reliability_figure(summary: pd.DataFrame, reliability: pd.DataFrame, curves:
         else:
             ax.tick_params(labelleft=False)
     title = f"Reliability diagrams: {task}" + (f", {group}" if group else "")
+    if len(columns) < len(every):
+        title += f" ({len(columns)} of {len(every)} runs, evenly spread)"
     if prefix and len(columns) > 1:
         title += f"\n{_prefix_note(prefix, columns)}"
-    fig.suptitle(title, fontsize=FONT["title"] + 2)
+    figure_title(fig, title)
     return fig
 
 
@@ -237,21 +246,28 @@ def reliability_index_figure(summary: pd.DataFrame, curves: pd.DataFrame, task: 
     ece = rows.drop_duplicates(["model", "revision"]).set_index(["model", "revision"])["ece"]
     n_cols = min(len(groups), 3)
     n_rows = -(-len(groups) // n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False, layout="constrained",
-                             figsize=(0.3 + 4.4 * n_cols, 0.6 + 2.75 * n_rows))
-    for ax, (name, runs) in zip(axes.flat, groups.items()):
+    keys = {}  # group -> the runs shown (at most MAX_LINES), what their labels leave out, their legend entries
+    for name, runs in groups.items():
         shown = thinned(pd.DataFrame({"run": runs}), MAX_LINES)["run"].tolist()
         prefix, labels = column_labels(shown)
+        keys[name] = shown, prefix, [f"{label}: ECE {format_number(ece.get(run, np.nan))}"
+                                     for run, label in zip(shown, labels)]
+    fig = plt.figure(layout="constrained")
+    legend_width = max(text_inches(fig, entry, INDEX_LEGEND_FONT)[0] for *_, entries in keys.values()
+                       for entry in entries) + 0.4  # and the line before the text
+    fig.set_size_inches(n_cols * (INDEX_PANEL_WIDTH + legend_width), 0.6 + 2.75 * n_rows)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for ax, (name, runs) in zip(axes.flat, groups.items()):
+        shown, prefix, entries = keys[name]
         one_model = len({m for m, _ in shown}) == 1 and len(shown) > 1
         colours = (plt.get_cmap("viridis")(np.linspace(0.05, 0.85, len(shown))) if one_model
                    else [plt.get_cmap("tab10").colors[k % 10] for k in range(len(shown))])
         handles = []
-        for run, label, colour in zip(shown, labels, colours):
+        for run, entry, colour in zip(shown, entries, colours):
             curve = smooth.get((*run, method))
             if curve is not None:
                 _draw_smooth(ax, curve, colour=colour, gid="index", width=1.2)
-            handles.append(matplotlib.lines.Line2D([], [], color=colour, lw=1.6,
-                                                   label=f"{label}: ECE {format_number(ece.get(run, np.nan))}"))
+            handles.append(matplotlib.lines.Line2D([], [], color=colour, lw=1.6, label=entry))
         ax.plot([0, 1], [0, 1], ls="--", color="0.4", lw=0.8, zorder=1)
         ax.set(xlim=(0, 1), ylim=(0, 1), xticks=TICKS, yticks=TICKS, box_aspect=1)
         ax.set_xlabel("confidence", fontsize=FONT["label"])
@@ -259,12 +275,11 @@ def reliability_index_figure(summary: pd.DataFrame, curves: pd.DataFrame, task: 
         more = f", {len(shown)} of {len(runs)} runs" if len(shown) < len(runs) else ""
         ax.set_title(f"{name}{more}" + (f"\n{_prefix_note(prefix, shown)}" if prefix and len(shown) > 1 else ""),
                      fontsize=FONT["title"], loc="left")
-        ax.legend(handles=handles, fontsize=FONT["tick"] - 0.5, loc="upper left", bbox_to_anchor=(1.02, 1),
+        ax.legend(handles=handles, fontsize=INDEX_LEGEND_FONT, loc="upper left", bbox_to_anchor=(1.02, 1),
                   frameon=False, handlelength=1.4)
     for ax in list(axes.flat)[len(groups):]:
         ax.remove()
-    fig.suptitle(f"Smooth reliability curves: {task} ({method}); one figure of reliability diagrams per group",
-                 fontsize=FONT["title"] + 2)
+    figure_title(fig, f"Smooth reliability curves: {task} ({method}); one figure of reliability diagrams per group")
     return fig
 
 

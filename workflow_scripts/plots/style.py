@@ -4,6 +4,7 @@ and writing a figure as PNG and PDF."""
 from __future__ import annotations
 
 import re
+import textwrap
 
 import matplotlib
 
@@ -19,6 +20,7 @@ DPI = 150
 GAP_COLOUR = "tab:red"
 FONT = {"title": 8, "label": 8, "tick": 7, "note": 7, "value": 6}
 MAX_COLUMNS = 8  # reliability panels per row before wrapping into another block
+MAX_DIAGRAMS = 3 * MAX_COLUMNS  # columns of reliability diagrams a figure at most (runs or sizes, evenly spread)
 TICKS = [0, 0.25, 0.5, 0.75, 1]
 SIGNIFICANCE = 0.05  # q-value below which a difference is marked
 STAR = {"marker": "*", "s": 70, "edgecolors": "black", "linewidths": 0.5, "zorder": 6, "gid": "significant"}
@@ -182,11 +184,12 @@ def shades(colour, n: int) -> list[tuple]:
     return out
 
 
-def thinned(rows: pd.DataFrame, n: int) -> pd.DataFrame:
-    """At most `n` rows, evenly spread, the first and last kept."""
+def thinned(rows: pd.DataFrame | list, n: int) -> pd.DataFrame | list:
+    """At most `n` rows of a table (or items of a list), evenly spread, the first and last kept."""
     if len(rows) <= n:
         return rows
-    return rows.iloc[np.unique(np.round(np.linspace(0, len(rows) - 1, n)).astype(int))]
+    keep = np.unique(np.round(np.linspace(0, len(rows) - 1, n)).astype(int))
+    return rows.iloc[keep] if isinstance(rows, pd.DataFrame) else [rows[k] for k in keep]
 
 
 def panel_layout(columns: list, methods: list, max_columns: int = MAX_COLUMNS):
@@ -197,6 +200,35 @@ def panel_layout(columns: list, methods: list, max_columns: int = MAX_COLUMNS):
     where = {(column, method): ((j // per_block) * len(methods) + i, j % per_block)
              for j, column in enumerate(columns) for i, method in enumerate(methods)}
     return (n_blocks * len(methods), per_block), where
+
+
+def text_inches(fig, text: str, fontsize: float, **properties) -> tuple[float, float]:
+    """The width and height, in inches, of `text` drawn on `fig` at `fontsize` (with text `properties`)."""
+    artist = fig.text(0, 0, text, fontsize=fontsize, **properties)
+    box = artist.get_window_extent(fig.canvas.get_renderer())
+    artist.remove()
+    return box.width / fig.dpi, box.height / fig.dpi
+
+
+def wrapped(fig, words: str, width: float, fontsize: float, **properties) -> str:
+    """`words` in as few lines as fit `width` inches at `fontsize` (each line of a text wrapped on its own; a word
+    longer than a line stays whole)."""
+    full = text_inches(fig, words, fontsize, **properties)[0]
+    if full <= width:
+        return words
+    lines = words.split("\n")
+    longest = max(map(len, lines))
+    for characters in range(int(longest * width / full) + 1, 9, -1):
+        text = "\n".join(part for line in lines
+                         for part in textwrap.wrap(line, characters, break_long_words=False) or [""])
+        if text_inches(fig, text, fontsize, **properties)[0] <= width:
+            break
+    return text
+
+
+def figure_title(fig, words: str, fontsize: float = FONT["title"] + 2, margin: float = 0.15):
+    """The suptitle of `fig`, in lines that fit its width less `margin` inches each side."""
+    return fig.suptitle(wrapped(fig, words, fig.get_figwidth() - 2 * margin, fontsize), fontsize=fontsize)
 
 
 def style_axis(ax, ylabel: str) -> None:
