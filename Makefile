@@ -1,5 +1,5 @@
-# Two commands: `make run` (the default study on this machine) and `make test` (`make test-fast`: the unit
-# tier; `make lint`: the linters).
+# Two commands: `make run` (the default study on this machine; `make run CONFIG=my.yaml` another) and `make test`
+# (`make test-fast`: the unit tier; `make lint`: the linters). `make report` (CONFIG as for the run) writes report.html.
 # Both create or refresh .venv first. torch is installed before the rest so that a CPU build
 # (torch==2.13.0, on this machine's disk) is kept; on a GPU machine install your CUDA build of
 # torch into .venv first (README, "GPU") and it is kept too.
@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 CORES ?= all
+CONFIG ?= config/config.yaml
 SNAKEMAKE_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -29,7 +30,7 @@ $(TEST_STAMP): $(STAMP) requirements-test.txt
 	touch $@
 
 run: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml $(SNAKEMAKE_ARGS)
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
 
 test: $(TEST_STAMP) browser
 	$(BIN)/python -m pytest -q
@@ -56,7 +57,7 @@ browser:
 	  echo "make: could not install chromium; tests/test_report.py skips its browser test"; }
 
 report: $(STAMP)
-	$(BIN)/snakemake --cores 1 --configfile config/config.yaml --report report.html
+	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report report.html
 
 clean:
 	rm -rf results .snakemake report.html
