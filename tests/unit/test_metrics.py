@@ -583,26 +583,33 @@ def test_bootstrap_narrows_with_more_data():
     assert widths[0] > widths[1] > widths[2]
 
 
-def naive_bootstrap_eces(conf, correct, n_bins, n_bootstrap, seed, units=None, strata=None):
-    """ECEs of resamples drawn by plain indexing: each stratum's units with replacement, then their rows."""
+def naive_bootstrap_gaps(conf, correct, n_bins, n_bootstrap, seed, units=None, strata=None):
+    """Bin gaps (number correct - confidence sum, per row drawn) of resamples drawn by plain indexing: each
+    stratum's units with replacement, then their rows. Their absolute values add up to the resample's ECE."""
     rng = np.random.default_rng(seed)
     units = np.arange(len(conf)) if units is None else np.asarray(units)
     strata = np.zeros(len(conf)) if strata is None else np.asarray(strata)
     rows_of = {unit: np.flatnonzero(units == unit) for unit in np.unique(units)}
     by_stratum = [[unit for unit, rows in rows_of.items() if strata[rows[0]] == s] for s in np.unique(strata)]
-    eces = []
+    gaps = []
     for _ in range(n_bootstrap):
         rows = np.concatenate([rows_of[members[i]] for members in by_stratum
                                for i in rng.integers(0, len(members), len(members))])
-        eces.append(F.expected_calibration_error(conf[rows], correct[rows], n_bins))
-    return np.array(eces)
+        index = F.width_bin_index(conf[rows], n_bins)
+        gaps.append(np.bincount(index, weights=correct[rows] - conf[rows], minlength=n_bins) / len(rows))
+        assert np.abs(gaps[-1]).sum() == pytest.approx(F.expected_calibration_error(conf[rows], correct[rows], n_bins))
+    return np.array(gaps)
 
 
-def _assert_same_interval(low, high, eces, tolerance=0.1):
-    expected_low, expected_high = np.quantile(eces, [0.025, 0.975])
-    width = expected_high - expected_low
-    assert low == pytest.approx(expected_low, abs=tolerance * width)
-    assert high == pytest.approx(expected_high, abs=tolerance * width)
+def _assert_same_resamples(resampled, expected, gaps, tolerance=0.1):
+    """The resampled ECEs and deviations sum |gap - gaps| of two bootstraps have the same 2.5% and 97.5%
+    quantiles, up to `tolerance` times the width between them."""
+    for statistic in (lambda g: np.abs(g).sum(axis=1), lambda g: np.abs(g - gaps).sum(axis=1)):
+        low, high = np.quantile(statistic(resampled), [0.025, 0.975])
+        expected_low, expected_high = np.quantile(statistic(expected), [0.025, 0.975])
+        width = expected_high - expected_low
+        assert low == pytest.approx(expected_low, abs=tolerance * width)
+        assert high == pytest.approx(expected_high, abs=tolerance * width)
 
 
 def _two_strata(size, seed):
@@ -617,11 +624,11 @@ def _two_strata(size, seed):
 def test_bootstrap_agrees_with_index_resampling(monkeypatch, stratified):
     conf, correct, strata = _two_strata(3000, seed=1)
     strata = strata if stratified else None
-    eces = naive_bootstrap_eces(conf, correct, 10, 1500, seed=2, strata=strata)
+    expected = naive_bootstrap_gaps(conf, correct, 10, 1500, seed=2, strata=strata)
     for exact_cell_size in (0, 10**9):  # every cell by its normal limit / row by row
         monkeypatch.setattr(B, "EXACT_CELL_SIZE", exact_cell_size)
-        _assert_same_interval(*B.bootstrap_ece_interval(conf, correct, n_bootstrap=3000, seed=3, strata=strata),
-                              eces)
+        gaps, resampled = B.bootstrap_bin_gaps(conf, correct, n_bootstrap=3000, seed=3, strata=strata)
+        _assert_same_resamples(resampled, expected, gaps)
 
 
 def _documents(n_docs, seed):
@@ -641,9 +648,10 @@ def test_bootstrap_over_units_agrees_with_unit_resampling(monkeypatch, chunk_ele
     monkeypatch.setattr(B, "UNIT_CHUNK_ELEMENTS", chunk_elements)
     conf, correct, docs = _documents(120, seed=4)
     strata = np.array(["a" if doc[-1] in "123" else "b" for doc in docs]) if stratified else None
-    eces = naive_bootstrap_eces(conf, correct, 10, 2000, seed=5, units=docs, strata=strata)
+    expected = naive_bootstrap_gaps(conf, correct, 10, 2000, seed=5, units=docs, strata=strata)
+    gaps, resampled = B.bootstrap_bin_gaps(conf, correct, n_bootstrap=3000, seed=6, units=docs, strata=strata)
+    _assert_same_resamples(resampled, expected, gaps)
     low, high = B.bootstrap_ece_interval(conf, correct, n_bootstrap=3000, seed=6, units=docs, strata=strata)
-    _assert_same_interval(low, high, eces)
     assert B.bootstrap_ece_interval(conf, correct, n_bootstrap=3000, seed=6, units=docs, strata=strata) == (low, high)
 
 
