@@ -1,4 +1,5 @@
 # Calibration of language models across their life: see README.md and config/config.yaml.
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
@@ -14,8 +15,9 @@ if not config:
     configfile: "config/config.yaml"
 
 
+# A config error is the user's, not the workflow's: its one line, naming the key, and exit status 1 (no traceback).
 if error := schema_error(config, Path(workflow.basedir) / "config" / "schema.yaml"):
-    raise ValueError(error)
+    sys.exit(error)
 validate(config, schema="config/schema.yaml")  # fills in the schema's defaults
 
 

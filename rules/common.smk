@@ -3,12 +3,17 @@
 import functools
 import glob
 import re
+import sys
 from pathlib import Path
 
-from workflow_scripts.study import Study, canonical
+from workflow_scripts.study import ConfigError, Study, canonical
 from workflow_scripts.tables import module_files
 
-STUDY = Study(config)
+try:  # what the schema cannot check, and the local data and sources the jobs would miss: one line, before any job
+    STUDY = Study(config)
+    STUDY.check_inputs()
+except ConfigError as error:
+    sys.exit(str(error))
 CODE = Path(workflow.basedir) / "workflow_scripts"  # the workflow's own code, not another copy on sys.path
 
 

@@ -62,7 +62,7 @@ def fetch_checkpoint(source: str, revision: str, out_dir, *, evict_hub_cache: bo
     ``trust_remote_code``. ``provenance.json`` in the folder records the source, revision, ``trust_remote_code``
     and the resolved commit (hub) or content hash (files).
     """
-    scheme, value = parse_source(source)
+    scheme, value = check_source(source, revision)
     trust = {"trust_remote_code": trust_remote_code, "model": model}
     with atomic_dir(out_dir) as tmp:
         if scheme == "hf":
@@ -71,10 +71,33 @@ def fetch_checkpoint(source: str, revision: str, out_dir, *, evict_hub_cache: bo
             resolved = _fetch_local(Path(value), revision, tmp, trust)
         else:
             path = _gguf_package_file(value) if scheme == "gguf-pkg" else Path(value)
-            resolved = _fetch_gguf(path, revision, tmp, source)
+            resolved = _fetch_gguf(path, tmp, source)
         provenance = {"source": source, "revision": revision, "trust_remote_code": trust_remote_code, **resolved}
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
     log.info("checkpoint %s@%s ready in %s", source, revision, out_dir)
+
+
+def check_source(source: str, revision: str) -> tuple[str, str]:
+    """The checks of a fetch that need no hub: a ``local:`` folder and its revision's folder exist; a GGUF source
+    asks for revision ``main`` and its file exists (in its package). SourceError naming the source and revision;
+    the workflow runs it on every model of the config before any job. Returns ``parse_source(source)``."""
+    scheme, value = parse_source(source)
+    if scheme == "local":
+        root = Path(value)
+        if not root.is_dir():
+            raise SourceError(f"model source local:{root}: folder does not exist")
+        folder = _local_folder(root, revision)
+        if not (folder / "config.json").is_file():
+            available = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
+            raise SourceError(f"model source local:{root}: revision {revision!r} not found "
+                              f"(no {folder / 'config.json'}); available revisions: {available or 'none'}")
+    elif scheme in ("gguf", "gguf-pkg"):
+        if revision != "main":
+            raise SourceError(f"model source {source}: a GGUF file has only the revision 'main', not {revision!r}")
+        path = _gguf_package_file(value) if scheme == "gguf-pkg" else Path(value)
+        if not path.is_file():
+            raise SourceError(f"model source {source}: file {path} does not exist")
+    return scheme, value
 
 
 def source_files(source: str, revision: str) -> list[str]:
@@ -310,14 +333,9 @@ def _local_folder(root: Path, revision: str) -> Path:
 
 
 def _fetch_local(root: Path, revision: str, out: Path, trust: dict) -> dict:
-    """Copy a local Hugging Face folder or one of its revisions (legacy weights: converted)."""
-    if not root.is_dir():
-        raise SourceError(f"model source local:{root}: folder does not exist")
+    """Copy a local Hugging Face folder or one of its revisions (legacy weights: converted); check_source has
+    checked that they exist."""
     folder = _local_folder(root, revision)
-    if not (folder / "config.json").is_file():
-        available = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
-        raise SourceError(f"model source local:{root}: revision {revision!r} not found "
-                          f"(no {folder / 'config.json'}); available revisions: {available or 'none'}")
     where = f"model source local:{root} at revision {revision!r}"
     _check_remote_code(folder, where, **trust)
     files = _checkpoint_files(folder, where, within=root.resolve())
@@ -345,17 +363,14 @@ def _gguf_package_file(spec: str) -> Path:
     return Path(dist.locate_file(matches[0]))
 
 
-def _fetch_gguf(path: Path, revision: str, out: Path, source: str) -> dict:
-    """De-quantise a GGUF file with transformers and save it as safetensors."""
-    if revision != "main":
-        raise SourceError(f"model source {source}: a GGUF file has only the revision 'main', not {revision!r}")
-    if not path.is_file():
-        raise SourceError(f"model source {source}: file {path} does not exist")
+def _fetch_gguf(path: Path, out: Path, source: str) -> dict:
+    """De-quantise a GGUF file (revision main, checked by check_source) with transformers and save it as
+    safetensors."""
     from gguf import GGUFReader
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     weights = sum(int(t.n_elements) for t in GGUFReader(path).tensors) * 4  # saved as float32
-    check_free_space(source, revision, weights, out.parent)
+    check_free_space(source, "main", weights, out.parent)
     log.info("de-quantising %s", path)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
     loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)

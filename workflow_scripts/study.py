@@ -2,9 +2,11 @@
 every stage, the comparison pairs, and what the figures need. The rules read it (rules/common.smk builds one
 ``Study`` from the validated config); tests import it instead of copying it. Building one checks what the
 schema cannot (dataset keys, confidence methods, imported tasks' names, the names it makes: names.py), with one
-line naming the key."""
+line naming the key (ConfigError); ``check_inputs`` then finds, still before any job, the local files, folders and
+packages that the jobs would find missing (datasets, model sources, TruthfulQA's targets, MMLU's dev rows)."""
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 from functools import cached_property
@@ -24,8 +26,13 @@ INFERENCE_KEYS = ("window", "window_mode", "max_new_tokens", "stop", "chat")  # 
 SELF_EVAL_KEYS = ("backend", "batch_size", "add_bos", "device", "dtype")  # first-pass settings the second pass shares
 
 
+class ConfigError(ValueError):
+    """A config the workflow cannot run: one line, naming the key (the Snakefile prints it and stops)."""
+
+
 def schema_error(config: dict, schema_path) -> str | None:
-    """The config's first violation of the schema as one line naming the key, or None."""
+    """The config's first violation of the schema as one line naming the key, or None: an unknown key with the
+    nearest known one, a key of another kind's tasks with the kinds it belongs to (the schema's description)."""
     import jsonschema
     import yaml
 
@@ -40,13 +47,27 @@ def schema_error(config: dict, schema_path) -> str | None:
             check_name("name", error.instance)
         except ValueError as bad:
             message = str(bad)
+    elif error.validator == "not" and "description" in error.validator_value:  # `window` on a multiple-choice task
+        message = f"`{error.absolute_path[-1]}` is {error.validator_value['description']}"
+    elif error.validator == "additionalProperties" and error.validator_value is False:
+        message = _unknown_key(error.instance, error.schema)
     return f"config: {'.'.join(map(str, error.absolute_path)) or '(top level)'}: {message}"
+
+
+def _unknown_key(instance: dict, schema: dict) -> str:
+    """The first key of ``instance`` that ``schema`` does not allow, with the nearest allowed key, or them all."""
+    allowed = list(schema.get("properties", {}))
+    patterns = list(schema.get("patternProperties", {}))
+    unknown = next(k for k in instance if k not in allowed and not any(re.search(p, k) for p in patterns))
+    if nearest := difflib.get_close_matches(unknown, allowed, n=1):
+        return f"unknown key `{unknown}`; did you mean `{nearest[0]}`?"
+    return f"unknown key `{unknown}`; known keys: {', '.join(allowed)}"
 
 
 def check_names(config: dict) -> None:
     """Every name of the config that reaches a path follows the name rule (names.py): a model, revision, task,
     import, imported task, pretrain family, size and data variant, instruction set and tuning method; a name that
-    does not raises ValueError with one line naming the key and the name."""
+    does not raises ConfigError with one line naming the key and the name."""
     names = [("models", "model name", m) for m in config["models"]]
     names += [(f"models.{m}.revisions", "revision", r) for m, e in config["models"].items() for r in e["revisions"]]
     names += [("tasks", "task name", t) for t in config["tasks"]]
@@ -64,19 +85,19 @@ def check_names(config: dict) -> None:
         try:
             check_name(kind, name)
         except ValueError as error:
-            raise ValueError(f"config: {key}: {error}") from None
+            raise ConfigError(f"config: {key}: {error}") from None
 
 
 def check_made_names(registry) -> None:
     """The names of the models trained here and their revisions, made from the config's (registry.py), follow the
-    name rule too (a long base name may make one too long): ValueError naming the pattern and the name."""
+    name rule too (a long base name may make one too long): ConfigError naming the pattern and the name."""
     for name, model in registry.of(*MADE_NAMES).items():
         try:
             check_name(MADE_NAMES[model.origin], name)
             for revision in model.revision_names:
                 check_name(f"revision of model {name!r}", revision)
         except ValueError as error:
-            raise ValueError(f"config: {error}") from None
+            raise ConfigError(f"config: {error}") from None
 
 
 def canonical(value):
@@ -96,7 +117,7 @@ def group_name(*parts) -> str:
 
 def check_datasets(config: dict) -> None:
     """The dataset options of every task, instruction set and preference set, each checked against its
-    format's keys: a misspelled one raises ValueError with one line naming it."""
+    format's keys: a misspelled one raises ConfigError with one line naming it."""
     from .align_data import check_instruction_set, check_preference_data
     from .tables import DatasetError
     from .tasks import check_dataset_keys
@@ -110,11 +131,39 @@ def check_datasets(config: dict) -> None:
         if align.get("preference"):
             check_preference_data(align["preference"]["data"])
     except DatasetError as error:
-        raise ValueError(f"config: {error}") from None
+        raise ConfigError(f"config: {error}") from None
+
+
+def check_task_inputs(config: dict) -> None:
+    """What prepare_task would find wrong in a task's data without the hub, found before any job with the job's own
+    checks and its line: TruthfulQA's `targets`; for a local dataset, a path or glob that matches no file, and,
+    for multiple choice (its loader reads its files: question sets are small), a subject with no file or fewer
+    `dev` rows than `shots`. A `hub` dataset's files are checked by its job, after the download."""
+    from .tables import DatasetError, expand_files
+    from .tasks import FORMATS, check_shots, dataset_paths
+    from .tasks.multiple_choice import check_targets
+
+    for name, task in config["tasks"].items():
+        dataset = task["dataset"]
+        fmt = FORMATS[task["kind"], dataset["format"]]
+        try:
+            if fmt.name == "truthfulqa_mc":
+                check_targets(name, dataset)
+            if "hub" in dataset:
+                continue
+            if fmt.shots is None:  # clm and generation: the files exist
+                for pattern in dataset_paths(dataset):
+                    expand_files(pattern)
+            elif task.get("limit") != 0:
+                for subject in fmt.load(dataset, {}, config["seed"], name):
+                    check_shots(subject, fmt.shots if task.get("shots") is None else task["shots"])
+        except DatasetError as error:
+            raise ConfigError(f"config: {error}" if str(error).startswith("task ") else
+                              f"config: task {name!r}: {error}") from None
 
 
 def check_task_methods(config: dict) -> None:
-    """Every task's confidence methods are known for its kind and scoring: an unknown one raises ValueError."""
+    """Every task's confidence methods are known for its kind and scoring: an unknown one raises ConfigError."""
     from .confidence import check_methods
     from .tasks import task_scoring
 
@@ -123,7 +172,7 @@ def check_task_methods(config: dict) -> None:
             try:
                 check_methods(task["kind"], task_scoring(task), task["methods"])
             except ValueError as error:
-                raise ValueError(f"config: tasks.{name}.methods: {error}") from None
+                raise ConfigError(f"config: tasks.{name}.methods: {error}") from None
 
 
 def imported_runs(config: dict) -> dict[str, dict[str, str]]:
@@ -152,7 +201,7 @@ class Study:
         check_names(config)
         pretrain = config.get("pretrain", {})
         if pretrain and pretrain["checkpoints"][-1] != pretrain["steps"]:
-            raise ValueError(f"config: pretrain.checkpoints: must end with steps ({pretrain['steps']}), "
+            raise ConfigError(f"config: pretrain.checkpoints: must end with steps ({pretrain['steps']}), "
                              f"got {pretrain['checkpoints']}")
         check_datasets(config)
         check_task_methods(config)
@@ -161,7 +210,10 @@ class Study:
         self.preference = self.align.get("preference", {})
         self.regular_tasks = sorted(config["tasks"])  # the tasks this workflow builds and runs models on
         self.task_config = dict(config["tasks"])  # and, below, the tasks of imported harness runs
-        self.registry = build_registry(config)
+        try:
+            self.registry = build_registry(config)
+        except ValueError as error:  # a model of the config the registry cannot place
+            raise ConfigError(str(error)) from None
         check_made_names(self.registry)
         self.models = self.registry.models
         self.pretrained = self.registry.of("pretrain")
@@ -171,7 +223,7 @@ class Study:
         self.imports = imported_runs(config)
         self.imported_tasks = sorted({t for run in self.imports.values() for t in run})
         if clash := set(self.imported_tasks) & set(self.task_config):
-            raise ValueError(f"config: imports: {sorted(clash)} are also names of tasks; rename them")
+            raise ConfigError(f"config: imports: {sorted(clash)} are also names of tasks; rename them")
         if self.imports:
             from .imports import IMPORTED_METHODS
 
@@ -183,8 +235,24 @@ class Study:
                      for revision in self.models[model].revision_names]
         self.runs += [(task, model, "lm_eval") for model in self.imports for task in sorted(self.imports[model])]
         if not self.runs:
-            raise ValueError("config: nothing to evaluate: add models and tasks (or a `pretrain` suite, or `imports`)")
+            raise ConfigError("config: nothing to evaluate: add models and tasks (or a `pretrain` suite, or `imports`)")
         self.self_eval_tasks = [task for task in self.regular_tasks if self.self_eval_methods(task)]
+
+    def check_inputs(self) -> None:
+        """The local data and model sources that the jobs would find missing, found now (check_task_inputs, and
+        sources.check_source on every revision of the config's models: a missing `local:` folder or revision,
+        a GGUF source at a revision other than main, or a GGUF file or package file that is not there):
+        ConfigError with the job's line. The rules call it once the study is built; what needs the hub is left to
+        the jobs."""
+        from .sources import SourceError, check_source
+
+        check_task_inputs(self.config)
+        for name, model in self.registry.of("config").items():
+            for revision in model.revision_names:
+                try:
+                    check_source(model.source, revision)
+                except SourceError as error:
+                    raise ConfigError(f"config: models.{name}: {error}") from None
 
     # ------------------------------------------------------------------ tasks and methods
     def kind(self, task: str) -> str:

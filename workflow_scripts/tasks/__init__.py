@@ -30,6 +30,7 @@ from ..kinds import CLM, GENERATION, KINDS, MULTIPLE_CHOICE
 from ..tables import DatasetError, write_table
 from .files import require, short_repr
 from .format import Format
+from .multiple_choice import Subject
 from .prompts import PROMPTING_KEYS, Prompting, doc_to_text, option_strings, prompt_prefix, resolve_prompting
 from .registry import (
     FORMATS,
@@ -42,8 +43,8 @@ from .registry import (
     task_scoring,
 )
 
-__all__ = ["FORMATS", "PROMPTING_KEYS", "Format", "check_dataset_keys", "check_format_keys", "dataset_paths",
-           "format_table", "package_data_files", "prepare_task", "resolve_hub_files", "task_scoring"]
+__all__ = ["FORMATS", "PROMPTING_KEYS", "Format", "check_dataset_keys", "check_format_keys", "check_shots",
+           "dataset_paths", "format_table", "package_data_files", "prepare_task", "resolve_hub_files", "task_scoring"]
 
 
 def _without_split(kind: str) -> list[str]:
@@ -61,6 +62,13 @@ def _generation_table(load, ds: dict, read: dict, limit: int | None) -> pd.DataF
     return table.reset_index(drop=True)
 
 
+def check_shots(subject: Subject, shots: int) -> None:
+    """A DatasetError naming the dev file and the subject where it has fewer dev rows than ``shots``."""
+    if len(subject.dev) < shots:
+        raise DatasetError(f"{subject.dev_source}: subject {subject.name!r} has {len(subject.dev)} "
+                           f"dev rows, fewer than shots={shots}")
+
+
 def _mc_table(load, ds: dict, read: dict, shots: int, limit: int | None, seed: int, task: str,
               style: Prompting) -> tuple[pd.DataFrame, int]:
     """The rows of each subject, its items (split "test") then its held-out rows ("val"), at most `limit`
@@ -71,9 +79,7 @@ def _mc_table(load, ds: dict, read: dict, shots: int, limit: int | None, seed: i
         held_out += len(parts["val"])
         if not any(parts.values()):
             continue
-        if len(subject.dev) < shots:
-            raise DatasetError(f"{subject.dev_source}: subject {subject.name!r} has {len(subject.dev)} "
-                               f"dev rows, fewer than shots={shots}")
+        check_shots(subject, shots)
         prefix = prompt_prefix(style, subject.name, subject.dev[:shots], task)
         rows += [{"item_id": q.item_id, "subject": subject.name, "question": q.question,
                   "prompt": prefix + doc_to_text(style, subject.name, q, task), "choices": list(q.choices),

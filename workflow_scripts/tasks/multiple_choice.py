@@ -352,6 +352,16 @@ def _truthfulqa_rows(pattern, targets: str, read: dict, task: str, prefix: str =
 def load_truthfulqa(ds: dict, read: dict, seed: int, task: str) -> list[Subject]:
     """TruthfulQA's multiple-choice questions (`mc_task.json`, or the hub's truthfulqa/truthful_qa rows): `path`
     the items, `dev` the shots, `val` the held-out rows; `targets: mc1` (one true answer among several)."""
+    targets = check_targets(task, ds)
+    require(ds, "path")
+    parts = {key: _truthfulqa_rows(ds[key], targets, read, task, _id_prefix(key)) if key in ds else []
+             for key in ("path", "dev", "val")}
+    return _subjects(task, parts["path"], parts["dev"], parts["val"], str(ds.get("dev", "no `dev` file")))
+
+
+def check_targets(task: str, ds: dict) -> str:
+    """The `targets` of a truthfulqa_mc dataset (mc1, the default); DatasetError naming the task otherwise. The
+    workflow checks every task with it before any job runs."""
     targets = ds.get("targets", "mc1")
     if targets == "mc2":
         raise DatasetError(f"task {task!r}: dataset format 'truthfulqa_mc': targets mc2 is not a single-answer "
@@ -360,10 +370,7 @@ def load_truthfulqa(ds: dict, read: dict, seed: int, task: str) -> list[Subject]
     if targets != "mc1":
         raise DatasetError(f"task {task!r}: dataset format 'truthfulqa_mc': unknown targets {short_repr(targets)}; "
                            "known: mc1")
-    require(ds, "path")
-    parts = {key: _truthfulqa_rows(ds[key], targets, read, task, _id_prefix(key)) if key in ds else []
-             for key in ("path", "dev", "val")}
-    return _subjects(task, parts["path"], parts["dev"], parts["val"], str(ds.get("dev", "no `dev` file")))
+    return targets
 
 
 FORMATS = (
