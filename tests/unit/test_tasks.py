@@ -1168,3 +1168,75 @@ def test_a_hub_dataset_is_pinned_to_the_commit_its_revision_resolves_to(tmp_path
     assert read_provenance(tmp_path / "offline.parquet")["resolved_commit"] == commits["main"]
     pd.testing.assert_frame_equal(read_table(tmp_path / "offline.parquet"),
                                   read_table(tmp_path / "main" / "task.parquet"))
+
+
+# ---------------------------------------------------------------- what `split` and `limit` mean
+
+def wikitext_raw() -> Path:
+    return fixtures_dir() / "wikitext-2-raw" / "wiki.test.raw"
+
+
+def test_wikitext_split_gives_the_articles_of_the_raw_file(tmp_path):
+    """WikiText-2 raw has no blank lines: the default split makes it one document, `line` a document of
+    every heading, `wikitext` its 62 articles, each cut before its ` = Title = ` line (the unit of
+    EleutherAI/wikitext_document_level, which lm-evaluation-harness's wikitext task scores)."""
+    path = str(wikitext_raw())
+    lines = wikitext_raw().read_text(encoding="utf-8").splitlines()
+    titles = [line.strip() for line in lines if re.fullmatch(r" = [^=].* = ", line)]
+    assert len(build(tmp_path, "clm", {"format": "text", "path": path})) == 1  # why `limit` did nothing
+    assert len(build(tmp_path, "clm", {"format": "text", "path": path, "split": "line"})) == len(lines) == 2891
+
+    articles = build(tmp_path, "clm", {"format": "text", "path": path, "split": "wikitext"})
+    assert len(articles) == len(titles) == 62
+    assert articles["item_id"].tolist() == [f"wiki.test.raw/{k}" for k in range(62)]
+    assert [text.splitlines()[0].strip() for text in articles["text"]] == titles
+    assert articles["text"][0].startswith("= Robert Boulter = \n Robert Boulter is an English film")
+    assert "\n = = Career = = \n" in articles["text"][0]  # a section stays in its article
+    assert "\n = Qualified for the next round \n" in "".join(articles["text"])  # a table row, not a title
+    assert [line.strip() for text in articles["text"] for line in text.splitlines()] == [
+        line.strip() for line in lines]  # every line, once, in order
+    first = build(tmp_path, "clm", {"format": "text", "path": path, "split": "wikitext"}, limit=3)
+    pd.testing.assert_frame_equal(first, articles.head(3))
+
+
+def test_wikitext_split_cuts_only_at_level_one_headings(tmp_path):
+    (tmp_path / "wiki.txt").write_text("Preface line\n = A = \n a text\n = = A section = = \n = = = Sub = = = \n"
+                                       " more = text = here\n\n = B = \n b text\n = C =\n")
+    table = build(tmp_path, "clm", {"format": "text", "path": str(tmp_path / "wiki.txt"), "split": "wikitext"})
+    assert table["text"].tolist() == [
+        "Preface line", "= A = \n a text\n = = A section = = \n = = = Sub = = = \n more = text = here",
+        "= B = \n b text", "= C ="]
+
+
+def test_the_text_splits_are_the_schema_s(tmp_path):
+    """The schema's enum of `split` lists the loader's splits, so that a misspelt one stops the run before
+    any job."""
+    import jsonschema
+    import yaml
+
+    from workflow_scripts.tasks.clm import TEXT_SPLITS
+
+    schema = yaml.safe_load((Path(__file__).parents[2] / "config" / "schema.yaml").read_text())
+    dataset = schema["properties"]["tasks"]["additionalProperties"]["properties"]["dataset"]
+    assert dataset["properties"]["split"]["enum"] == list(TEXT_SPLITS)
+    validator = jsonschema.Draft202012Validator(schema)
+    for split, errors in (("wikitext", 0), ("lines", 1)):
+        config = {"tasks": {"wiki": {"kind": "clm", "dataset": {"format": "text", "path": "w.raw", "split": split}}}}
+        assert len(list(validator.iter_errors(config))) == errors, split
+    with pytest.raises(DatasetError, match="unknown split 'lines' for format 'text'; known: paragraph, line"):
+        build(tmp_path, "clm", {"format": "text", "path": str(wikitext_raw()), "split": "lines"})
+
+
+def test_limit_is_per_relation_for_facts_and_per_subject_for_questions(tmp_path):
+    """`limit` caps documents (clm), facts per relation (generation) and questions per subject, test and val
+    alike (multiple choice): ROME's 300 facts have at most 18 per relation, so `limit: 30` keeps them all."""
+    rome = {"format": "rome_knowns", "path": str(fixtures_dir() / "rome_knowns" / "known_1000_first300.json")}
+    per_relation = build(tmp_path, "generation", rome)["relation"].value_counts()
+    assert len(per_relation) == 32 and per_relation.max() == 18
+    assert len(build(tmp_path, "generation", rome, limit=30)) == 300
+    assert len(build(tmp_path, "generation", rome, limit=10)) == per_relation.clip(upper=10).sum()
+
+    mmlu = build(tmp_path, "multiple_choice", {"format": "mmlu_csv", "path": str(fixtures_dir() / "mmlu")}, limit=15)
+    counts = mmlu.groupby(["subject", "split"]).size().unstack()
+    assert counts["test"].tolist() == [15] * 4
+    assert counts["val"].tolist() == [11, 15, 15, 15]  # abstract_algebra has 11 val rows

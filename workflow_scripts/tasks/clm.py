@@ -11,15 +11,35 @@ from ..tables import DatasetError, expand_files
 from .files import BLANK_LINES, column_values, is_null, read_text, record_file, require, short_names, short_repr
 from .format import Format
 
+# A WikiText article's title line, ` = Title = ` (a level-1 heading; ` = = Section = = ` is not one).
+ARTICLE_TITLE = re.compile(r"[ \t]*= (?!=)[^\n]*?(?<!=) =[ \t]*")
+
+
+def wikitext_articles(text: str) -> list[str]:
+    """WikiText's articles: the text cut before each title line (ARTICLE_TITLE), which heads its article;
+    any text before the first title is one more."""
+    articles, lines = [], []
+    for line in text.splitlines():
+        if lines and ARTICLE_TITLE.fullmatch(line):
+            articles.append("\n".join(lines))
+            lines = []
+        lines.append(line)
+    return articles + ["\n".join(lines)]
+
+
+# The documents of the text format, by its `split` (the first is the default).
+TEXT_SPLITS = {"paragraph": BLANK_LINES.split, "line": str.splitlines, "file": lambda text: [text],
+               "wikitext": wikitext_articles}
+
 
 def load_text(ds: dict, read: dict) -> Iterator[tuple[str, str]]:
-    """Plain text files split into paragraphs (blank-line separated), lines or whole files (`split`)."""
-    splitters = {"paragraph": BLANK_LINES.split, "line": str.splitlines, "file": lambda text: [text]}
-    split = ds.get("split", "paragraph")
-    if split not in splitters:
-        raise DatasetError(f"unknown split {split!r} for format 'text'; known: {', '.join(splitters)}")
+    """Plain text files split (`split`) into paragraphs (blank-line separated; the default), lines, whole
+    files or WikiText articles (cut before each ` = Title = ` line)."""
+    split = ds.get("split", next(iter(TEXT_SPLITS)))
+    if split not in TEXT_SPLITS:
+        raise DatasetError(f"unknown split {split!r} for format 'text'; known: {', '.join(TEXT_SPLITS)}")
     for path, name in short_names(expand_files(require(ds, "path"))).items():
-        docs = (doc.strip() for doc in splitters[split](read_text(record_file(path, read))))
+        docs = (doc.strip() for doc in TEXT_SPLITS[split](read_text(record_file(path, read))))
         for k, doc in enumerate(doc for doc in docs if doc):
             yield f"{name}/{k}", doc
 
