@@ -12,6 +12,9 @@ from workflow_scripts.tables import module_files
 try:  # what the schema cannot check, and the local data and sources the jobs would miss: one line, before any job
     STUDY = Study(config)
     STUDY.check_inputs()
+    lent = workflow.global_resources.get("gpu")  # a machine that lends GPUs (profiles/workstation, --resources gpu=N)
+    if getattr(lent, "value", lent) is not None:  # Snakemake 9: a Resource; before: the number
+        STUDY.check_gpus(int(getattr(lent, "value", lent)))
 except ConfigError as error:
     sys.exit(str(error))
 CODE = Path(workflow.basedir) / "workflow_scripts"  # the workflow's own code, not another copy on sys.path

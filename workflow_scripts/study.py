@@ -254,6 +254,21 @@ class Study:
                 except SourceError as error:
                     raise ConfigError(f"config: models.{name}: {error}") from None
 
+    def check_gpus(self, lent: int) -> None:
+        """ConfigError naming the first job that asks for more GPUs than the machine lends (``lent``: Snakemake's
+        `resources: gpu`, from a profile or --resources), which Snakemake would cut down to ``lent`` without a
+        word: a model's inference (models.<m>.resources.gpu), a training run (its GPUs for each of its processes)."""
+        for name, model in self.models.items():
+            if (asked := model.resources.get("gpu", 0)) > lent:
+                raise ConfigError(f"config: models.{name}.resources.gpu: its jobs ask for {asked} GPUs, the machine "
+                                  f"lends {lent} (resources: gpu)")
+        runs = [*self.align.get("tuning", {}), *(run for run in ("reward", "rlhf", "dpo") if run in self.preference)]
+        for run in runs:
+            if (asked := self.training_resources(run)["gpu"]) > lent:
+                section = f"align.tuning.{run}" if run in self.align["tuning"] else f"align.preference.{run}"
+                raise ConfigError(f"config: {section}: its training job asks for {asked} GPUs (resources.gpu x "
+                                  f"parallel.processes), the machine lends {lent} (resources: gpu)")
+
     # ------------------------------------------------------------------ tasks and methods
     def kind(self, task: str) -> str:
         return self.task_config[task]["kind"]

@@ -79,3 +79,24 @@ def test_the_paper_s_eight_process_training_plans_eight_gpus(monkeypatch, tmp_pa
                     "results/align/models/tiny-sft-narrow-full")
     tune = re.search(r"rule tune:.*?resources: ([^\n]*)", run.stdout, flags=re.S)
     assert tune and "gpu=8" in tune[1].split(", "), run.stdout[-3000:]
+
+
+def test_a_job_asking_for_more_gpus_than_the_machine_lends_stops_the_run(monkeypatch, tmp_path, tiny_model_dir):
+    """On 4 (pretend) GPUs the 8-process tuning job would be cut down to 4 by Snakemake without a word: the run
+    stops before any job with a line naming the training run, what it asks and what the machine lends."""
+    workdir = copy_workflow(tmp_path / "workflow")
+    config = tiny_config(tiny_model_dir)
+    config["tasks"] = {"facts": config["tasks"]["facts"]}
+    config["align"] = {"base": "tiny", "instructions": {"narrow": {"format": "geonames"}},
+                       "tuning": {"full": {"lr": 1e-3}}, "epochs": 1, "limit": 16,
+                       "parallel": {"processes": 8}, "resources": {"gpu": 1}}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    run = snakemake(workdir, write_config(workdir, config), "--profile", str(PROFILE), "--dry-run", check=False)
+    assert run.returncode != 0 and "Job stats" not in run.stdout
+    assert ("config: align.tuning.full: its training job asks for 8 GPUs (resources.gpu x parallel.processes), "
+            "the machine lends 4 (resources: gpu)") in run.stderr.splitlines()
+    config["models"]["tiny"]["resources"] = {"gpu": 5}
+    config["align"]["parallel"]["processes"] = 1
+    run = snakemake(workdir, write_config(workdir, config), "--profile", str(PROFILE), "--dry-run", check=False)
+    assert "config: models.tiny.resources.gpu: its jobs ask for 5 GPUs, the machine lends 4 (resources: gpu)" \
+        in run.stderr.splitlines()
