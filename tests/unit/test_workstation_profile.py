@@ -65,15 +65,21 @@ def test_without_gpus_a_gpu_job_stops_with_a_line_saying_so(monkeypatch, tmp_pat
         gpu_job.lock_gpus(1)
 
 
-def test_the_paper_s_eight_process_training_plans_eight_gpus(monkeypatch, tmp_path, tiny_model_dir):
-    """A dry run through the profile on a machine of 8 (pretend) GPUs plans the 8-process tuning job with gpu=8,
-    as docs/study.md says (the fixed `gpu: 1` of the profile planned gpu=1)."""
-    workdir = copy_workflow(tmp_path / "workflow")
+def eight_process_training(tiny_model_dir) -> dict:
+    """The tiny config with one task and the paper's full tuning: 8 processes of one GPU each."""
     config = tiny_config(tiny_model_dir)
     config["tasks"] = {"facts": config["tasks"]["facts"]}
     config["align"] = {"base": "tiny", "instructions": {"narrow": {"format": "geonames"}},
                        "tuning": {"full": {"lr": 1e-3}}, "epochs": 1, "limit": 16,
                        "parallel": {"processes": 8}, "resources": {"gpu": 1}}
+    return config
+
+
+def test_the_paper_s_eight_process_training_plans_eight_gpus(monkeypatch, tmp_path, tiny_model_dir):
+    """A dry run through the profile on a machine of 8 (pretend) GPUs plans the 8-process tuning job with gpu=8,
+    as docs/study.md says (the fixed `gpu: 1` of the profile planned gpu=1)."""
+    workdir = copy_workflow(tmp_path / "workflow")
+    config = eight_process_training(tiny_model_dir)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(8))))
     run = snakemake(workdir, write_config(workdir, config), "--profile", str(PROFILE), "--dry-run",
                     "results/align/models/tiny-sft-narrow-full")
@@ -85,11 +91,7 @@ def test_a_job_asking_for_more_gpus_than_the_machine_lends_stops_the_run(monkeyp
     """On 4 (pretend) GPUs the 8-process tuning job would be cut down to 4 by Snakemake without a word: the run
     stops before any job with a line naming the training run, what it asks and what the machine lends."""
     workdir = copy_workflow(tmp_path / "workflow")
-    config = tiny_config(tiny_model_dir)
-    config["tasks"] = {"facts": config["tasks"]["facts"]}
-    config["align"] = {"base": "tiny", "instructions": {"narrow": {"format": "geonames"}},
-                       "tuning": {"full": {"lr": 1e-3}}, "epochs": 1, "limit": 16,
-                       "parallel": {"processes": 8}, "resources": {"gpu": 1}}
+    config = eight_process_training(tiny_model_dir)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
     run = snakemake(workdir, write_config(workdir, config), "--profile", str(PROFILE), "--dry-run", check=False)
     assert run.returncode != 0 and "Job stats" not in run.stdout
