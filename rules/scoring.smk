@@ -2,13 +2,28 @@
 # whole study and the paired comparisons between runs.
 
 
-# Seconds of pandas each: on a cluster they run where snakemake runs, not as cluster jobs.
+# On a cluster, the stages that read a run's token-level tables are cluster jobs; summarize, which gathers the
+# small per-run metric tables, runs where snakemake runs. The per-run stages of one checkpoint (extract_confidence
+# -> recalibrate -> score) form one group: a cluster runs them as one job, one start-up and one wait in the
+# queue. A local run (no executor: make run) runs every job as before; groups change nothing there.
 localrules:
-    extract_confidence,
-    recalibrate,
-    score,
     summarize,
-    compare,
+
+
+# Memory (MB) and minutes from the size of a job's input files (MB, Snakemake's input.size_files_mb), about twice
+# the peak that benchmarks/scale.py measures on synthetic CLM runs of 0.25M to 4M tokens (docs/performance.md,
+# "At the paper's scale"), times the attempt (a retry after an out-of-memory kill gets twice as much):
+#   extract_confidence: mem_mb = 1000 + 30 * MB, runtime = 10 + MB / 10, MB of all its inputs (a checkpoint's
+#     inference tables, their task tables and second passes). A group job gets the resources of those of its jobs
+#     whose inputs exist when it is submitted, extract_confidence's alone: these cover the whole chain, whose peak
+#     is recalibrate's (it writes 5 rows a token: about 230 + 21 * MB of the inference tables);
+#   recalibrate: mem_mb = 1000 + 80 * MB, score: 1000 + 20 * MB, runtime = 10 + MB / 10, MB of all their inputs
+#     (a rerun of one of them alone, or within a group whose earlier outputs exist);
+#   compare: mem_mb = 1000 + 20 * MB of its largest input (it holds one method and recalibration of one run at a
+#     time), runtime = 10 + MB / 60 of all of them (it reads every run once).
+def sized(base, per_mb, of=sum):
+    """A resource of `base` + `per_mb` x `of`(the MB of each input file), times the attempt."""
+    return lambda wildcards, input, attempt: round((base + per_mb * of(input.size_files_mb or [0])) * attempt)
 
 
 # Each job serves one checkpoint, every task of it (one start-up for several small tables; a harness run's
@@ -29,8 +44,11 @@ rule extract_confidence:
         "results/benchmarks/extract_confidence/{model}/{revision}.tsv"
     wildcard_constraints:
         model=one_of(STUDY.evaluated),
+    group:
+        "scoring"
     resources:
-        mem_mb=4000,
+        mem_mb=sized(1000, 30),
+        runtime=sized(10, 0.1),
     params:
         tasks=lambda wc: confidence_settings(STUDY.regular_tasks, wc),
     script:
@@ -50,8 +68,11 @@ rule recalibrate:
         "results/benchmarks/recalibrate/{model}/{revision}.tsv"
     wildcard_constraints:
         model=one_of(STUDY.evaluated),
+    group:
+        "scoring"
     resources:
-        mem_mb=4000,
+        mem_mb=sized(1000, 80),
+        runtime=sized(10, 0.1),
     params:
         recalibration=canonical(config["recalibration"]),
     script:
@@ -74,8 +95,11 @@ rule score:
         "results/benchmarks/score/{model}/{revision}.tsv"
     wildcard_constraints:
         model=one_of(STUDY.evaluated),
+    group:
+        "scoring"
     resources:
-        mem_mb=4000,
+        mem_mb=sized(1000, 20),
+        runtime=sized(10, 0.1),
     params:
         metrics=canonical(config["metrics"]),
         run=lambda wc: score_settings(STUDY.regular_tasks, wc),
@@ -172,7 +196,8 @@ rule compare:
     benchmark:
         "results/benchmarks/compare.tsv"
     resources:
-        mem_mb=4000,
+        mem_mb=sized(1000, 20, of=max),
+        runtime=sized(10, 1 / 60),
     params:
         runs=[{"task": t, "model": m, "revision": r} for t, m, r in STUDY.runs],
         pairs=STUDY.comparison_pairs(),

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import scipy.stats
 
 from .bootstrap import group_codes, resample_counts, stratum_of_units
-from .metric_table import METRICS, RECALIBRATED_COLUMNS, STRATA_COLUMNS, ScoredRows, read_recalibrated, strata_of
+from .metric_table import METRICS, STRATA_COLUMNS, ScoredRows, strata_of
 from .metrics import check_n_bins, unparsed_rows
+from .scoring import each_group_rows, group_rows, recalibrated_groups
 from .tables import atomic_path
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,8 @@ COLUMNS = (*ID_COLUMNS, *(f"{metric}_{statistic}" for metric in COMPARED_METRICS
 RECALIBRATION = "recalibration"  # the comparison label of "none" against a recalibration of the same run
 UNCALIBRATED = "none"
 LEVEL = 0.95
-_OPTIONAL_COLUMNS = (*STRATA_COLUMNS, "option_probs", "gold")
+_SIDE_COLUMNS = ("item_id", "confidence", "correct", *STRATA_COLUMNS, "option_probs", "gold")  # side_statistics reads
+_READ_COLUMNS = (*_SIDE_COLUMNS, "parsed")  # what compare reads of a recalibrated table's group
 
 
 @dataclass
@@ -108,7 +112,7 @@ def benjamini_hochberg(p_values) -> np.ndarray:
     return q
 
 
-def _difference(a: Side, b: Side, a_values: dict | None, b_values: dict | None) -> dict:
+def _difference(a: _Compared, b: _Compared) -> dict:
     """The metric columns (all but q) of b - a: point difference, percentile interval and p of the resamples."""
     tail = (1.0 - LEVEL) / 2.0
     columns = {}
@@ -116,8 +120,8 @@ def _difference(a: Side, b: Side, a_values: dict | None, b_values: dict | None) 
         columns[f"{metric}_a"], columns[f"{metric}_b"] = a.point[metric], b.point[metric]
         columns[f"{metric}_diff"] = b.point[metric] - a.point[metric]
         low = high = p = float("nan")
-        if a_values is not None:
-            d = b_values[metric] - a_values[metric]
+        if a.values is not None:
+            d = b.values[metric] - a.values[metric]
             d = d[np.isfinite(d)]
             if len(d):
                 low, high = (float(v) for v in np.quantile(d, [tail, 1.0 - tail]))
@@ -188,14 +192,53 @@ def compare(
         table[list(COLUMNS)].to_csv(tmp, index=False)
 
 
+class _Compared(NamedTuple):
+    """What a comparison reads of a side: its units and their strata, the full-sample value of every compared
+    metric, and their values on the resamples (None without resamples)."""
+
+    units: np.ndarray
+    unit_strata: np.ndarray
+    point: dict[str, float]
+    values: dict[str, np.ndarray] | None
+
+
+class _Resamples:
+    """The resample counts that every side of one design (its units and their strata) shares, drawn by
+    resample_counts(seed). Only the last design's are kept: a design asked for again is drawn again, the same."""
+
+    def __init__(self, n_bootstrap: int, seed: int):
+        self.n_bootstrap, self.seed = n_bootstrap, seed
+        self.design, self.counts = None, None
+
+    def reduce(self, side: Side) -> _Compared:
+        """What comparisons read of `side`, its metrics on the resamples of its design."""
+        values = None
+        if self.n_bootstrap:
+            design = (tuple(side.units), tuple(side.unit_strata))
+            if design != self.design:
+                codes, _ = pd.factorize(side.unit_strata, use_na_sentinel=False)
+                self.design, self.counts = design, resample_counts(codes, self.n_bootstrap, self.seed)
+            values = side.resampled(self.counts)
+        return _Compared(side.units, side.unit_strata, side.point, values)
+
+
 def _task_comparisons(task: str, task_runs: Mapping, model_pairs: Sequence, n_bins: int, n_bootstrap: int,
                       seed: int) -> list[dict]:
     """The comparison rows of one task (all but the q columns): the model pairs whose runs the task has,
-    then every run's "none" against its other recalibrations, per method."""
-    groups, unparsed = {}, set()  # unparsed: the (run, method, recalibration) whose table left rows out
+    then every run's "none" against its other recalibrations, per method.
+
+    Memory holds one (method, recalibration) group of one run's rows at a time (two where a comparison leaves
+    out unparsed replies; a table of at most scoring.BATCH_ROWS rows whole), never the runs' tables: the runs are
+    visited in the order of `task_runs`, each group that a comparison needs is read once, when its run is
+    reached, and reduced to what the comparisons read of it (_Compared: a value per metric and resample), kept
+    until the last comparison that needs it. A comparison is made when the later of its runs is reached; the
+    rows come in the order described above."""
+    position = {key: i for i, key in enumerate(task_runs)}
+    groups, unparsed = {}, set()  # groups: those with rows to compare; unparsed: those that left rows out
     for key, path in task_runs.items():
-        groups[key], left_out = _groups(path)
-        unparsed |= {(key, *group) for group in left_out}
+        sizes = recalibrated_groups(path)
+        groups[key] = {group for group, (n, left_out) in sizes.items() if n > left_out}
+        unparsed |= {(key, *group) for group, (_, left_out) in sizes.items() if left_out}
     comparisons = []  # (comparison, method, run a, recalibration a, run b, recalibration b)
     skipped = 0
     for comparison, a, b in model_pairs:
@@ -208,59 +251,71 @@ def _task_comparisons(task: str, task_runs: Mapping, model_pairs: Sequence, n_bi
     for key, run_groups in groups.items():
         comparisons += [(RECALIBRATION, m, key, UNCALIBRATED, key, r) for m, r in sorted(run_groups)
                         if r != UNCALIBRATED and (m, UNCALIBRATED) in run_groups]
-    sides: dict[tuple, tuple[Side, dict | None]] = {}
-    counts: dict[tuple, np.ndarray] = {}  # per design (units and their strata): the resamples every side shares
 
-    def side(key, method, recalibration, items=None):
-        if (key, method, recalibration, items) not in sides:
-            rows = groups[key][method, recalibration]
-            if items is not None:
-                rows = rows[rows["item_id"].isin(items)]
-            try:
-                statistics = side_statistics(rows, n_bins)
-            except ValueError as error:
-                raise ValueError(f"{task_runs[key]}, method {method!r}, recalibration {recalibration!r}: "
-                                 f"{error}") from error
-            values = None
-            if n_bootstrap:
-                design = (tuple(statistics.units), tuple(statistics.unit_strata))
-                if design not in counts:
-                    codes, _ = pd.factorize(statistics.unit_strata, use_na_sentinel=False)
-                    counts[design] = resample_counts(codes, n_bootstrap, seed)
-                values = statistics.resampled(counts[design])
-            sides[key, method, recalibration, items] = statistics, values
-        return sides[key, method, recalibration, items]
+    # The sides of a comparison: (run, method, recalibration) each. Where a side left out unparsed replies, both
+    # are scored on the items both have a confidence for: such a comparison reads its two groups for itself.
+    sides = [((a, method, rec_a), (b, method, rec_b)) for _, method, a, rec_a, b, rec_b in comparisons]
+    on_common_items = [side_a in unparsed or side_b in unparsed for side_a, side_b in sides]
+    at_step = defaultdict(list)  # step (the position of a run) -> the comparisons made once that run is reached
+    last_step = {}  # every side the other comparisons read -> the step of the last of them
+    for c, pair_sides in enumerate(sides):
+        now = max(position[side[0]] for side in pair_sides)
+        at_step[now].append(c)
+        for side in () if on_common_items[c] else pair_sides:
+            last_step[side] = max(last_step.get(side, now), now)
+    resamples = _Resamples(n_bootstrap, seed)
 
-    rows = []
-    for comparison, method, a, rec_a, b, rec_b in comparisons:
-        items = None  # where a side left out unparsed replies: the items both sides have a confidence for
-        if (a, method, rec_a) in unparsed or (b, method, rec_b) in unparsed:
-            items = frozenset(groups[a][method, rec_a]["item_id"]) & frozenset(groups[b][method, rec_b]["item_id"])
-        (side_a, values_a), (side_b, values_b) = side(a, method, rec_a, items), side(b, method, rec_b, items)
-        names = f"{a[0]} {a[1]} ({rec_a}) and {b[0]} {b[1]} ({rec_b}), task {task!r}, method {method!r}"
-        if not np.array_equal(side_a.units, side_b.units):
-            only_a = np.setdiff1d(side_a.units, side_b.units)
-            only_b = np.setdiff1d(side_b.units, side_a.units)
-            raise ValueError(f"runs {names} hold different item_ids ({len(only_a)} only in the first, e.g. "
-                             f"{only_a[:3].tolist()}; {len(only_b)} only in the second, e.g. "
-                             f"{only_b[:3].tolist()}): a paired comparison needs the same items")
-        if not np.array_equal(side_a.unit_strata, side_b.unit_strata):
-            raise ValueError(f"runs {names} put the same item_ids in different strata (subject/relation)")
-        rows.append({"comparison": comparison, "task": task, "method": method,
-                     "model_a": a[0], "revision_a": a[1], "recalibration_a": rec_a,
-                     "model_b": b[0], "revision_b": b[1], "recalibration_b": rec_b,
-                     "n": len(side_a.units), **_difference(side_a, side_b, values_a, values_b)})
+    def compared(side, rows) -> _Compared:
+        try:
+            statistics = side_statistics(rows, n_bins)
+        except ValueError as error:
+            raise ValueError(f"{task_runs[side[0]]}, method {side[1]!r}, recalibration {side[2]!r}: "
+                             f"{error}") from error
+        return resamples.reduce(statistics)
+
+    def common_items(side_a, side_b) -> tuple[_Compared, _Compared]:
+        rows_a, rows_b = (_side_rows(group_rows(task_runs[side[0]], *side[1:], _READ_COLUMNS))
+                          for side in (side_a, side_b))
+        items = frozenset(rows_a["item_id"]) & frozenset(rows_b["item_id"])
+        return (compared(side_a, rows_a[rows_a["item_id"].isin(items)]),
+                compared(side_b, rows_b[rows_b["item_id"].isin(items)]))
+
+    kept: dict[tuple, _Compared] = {}
+    rows: list[dict] = [{}] * len(comparisons)
+    for now, (key, path) in enumerate(task_runs.items()):
+        reached = sorted(side for side in last_step if side[0] == key)
+        for side, group in zip(reached, each_group_rows(path, [side[1:] for side in reached], _READ_COLUMNS)):
+            kept[side] = compared(side, _side_rows(group))
+            del group  # before the next group is read
+        for c in at_step[now]:
+            a, b = common_items(*sides[c]) if on_common_items[c] else (kept[side] for side in sides[c])
+            rows[c] = _comparison_row(comparisons[c], task, a, b)
+        for side in [side for side in kept if last_step[side] == now]:
+            del kept[side]
     log.info("task %s: %d comparisons%s", task, len(rows),
              f" ({skipped} model pairs skipped: a run is missing)" if skipped else "")
     return rows
 
 
-def _groups(path) -> tuple[dict[tuple[str, str], pd.DataFrame], set[tuple[str, str]]]:
-    """The rows of a recalibrated table by (method, recalibration), less the rows without a confidence
-    (metrics.unparsed_rows), and the (method, recalibration) pairs that had such rows."""
-    table = read_recalibrated(path)
-    unparsed = unparsed_rows(table)
-    left_out = {(str(m), str(r)) for m, r in table.loc[unparsed, ["method", "recalibration"]].itertuples(index=False)}
-    table = table.loc[~unparsed, [c for c in (*RECALIBRATED_COLUMNS, *_OPTIONAL_COLUMNS) if c in table.columns]]
-    return {(str(m), str(r)): group.reset_index(drop=True)
-            for (m, r), group in table.groupby(["method", "recalibration"], sort=True)}, left_out
+def _comparison_row(comparison: tuple, task: str, a: _Compared, b: _Compared) -> dict:
+    """The row of one comparison (all but the q columns) from its two sides, which must hold the same units."""
+    label, method, run_a, rec_a, run_b, rec_b = comparison
+    names = f"{run_a[0]} {run_a[1]} ({rec_a}) and {run_b[0]} {run_b[1]} ({rec_b}), task {task!r}, method {method!r}"
+    if not np.array_equal(a.units, b.units):
+        only_a = np.setdiff1d(a.units, b.units)
+        only_b = np.setdiff1d(b.units, a.units)
+        raise ValueError(f"runs {names} hold different item_ids ({len(only_a)} only in the first, e.g. "
+                         f"{only_a[:3].tolist()}; {len(only_b)} only in the second, e.g. "
+                         f"{only_b[:3].tolist()}): a paired comparison needs the same items")
+    if not np.array_equal(a.unit_strata, b.unit_strata):
+        raise ValueError(f"runs {names} put the same item_ids in different strata (subject/relation)")
+    return {"comparison": label, "task": task, "method": method,
+            "model_a": run_a[0], "revision_a": run_a[1], "recalibration_a": rec_a,
+            "model_b": run_b[0], "revision_b": run_b[1], "recalibration_b": rec_b,
+            "n": len(a.units), **_difference(a, b)}
+
+
+def _side_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a group (read with _READ_COLUMNS) that have a confidence (metrics.unparsed_rows), with the
+    columns side_statistics reads."""
+    return rows.loc[~unparsed_rows(rows), [c for c in _SIDE_COLUMNS if c in rows.columns]].reset_index(drop=True)

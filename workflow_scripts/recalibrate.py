@@ -39,6 +39,7 @@ import logging
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from scipy.optimize import isotonic_regression, minimize, minimize_scalar
 from scipy.special import expit, logsumexp
 
@@ -52,6 +53,7 @@ RECALIBRATION_METHODS = ("temperature", "platt", "isotonic", "histogram")
 LOGIT_CLIP = 30.0
 TEMPERATURE_BOUNDS = (1e-2, 1e2)
 CONFIDENCE_COLUMNS = ["item_id", "method", "confidence", "correct"]
+TASK_COLUMNS = ("item_id", "split")  # what recalibrate reads of the task table (not a CLM document's text)
 
 
 # ---------------------------------------------------------------- the maps
@@ -323,7 +325,7 @@ def recalibrate(confidence_path, data_path, out_path, *, methods, folds: int, se
     NaN elsewhere) and ``fold`` (Int64, the fold whose map scored the row: 0 when fitted on the val split,
     <NA> on "none")."""
     methods = _check_options(methods, folds, seed, histogram_bins)
-    table, data = read_table(confidence_path), read_table(data_path)
+    table, data = read_table(confidence_path), pd.read_parquet(data_path, columns=_present(data_path, TASK_COLUMNS))
     missing = [c for c in CONFIDENCE_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{confidence_path}: missing columns {missing}")
@@ -351,18 +353,21 @@ def recalibrate(confidence_path, data_path, out_path, *, methods, folds: int, se
             if val.empty and not val_unparsed:
                 raise ValueError(f"{data_path} has val rows, but {confidence_path} has none of method {method!r} "
                                  "to fit its recalibration on")
-            fold, fits = np.zeros(len(test), dtype=np.int64), {0: val}
+            fold, fit_folds = np.zeros(len(test), dtype=np.int64), [0]
         else:
             fold = fold_assignment(test["item_id"], folds, seed)
-            fits = {k: test[fold != k] for k in np.unique(fold)}
-        for k, fit in fits.items():
-            if fit.empty and len(test):
+            fit_folds = np.unique(fold)
+        # Fold k's maps are fitted on the val rows, or on the test rows of the other folds, taken as each map is
+        # fitted: the K sets at once would hold K - 1 copies of the method's rows (a CLM run's tokens).
+        for k in fit_folds:
+            if (val.empty if held_out else (fold == k).all()) and len(test):
                 log.warning("method %s: fold %d has no rows to fit on (a single item); its maps are the identity",
                             method, k)
         for recalibration in methods:
             confidence, probs = np.empty(len(test)), [None] * len(test)
             temperature = np.full(len(test), np.nan)
-            for k, fit in fits.items():
+            for k in fit_folds:
+                fit = val if held_out else test[fold != k]
                 at = np.flatnonzero(fold == k)
                 scored = _fit(recalibration, fit, options, histogram_bins)(test.iloc[at])
                 confidence[at], temperature[at] = scored[0], scored[2]
@@ -376,11 +381,18 @@ def recalibrate(confidence_path, data_path, out_path, *, methods, folds: int, se
     columns = list(table.columns)
     columns.insert(columns.index("method") + 1, "recalibration")
     result = pd.concat(frames, ignore_index=True) if frames else _rows(table, "none", [], None, np.nan, pd.NA)
+    del frames  # the recalibrations' rows, now in result
     result = result[columns + ["temperature", "fold"]].astype({"temperature": np.float64, "fold": "Int64"})
     write_table(result, out_path,
                 provenance={"stage": "recalibrate", "methods": methods, "folds": folds, "seed": seed,
                             "histogram_bins": histogram_bins, "fit": "val split" if held_out else "k-fold",
                             "input": read_provenance(confidence_path)})
+
+
+def _present(path, columns) -> list[str]:
+    """Those of `columns` that the Parquet table at `path` has."""
+    names = pq.read_schema(path).names
+    return [column for column in columns if column in names]
 
 
 def _rows(test: pd.DataFrame, recalibration: str, confidence, option_probs, temperature, fold) -> pd.DataFrame:

@@ -3,12 +3,23 @@ with reliability bins, a bin sweep, per-subject metrics and curves (summary.summ
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from .metric_table import METRIC_NAMES, ScoredRows, filled_column, metric_values, read_recalibrated, strata_of
+from .metric_table import (
+    METRIC_NAMES,
+    RECALIBRATED_COLUMNS,
+    STRATA_COLUMNS,
+    ScoredRows,
+    filled_column,
+    metric_values,
+    strata_of,
+)
 from .metrics import (
     expected_calibration_error,
     reliability_bins,
@@ -26,6 +37,70 @@ METRIC_COLUMNS = ("n", "unparsed", *METRIC_NAMES[1:], "temperature")
 BIN_COLUMNS = ("bin", "bin_lower", "bin_upper", "count", "mean_confidence", "accuracy")
 SWEEP_BINS = (5, 10, 15, 20)  # bin counts of the ECE in the bin sweep
 MODEL_INFO = ("params", "step", "epoch")  # integer columns every summary row has (empty where unknown)
+GROUP_COLUMNS = ("method", "recalibration")  # what makes a group of a recalibrated table
+# Rows of a recalibrated table read at once: its groups are counted a batch of this many rows at a time, and a
+# table of at most this many rows is read whole and split into its groups (a larger one a group at a time).
+BATCH_ROWS = 2**20
+# The columns of a recalibrated table that score reads from a group's rows (those the table has).
+SCORED_COLUMNS = ("item_id", "confidence", "correct", "parsed", "option_probs", "gold", "letter_mass",
+                  *STRATA_COLUMNS, "temperature", "fold")
+
+
+def recalibrated_groups(path: str | os.PathLike) -> dict[tuple[str, str], tuple[int, int]]:
+    """The (method, recalibration) groups of a recalibrated table (results/recalibrated/...), in the order of
+    their first rows, each with its number of rows and of rows without a confidence (metrics.unparsed_rows).
+
+    Reads only the group columns (and ``parsed``); checks the table for RECALIBRATED_COLUMNS and for rows without
+    a method or recalibration."""
+    file = pq.ParquetFile(path)
+    names = file.schema_arrow.names
+    if "recalibration" not in names:
+        raise ValueError(f"{path}: no column 'recalibration': score and compare read a recalibrated table "
+                         f"(results/recalibrated/...), not a confidence table")
+    missing = [column for column in RECALIBRATED_COLUMNS if column not in names]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    # Counted a batch of rows at a time: the group columns of a CLM run (tokens x recalibrations) are never whole.
+    sizes, empty = {}, dict.fromkeys(GROUP_COLUMNS, 0)  # empty: per group column, the rows without a value
+    read = [*GROUP_COLUMNS, *(["parsed"] if "parsed" in names else [])]
+    for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=read):
+        keys = pa.Table.from_batches([batch])
+        for column in GROUP_COLUMNS:
+            empty[column] += keys[column].null_count
+        unparsed = (pc.equal(keys["parsed"], False).fill_null(False) if "parsed" in read  # metrics.unparsed_rows
+                    else pa.array(np.zeros(len(keys), dtype=bool)))
+        counts = keys.append_column("unparsed", unparsed.cast(pa.int64())).group_by(
+            list(GROUP_COLUMNS), use_threads=False).aggregate([("unparsed", "count"), ("unparsed", "sum")])
+        for group in zip(*(counts[c].to_pylist() for c in (*GROUP_COLUMNS, "unparsed_count", "unparsed_sum"))):
+            n, left_out = sizes.get(group[:2], (0, 0))
+            sizes[group[:2]] = (n + group[2], left_out + group[3])
+    for column in GROUP_COLUMNS:
+        if empty[column]:
+            raise ValueError(f"{path}: {empty[column]} rows have no {column}")
+    return sizes
+
+
+def group_rows(path: str | os.PathLike, method: str, recalibration: str, columns) -> pd.DataFrame:
+    """The rows of one method and recalibration of a recalibrated table, in table order, with those of
+    `columns` the table has, read alone (from the row groups that hold them)."""
+    names = pq.read_schema(path).names
+    return pd.read_parquet(path, columns=[column for column in columns if column in names],
+                           filters=[("method", "==", method), ("recalibration", "==", recalibration)])
+
+
+def each_group_rows(path: str | os.PathLike, groups, columns) -> Iterator[pd.DataFrame]:
+    """group_rows of each of `groups` ((method, recalibration) pairs) in turn: a table of more than BATCH_ROWS
+    rows is read a group at a time, never whole; a smaller one is read once and split."""
+    file = pq.ParquetFile(path)
+    if file.metadata.num_rows > BATCH_ROWS:
+        for method, recalibration in groups:
+            yield group_rows(path, method, recalibration, columns)
+        return
+    present = [column for column in columns if column in file.schema_arrow.names]
+    table = pd.read_parquet(path, columns=list(dict.fromkeys([*GROUP_COLUMNS, *present])))
+    for method, recalibration in groups:
+        rows = table[(table["method"] == method) & (table["recalibration"] == recalibration)]
+        yield rows[present].reset_index(drop=True)
 
 
 def mean_fold_temperature(rows: pd.DataFrame) -> float:
@@ -130,8 +205,8 @@ def score(
     clashes = sorted(set(labels) & {*KEYS, "aggregation", *METRIC_COLUMNS, *MODEL_INFO})
     if clashes:
         raise ValueError(f"labels may not reuse the column names {clashes}")
-    table = read_recalibrated(recalibrated_path)
-    if table.empty:
+    groups = recalibrated_groups(recalibrated_path)
+    if not groups:
         raise ValueError(f"{recalibrated_path}: no rows to score")
 
     keys = {"task": task, "model": model, "revision": revision}
@@ -139,18 +214,18 @@ def score(
     inference = source.get("input", {}).get("inference", {})  # from the provenance of the confidence table
     # params is counted from the loaded model by the inference stage; step and epoch are the model registry's.
     model_info = {"params": inference.get("params"), "step": step, "epoch": epoch}
-    groups = dict(iter(table.groupby(["method", "recalibration"], sort=False)))
-    order = [(method, recalibration) for method in sorted(table["method"].unique())
-             for recalibration in table["recalibration"].unique() if (method, recalibration) in groups]
+    # Methods in name order; the recalibrations of each in the order the table first has them.
+    recalibrations = list(dict.fromkeys(recalibration for _, recalibration in groups))
+    order = sorted(groups, key=lambda group: (group[0], recalibrations.index(group[1])))
     summary_rows, subject_rows, tables = [], [], {"bins": [], "sweep": [], "curves": []}
-    for method, recalibration in order:
+    for (method, recalibration), rows in zip(order, each_group_rows(recalibrated_path, order, SCORED_COLUMNS)):
         run = {**keys, "method": method, "recalibration": recalibration}
         try:
-            summary, subjects, *group_tables = _score_group(groups[method, recalibration], n_bins, n_bootstrap,
-                                                            seed)
+            summary, subjects, *group_tables = _score_group(rows, n_bins, n_bootstrap, seed)
         except ValueError as error:
             raise ValueError(f"{recalibrated_path}, method {method!r}, recalibration {recalibration!r}: "
                              f"{error}") from error
+        del rows  # before the next group is read
         summary_rows += [{**run, **row, **model_info, **labels} for row in summary]
         subject_rows += [{**run, **row} for row in subjects]
         for frames, frame in zip(tables.values(), group_tables):

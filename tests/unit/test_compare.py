@@ -2,11 +2,14 @@
 import calibration
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import relplot
 
 from workflow_scripts import compare as C
 from workflow_scripts import metric_table as M
+from workflow_scripts import scoring
 from workflow_scripts.bootstrap import resample_counts, smoothed_per_unit
 from workflow_scripts.metrics import expected_calibration_error, static_calibration_error
 from workflow_scripts.scoring import score
@@ -399,3 +402,111 @@ def test_no_bootstrap_gives_differences_without_intervals(tmp_path):
     row = run_compare(tmp_path, runs, [pair("a", "b")], n_bootstrap=0).iloc[0]
     assert row["ece_diff"] == pytest.approx(row["ece_b"] - row["ece_a"])
     assert np.isnan(row[["ece_ci_low", "ece_ci_high", "ece_p", "ece_q"]].to_numpy(dtype=float)).all()
+
+
+# ---------------------------------------------------------------- a run at a time: the same table as a plain compare
+
+
+def verbalized_rows(seed: int, letters: pd.DataFrame, unparsed: float) -> pd.DataFrame:
+    """Verbalized rows of the items of `letters`: no option probabilities, a share `unparsed` of replies that did
+    not parse (parsed false, no confidence)."""
+    rng = np.random.default_rng(seed)
+    parsed = rng.uniform(size=len(letters)) >= unparsed
+    confidence = rng.uniform(0.3, 1.0, len(letters))
+    return letters.assign(method="verbalized", confidence=np.where(parsed, confidence, np.nan),
+                          correct=parsed & (rng.uniform(size=len(letters)) < confidence), option_probs=None,
+                          parsed=parsed)
+
+
+def write_run_in_row_groups(tmp_path, task, model, table, rows_per_group=64):
+    """write_run, in row groups of `rows_per_group` rows (a group of a method and recalibration spans several)."""
+    path = tmp_path / f"{task}-{model}-main.parquet"
+    pq.write_table(pa.Table.from_pandas(table.reset_index(drop=True), preserve_index=False), path,
+                   row_group_size=rows_per_group)
+    return {"task": task, "model": model, "revision": "main", "path": str(path)}
+
+
+def plain_group(table: pd.DataFrame, method: str, recalibration: str) -> tuple[pd.DataFrame, bool]:
+    """The rows of a method and recalibration that have a confidence, and whether it had others."""
+    rows = table[(table["method"] == method) & (table["recalibration"] == recalibration)]
+    unparsed = rows["parsed"].eq(False) if "parsed" in rows else pd.Series(False, index=rows.index)
+    return rows[~unparsed].reset_index(drop=True), bool(unparsed.any())
+
+
+def plain_groups(table: pd.DataFrame) -> set[tuple[str, str]]:
+    """The (method, recalibration) pairs that have rows with a confidence."""
+    table = table[~table["parsed"].eq(False)] if "parsed" in table else table
+    return set(table[["method", "recalibration"]].itertuples(index=False, name=None))
+
+
+def plain_comparisons(runs, pairs, n_bootstrap: int, seed: int = 0) -> pd.DataFrame:
+    """compare's table computed plainly: every table of a task read whole, every side from its rows at the time of
+    its comparison, the resamples of each comparison drawn for it (resample_counts of its design)."""
+    table_rows = []
+    for task in dict.fromkeys(run["task"] for run in runs):
+        tables = {(run["model"], run["revision"]): pd.read_parquet(run["path"]) for run in runs if run["task"] == task}
+        groups = {key: plain_groups(table) for key, table in tables.items()}
+        todo = []
+        for p in pairs:
+            a, b = ((p[side]["model"], p[side]["revision"]) for side in ("a", "b"))
+            if a in tables and b in tables:
+                methods = {m for m, r in groups[a] if r == "none"} & {m for m, r in groups[b] if r == "none"}
+                todo += [(p["comparison"], m, a, "none", b, "none") for m in sorted(methods)]
+        for key in tables:
+            todo += [(C.RECALIBRATION, m, key, "none", key, r) for m, r in sorted(groups[key])
+                     if r != "none" and (m, "none") in groups[key]]
+        for comparison, method, a, rec_a, b, rec_b in todo:
+            (rows_a, left_a), (rows_b, left_b) = (plain_group(tables[key], method, rec)
+                                                  for key, rec in ((a, rec_a), (b, rec_b)))
+            if left_a or left_b:
+                items = set(rows_a["item_id"]) & set(rows_b["item_id"])
+                rows_a, rows_b = rows_a[rows_a["item_id"].isin(items)], rows_b[rows_b["item_id"].isin(items)]
+            side_a, side_b = C.side_statistics(rows_a, N_BINS), C.side_statistics(rows_b, N_BINS)
+            codes, _ = pd.factorize(side_a.unit_strata, use_na_sentinel=False)
+            counts = resample_counts(codes, n_bootstrap, seed)
+            values_a, values_b = side_a.resampled(counts), side_b.resampled(counts)
+            row = {"comparison": comparison, "task": task, "method": method, "model_a": a[0], "revision_a": a[1],
+                   "recalibration_a": rec_a, "model_b": b[0], "revision_b": b[1], "recalibration_b": rec_b,
+                   "n": len(side_a.units)}
+            for metric in C.COMPARED_METRICS:
+                d = values_b[metric] - values_a[metric]
+                d = d[np.isfinite(d)]
+                tail = (1.0 - C.LEVEL) / 2.0
+                low, high = np.quantile(d, [tail, 1.0 - tail]) if len(d) else (np.nan, np.nan)
+                row |= {f"{metric}_a": side_a.point[metric], f"{metric}_b": side_b.point[metric],
+                        f"{metric}_diff": side_b.point[metric] - side_a.point[metric], f"{metric}_ci_low": low,
+                        f"{metric}_ci_high": high, f"{metric}_p": C.bootstrap_p_value(d) if len(d) else np.nan}
+            table_rows.append(row)
+    table = pd.DataFrame(table_rows)
+    for metric in C.COMPARED_METRICS:
+        table[f"{metric}_q"] = C.benjamini_hochberg(table[f"{metric}_p"])
+    return table[list(C.COLUMNS)]
+
+
+@pytest.mark.parametrize("batch_rows", [2**20, 50], ids=["tables-read-whole", "a-group-at-a-time"])
+def test_a_run_at_a_time_gives_the_table_of_a_plain_compare_holding_every_table(tmp_path, monkeypatch, batch_rows):
+    # Two tasks of five and four runs: documents under three recalibrations, in row groups smaller than a
+    # recalibration; questions in subjects with verbalized replies that did not all parse (one run without them).
+    # Pairs: a chain, a star, a pair back to an earlier run, one twice, one with a run the task lacks. Tables of
+    # more than scoring.BATCH_ROWS rows are read a group at a time (all of them at 50), smaller ones whole.
+    monkeypatch.setattr(scoring, "BATCH_ROWS", batch_rows)
+    runs = []
+    for m in range(5):
+        documents = clm_rows(40 + m, n_docs=15)
+        confidence = documents["confidence"]
+        table = pd.concat([documents, documents.assign(recalibration="temperature", confidence=confidence ** 1.1),
+                           documents.assign(recalibration="platt", confidence=0.2 + 0.6 * confidence)])
+        runs.append(write_run_in_row_groups(tmp_path, "pile", f"m{m}", table))
+    for m in range(4):
+        letters = pd.concat([mc_rows(50 + m, n=60), mc_rows(50 + m, n=60, recalibration="temperature")])
+        verbalized = verbalized_rows(60 + m, letters, unparsed=0.1 * m)
+        runs.append(write_run(tmp_path, "mmlu", f"m{m}", pd.concat([letters, verbalized]) if m != 2 else letters))
+    pairs = [pair(f"m{i}", f"m{i + 1}") for i in range(4)] + [pair("m0", f"m{i}", "base") for i in (2, 3, 4)]
+    pairs += [pair("m3", "m1", "back"), pair("m0", "m1"), pair("m1", "m9")]
+    result = run_compare(tmp_path, runs, pairs, n_bootstrap=40)
+    plain_csv = tmp_path / "plain.csv"
+    plain_comparisons(runs, pairs, n_bootstrap=40).to_csv(plain_csv, index=False)
+    # pile: 9 model pairs and 10 recalibrations; mmlu: 7 pairs of letters, 4 of verbalized, 7 recalibrations
+    assert len(result) == 37 and (result["method"] == "verbalized").sum() == 7
+    pd.testing.assert_frame_equal(result, pd.read_csv(plain_csv), check_exact=True)
+
