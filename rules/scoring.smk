@@ -10,9 +10,10 @@ localrules:
     summarize,
 
 
-# Memory (MB) and minutes from the size of a job's input files (MB, Snakemake's input.size_files_mb), about twice
-# the peak that benchmarks/scale.py measures on synthetic CLM runs of 0.25M to 4M tokens (docs/performance.md,
-# "At the paper's scale"), times the attempt (a retry after an out-of-memory kill gets twice as much):
+# Memory (MB) and minutes from the size of a job's input files (MB: Snakemake's input.size_mb, their sum, or
+# max(input.size_files_mb), the largest), about twice the peak that benchmarks/scale.py measures on synthetic CLM
+# runs of 0.25M to 4M tokens (docs/performance.md, "At the paper's scale"), times the attempt (a retry after an
+# out-of-memory kill gets twice as much):
 #   extract_confidence: mem_mb = 1000 + 30 * MB, runtime = 10 + MB / 10, MB of all its inputs (a checkpoint's
 #     inference tables, their task tables and second passes). A group job gets the resources of those of its jobs
 #     whose inputs exist when it is submitted, extract_confidence's alone: these cover the whole chain, whose peak
@@ -21,9 +22,6 @@ localrules:
 #     (a rerun of one of them alone, or within a group whose earlier outputs exist);
 #   compare: mem_mb = 1000 + 20 * MB of its largest input (it holds one method and recalibration of one run at a
 #     time), runtime = 10 + MB / 60 of all of them (it reads every run once).
-def sized(base, per_mb, of=sum):
-    """A resource of `base` + `per_mb` x `of`(the MB of each input file), times the attempt."""
-    return lambda wildcards, input, attempt: round((base + per_mb * of(input.size_files_mb or [0])) * attempt)
 
 
 # Each job serves one checkpoint, every task of it (one start-up for several small tables; a harness run's
@@ -47,8 +45,8 @@ rule extract_confidence:
     group:
         "scoring"
     resources:
-        mem_mb=sized(1000, 30),
-        runtime=sized(10, 0.1),
+        mem_mb=lambda wildcards, input, attempt: round((1000 + 30 * input.size_mb) * attempt),
+        runtime=lambda wildcards, input, attempt: round((10 + input.size_mb / 10) * attempt),
     params:
         tasks=lambda wc: confidence_settings(STUDY.regular_tasks, wc),
     script:
@@ -71,8 +69,8 @@ rule recalibrate:
     group:
         "scoring"
     resources:
-        mem_mb=sized(1000, 80),
-        runtime=sized(10, 0.1),
+        mem_mb=lambda wildcards, input, attempt: round((1000 + 80 * input.size_mb) * attempt),
+        runtime=lambda wildcards, input, attempt: round((10 + input.size_mb / 10) * attempt),
     params:
         recalibration=canonical(config["recalibration"]),
     script:
@@ -98,8 +96,8 @@ rule score:
     group:
         "scoring"
     resources:
-        mem_mb=sized(1000, 20),
-        runtime=sized(10, 0.1),
+        mem_mb=lambda wildcards, input, attempt: round((1000 + 20 * input.size_mb) * attempt),
+        runtime=lambda wildcards, input, attempt: round((10 + input.size_mb / 10) * attempt),
     params:
         metrics=canonical(config["metrics"]),
         run=lambda wc: score_settings(STUDY.regular_tasks, wc),
@@ -196,8 +194,8 @@ rule compare:
     benchmark:
         "results/benchmarks/compare.tsv"
     resources:
-        mem_mb=sized(1000, 20, of=max),
-        runtime=sized(10, 1 / 60),
+        mem_mb=lambda wildcards, input, attempt: round((1000 + 20 * max(input.size_files_mb)) * attempt),
+        runtime=lambda wildcards, input, attempt: round((10 + input.size_mb / 60) * attempt),
     params:
         runs=[{"task": t, "model": m, "revision": r} for t, m, r in STUDY.runs],
         pairs=STUDY.comparison_pairs(),

@@ -2,7 +2,6 @@
 them per run; compare's paired bootstrap compares those that have a resampled form."""
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,7 +31,6 @@ from .metrics import (
     validated,
     width_bin_index,
 )
-from .tables import read_table
 
 # The columns of a recalibrated table that score and compare read.
 RECALIBRATED_COLUMNS = ("item_id", "method", "confidence", "correct", "recalibration")
@@ -226,19 +224,3 @@ def filled_column(rows: pd.DataFrame, column: str) -> pd.Series | None:
 def strata_of(rows: pd.DataFrame) -> pd.Series | None:
     """The stratum of each of a method's rows: the first of STRATA_COLUMNS they fill (None: no strata)."""
     return next((rows[column] for column in STRATA_COLUMNS if filled_column(rows, column) is not None), None)
-
-
-def read_recalibrated(path: str | os.PathLike) -> pd.DataFrame:
-    """A recalibrated table (results/recalibrated/...), checked for RECALIBRATED_COLUMNS and for rows without
-    a method or recalibration."""
-    table = read_table(path)
-    if "recalibration" not in table.columns:
-        raise ValueError(f"{path}: no column 'recalibration': score and compare read a recalibrated table "
-                         f"(results/recalibrated/...), not a confidence table")
-    missing = [column for column in RECALIBRATED_COLUMNS if column not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
-    for column in ("method", "recalibration"):
-        if table[column].isna().any():
-            raise ValueError(f"{path}: {int(table[column].isna().sum())} rows have no {column}")
-    return table

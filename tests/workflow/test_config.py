@@ -47,7 +47,7 @@ GPU_RULES = {"infer", "tune", "train_reward_model", "rlhf", "dpo"}
 
 def test_paper_jobs_declare_memory_and_gpus(paper_plan):
     out, _ = paper_plan
-    blocks = re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", out, flags=re.M | re.S)
+    blocks = re.findall(r"^ *rule (\w+):\n(.*?)(?=^ *\[|\Z)", out, flags=re.M | re.S)
     # + recalibrate, compare, the analysis figures, the reliability groups and the summary table
     assert len(blocks) == 249 + 55 + 1 + 1 + 3 + 1 + 18 + 1
     for rule, block in blocks:
@@ -66,7 +66,7 @@ def test_paper_training_jobs_ask_for_a_gpu_per_process(paper_plan):
     strategy, one GPU each, LoRA in one (config/paper.yaml); inference stays at one GPU a job."""
     out, _ = paper_plan
     jobs = {re.search(r"output: (\S+)", block)[1]: dict(re.findall(r"\b(gpu|mem_mb|runtime)=(\d+)", block))
-            for rule, block in re.findall(r"^rule (\w+):\n(.*?)(?=^\[|\Z)", out, flags=re.M | re.S)
+            for rule, block in re.findall(r"^ *rule (\w+):\n(.*?)(?=^ *\[|\Z)", out, flags=re.M | re.S)
             if rule in ("tune", "train_reward_model", "rlhf", "dpo")}
     eight = {"gpu": "8", "mem_mb": "400000", "runtime": "720"}
     assert jobs == {

@@ -34,8 +34,18 @@ def tiny(model_dir, **resources) -> dict:
 
 
 def cluster_jobs(config) -> Counter:
-    """The jobs of a run that leave snakemake: confidence, metrics and figures are localrules."""
-    return Counter({"prepare_task": len(config["tasks"]), "fetch_checkpoint": 1, "infer": 1})  # one per checkpoint
+    """The jobs of a run that leave snakemake: one per task table, then per checkpoint its fetch, its inference and
+    its scoring group (confidence, recalibration, metrics: one job), and the comparisons; the summary and the
+    figures are localrules."""
+    return Counter({"prepare_task": len(config["tasks"]), "fetch_checkpoint": 1, "infer": 1, "scoring": 1,
+                    "compare": 1})
+
+
+def submitted_jobs(stdout: str) -> dict[str, str]:
+    """Slurm job id -> what it runs, from Snakemake's log lines: the rule, or for a group job (its log folder
+    `group_<group>_<rules>`) the group's name."""
+    found = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/(rule|group)_(\w+)/", stdout)
+    return {job: name.split("_")[0] if kind == "group" else name for job, kind, name in found}
 
 
 def read_tables(workdir: Path, tasks) -> dict[str, pd.DataFrame]:
@@ -117,7 +127,7 @@ def test_slurm_profile_runs_the_cluster_jobs_in_slurm(local_run, local_slurm, tm
     # Snakemake submitted the cluster jobs with sbatch ...
     run_id = re.search(r"SLURM run ID: (\S+)", run.stdout)
     assert run_id, f"snakemake did not use the Slurm executor:\n{run.stdout[-3000:]}"
-    submitted = dict(re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", run.stdout))
+    submitted = submitted_jobs(run.stdout)
     assert Counter(submitted.values()) == cluster_jobs(config)
     # ... and Slurm ran every one of them to completion, in this workflow, with the model's resources.
     ran = finished_slurm_jobs(local_slurm, run_id[1])
@@ -162,8 +172,8 @@ def test_workstation_profile_pins_each_job_to_its_gpus(local_run, monkeypatch, t
     run = snakemake(workdir, write_config(workdir, config), "--profile", str(ROOT / "profiles" / "workstation"),
                     "--resources", "gpu=2", "cpus=2")
 
-    started = re.findall(r"gpu-job.py: (\w+) job \d+ on GPU\(s\) \[([\d,]*)\]", run.stdout)
-    assert Counter(rule for rule, _ in started) == cluster_jobs(config)
+    started = re.findall(r"gpu-job.py: (\w+) job \S* on GPU\(s\) \[([\d,]*)\]", run.stdout)
+    assert Counter("scoring" if rule == "group" else rule for rule, _ in started) == cluster_jobs(config)
     for rule, gpus in started:
         assert gpus in ({"0", "1"} if rule == "infer" else {""}), (rule, gpus)
     assert_same_tables(read_tables(workdir, config["tasks"]), local_run())
@@ -193,7 +203,7 @@ def test_slurm_runs_a_training_job_of_two_processes(local_slurm, tmp_path, tiny_
     run = snakemake(workdir, write_config(workdir, config), "--profile", str(ROOT / "profiles" / "slurm"), output,
                     "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2")
     run_id = re.search(r"SLURM run ID: (\S+)", run.stdout)[1]
-    submitted = dict(re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", run.stdout))
+    submitted = submitted_jobs(run.stdout)
     tune, = [job_id for job_id, rule in submitted.items() if rule == "tune"]
     record = finished_slurm_jobs(local_slurm, run_id)[tune]
     # one Slurm job, one task of both CPUs (align.threads), the training resources
