@@ -50,4 +50,5 @@ def test_an_unknown_import_key_stops_before_any_job(harness_run, tmp_path):
     workdir = copy_workflow(tmp_path / "wf")
     config = write_config(workdir, {"imports": {"tiny": {"lm_eval": str(harness_run), "task": ["capitals_mc"]}}})
     proc = snakemake(workdir, config, "--dry-run", check=False)
-    assert proc.returncode != 0 and "imports.tiny" in proc.stdout and "'task' was unexpected" in proc.stdout
+    assert proc.returncode != 0 and "Job stats" not in proc.stdout
+    assert "imports.tiny" in proc.stderr and "unknown key `task`; did you mean `tasks`?" in proc.stderr, proc.stderr
