@@ -272,7 +272,8 @@ def test_every_table_traces_back_to_model_data_config_and_code(reference, hub):
         confidence = recalibrated["input"]
         assert row.method in confidence["methods"]
         infer = confidence["inference"]
-        assert infer["checkpoint"] == {"source": "hf:org/tiny", "revision": "main", "resolved_commit": hub.commit}
+        assert infer["checkpoint"] == {"source": "hf:org/tiny", "revision": "main", "resolved_commit": hub.commit,
+                                       "trust_remote_code": False}
         assert infer["settings"]["batch_size"] == 8
         data = infer["data"]
         assert data["dataset"] == _config()["tasks"][row.task]["dataset"] and data["seed"] == 0
