@@ -207,7 +207,8 @@ def harness_run(tmp_path_factory) -> Path:
 # Test files of minutes each: a whole study, a cluster, training jobs (in one process or two), kills and restarts.
 # `make test-fast` leaves them out of the unit tier.
 SLOW = {"test_default_run.py", "test_slurm.py", "test_align_workflow.py", "test_suite_workflow.py", "test_faults.py",
-        "test_align.py", "test_parallel.py", "test_fingerprint.py", "test_pretrain.py", "test_resume.py"}
+        "test_align.py", "test_parallel.py", "test_fingerprint.py", "test_pretrain.py", "test_resume.py",
+        "test_crash_safety.py", "test_figure_layout.py", "test_workstation_profile.py", "test_readme_example.py"}
 
 
 def pytest_collection_modifyitems(config, items):
