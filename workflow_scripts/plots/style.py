@@ -219,8 +219,9 @@ def wrapped(fig, words: str, width: float, fontsize: float, **properties) -> str
     lines = words.split("\n")
     longest = max(map(len, lines))
     for characters in range(int(longest * width / full) + 1, 9, -1):
-        text = "\n".join(part for line in lines
-                         for part in textwrap.wrap(line, characters, break_long_words=False) or [""])
+        text = "\n".join(part for line in lines  # names such as other-base stay whole
+                         for part in textwrap.wrap(line, characters, break_long_words=False,
+                                                   break_on_hyphens=False) or [""])
         if text_inches(fig, text, fontsize, **properties)[0] <= width:
             break
     return text
